@@ -1,0 +1,18 @@
+(defproject duratom "0.1.0-SNAPSHOT"
+  :description "A durable atom for Clojure: a drop-in replacement for the duratom library whose storage engine is a native Rust library."
+  :license {:name "Eclipse Public License 1.0" :url "https://www.eclipse.org/legal/epl-v10.html"}
+  ;; Debian installs its Clojure jars as a Maven repository; with this line the
+  ;; build works offline. Where Maven Central is reachable it is harmless.
+  :repositories [["debian" {:url "file:///usr/share/maven-repo" :snapshots false :checksum :ignore}]]
+  :dependencies [[org.clojure/clojure "1.11.1"]]
+  :source-paths ["clojure"]
+  :java-source-paths ["java"]
+  :javac-options ["--release" "11"]
+  :test-paths ["test"]
+  ;; `scripts/build-native` puts the library here as
+  ;; duratom/native/<platform>/libduratom.so, so `lein jar` carries it.
+  :resource-paths ["target/native"]
+  :jvm-opts ["-Xss4m"]
+  :profiles {:dev {:dependencies [[com.taoensso/nippy "3.1.3"]]}}
+  :test-selectors {:default (complement :bench)
+                   :bench :bench})

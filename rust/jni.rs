@@ -1,0 +1,168 @@
+//! The one door between the JVM and the storage engine: the `native` methods
+//! of `java/duratom/Native.java`. This is the only file that touches JNI types.
+//!
+//! Rules kept here:
+//! - every call catches panics and turns every error into a Java exception,
+//!   so nothing in Rust can take the JVM down;
+//! - stores are named by `long` handles into a table owned by Rust, never by
+//!   pointers, so a closed or bogus handle is an exception, not a segfault;
+//! - bytes cross as `byte[]`, never through JNI's modified-UTF-8 strings.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use jni::objects::{JByteArray, JClass, JObject};
+use jni::sys::{jbyteArray, jlong, jobjectArray};
+use jni::JNIEnv;
+use once_cell::sync::Lazy;
+use parking_lot::Mutex;
+
+use crate::config::{open_store, Config};
+use crate::store::{Expect, Store, StoreError, Version};
+
+type SharedStore = Arc<Mutex<Box<dyn Store>>>;
+
+/// Open stores by handle. Each store has its own mutex, so a slow commit on
+/// one duratom never holds up another.
+static STORES: Lazy<Mutex<HashMap<i64, SharedStore>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+static NEXT_HANDLE: AtomicI64 = AtomicI64::new(1);
+
+const STORAGE_EXCEPTION: &str = "duratom/Native$StorageException";
+const CONFLICT_EXCEPTION: &str = "duratom/Native$ConflictException";
+
+/// Why a native call failed, before it becomes a Java exception.
+enum Failure {
+    Store(StoreError),
+    Jni(jni::errors::Error),
+    Panic(String),
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Store(e)
+    }
+}
+
+impl From<jni::errors::Error> for Failure {
+    fn from(e: jni::errors::Error) -> Self {
+        Failure::Jni(e)
+    }
+}
+
+/// Runs `body`, turning a panic or an error into a pending Java exception and
+/// the `fallback` return value (which Java never sees, as it throws).
+fn door<'l, T>(
+    env: &mut JNIEnv<'l>,
+    fallback: T,
+    body: impl FnOnce(&mut JNIEnv<'l>) -> Result<T, Failure>,
+) -> T {
+    let outcome = catch_unwind(AssertUnwindSafe(|| body(env))).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        Err(Failure::Panic(what))
+    });
+    match outcome {
+        Ok(v) => v,
+        Err(failure) => {
+            if env.exception_check().unwrap_or(false) {
+                return fallback; // a JNI call already raised a Java exception; keep it
+            }
+            let (class, message) = match failure {
+                Failure::Store(e @ StoreError::Config { .. }) => ("java/lang/IllegalArgumentException", e.to_string()),
+                Failure::Store(e @ StoreError::UnknownHandle(_)) => ("java/lang/IllegalStateException", e.to_string()),
+                Failure::Store(e @ StoreError::Conflict { .. }) => (CONFLICT_EXCEPTION, e.to_string()),
+                Failure::Store(e) => (STORAGE_EXCEPTION, e.to_string()),
+                Failure::Jni(e) => (STORAGE_EXCEPTION, format!("duratom native call failed in JNI: {e}")),
+                Failure::Panic(p) => (STORAGE_EXCEPTION, format!("duratom native library bug (panic): {p}")),
+            };
+            let _ = env.throw_new(class, message);
+            fallback
+        }
+    }
+}
+
+fn store_for(handle: jlong) -> Result<SharedStore, StoreError> {
+    STORES.lock().get(&handle).cloned().ok_or(StoreError::UnknownHandle(handle))
+}
+
+fn bytes_in(env: &mut JNIEnv, array: &JByteArray) -> Result<Vec<u8>, Failure> {
+    Ok(env.convert_byte_array(array)?)
+}
+
+/// `static native long open(byte[] config)`: opens a store, returns its handle.
+#[no_mangle]
+pub extern "system" fn Java_duratom_Native_open<'l>(mut env: JNIEnv<'l>, _: JClass<'l>, config: JByteArray<'l>) -> jlong {
+    door(&mut env, 0, |env| {
+        let config = Config::parse(&bytes_in(env, &config)?)?;
+        let store = open_store(&config)?;
+        let handle = NEXT_HANDLE.fetch_add(1, Ordering::Relaxed);
+        STORES.lock().insert(handle, Arc::new(Mutex::new(store)));
+        Ok(handle)
+    })
+}
+
+/// `static native byte[][] load(long handle)`: `{value, version}`, or null
+/// when nothing is stored.
+#[no_mangle]
+pub extern "system" fn Java_duratom_Native_load<'l>(mut env: JNIEnv<'l>, _: JClass<'l>, handle: jlong) -> jobjectArray {
+    door(&mut env, std::ptr::null_mut(), |env| {
+        let store = store_for(handle)?;
+        let stored = store.lock().load()?;
+        let Some(stored) = stored else { return Ok(std::ptr::null_mut()) };
+        let pair = env.new_object_array(2, "[B", JObject::null())?;
+        let value = env.byte_array_from_slice(&stored.bytes)?;
+        let version = env.byte_array_from_slice(stored.version.0.as_bytes())?;
+        env.set_object_array_element(&pair, 0, value)?;
+        env.set_object_array_element(&pair, 1, version)?;
+        Ok(pair.into_raw())
+    })
+}
+
+/// `static native byte[] commit(long handle, byte[] value, byte[] expected)`:
+/// durably stores `value` and returns the new version. `expected` null: write
+/// unconditionally; empty: only if nothing is stored; else only if the stored
+/// version is still `expected`. A failed condition throws ConflictException.
+#[no_mangle]
+pub extern "system" fn Java_duratom_Native_commit<'l>(
+    mut env: JNIEnv<'l>,
+    _: JClass<'l>,
+    handle: jlong,
+    value: JByteArray<'l>,
+    expected: JByteArray<'l>,
+) -> jbyteArray {
+    door(&mut env, std::ptr::null_mut(), |env| {
+        let store = store_for(handle)?;
+        let expect = if expected.is_null() {
+            Expect::Anything
+        } else {
+            match bytes_in(env, &expected)? {
+                v if v.is_empty() => Expect::Nothing,
+                v => Expect::Version(Version(String::from_utf8_lossy(&v).into_owned())),
+            }
+        };
+        let bytes = bytes_in(env, &value)?;
+        let version = store.lock().commit(&bytes, &expect)?;
+        Ok(env.byte_array_from_slice(version.0.as_bytes())?.into_raw())
+    })
+}
+
+/// `static native void delete(long handle)`: removes what is stored.
+#[no_mangle]
+pub extern "system" fn Java_duratom_Native_delete<'l>(mut env: JNIEnv<'l>, _: JClass<'l>, handle: jlong) {
+    door(&mut env, (), |_| Ok(store_for(handle)?.lock().delete()?))
+}
+
+/// `static native void close(long handle)`: forgets the handle and releases
+/// the store's resources (connections, files). Closing twice is harmless.
+#[no_mangle]
+pub extern "system" fn Java_duratom_Native_close<'l>(mut env: JNIEnv<'l>, _: JClass<'l>, handle: jlong) {
+    door(&mut env, (), |_| {
+        STORES.lock().remove(&handle);
+        Ok(())
+    })
+}

@@ -1,0 +1,8 @@
+//! duratom's storage engine: durable reads, writes and deletes of one value
+//! per store, for every backend, behind the `Store` trait; called from the
+//! JVM through `jni.rs`.
+
+pub mod config;
+pub mod file;
+pub mod jni;
+pub mod store;

@@ -1,0 +1,112 @@
+//! The one contract every backend implements, and the error type they share.
+//!
+//! A store holds one value as bytes. Every stored state carries a version token
+//! (file: a counter in the header line, PostgreSQL: a version column, S3: the
+//! ETag), so "write only if nobody wrote since I read" is one call everywhere.
+
+use std::fmt;
+
+/// An opaque token naming one stored state. Only equality means anything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Version(pub String);
+
+/// What a load finds: the stored bytes and the version they were stored as.
+#[derive(Debug)]
+pub struct Stored {
+    pub bytes: Vec<u8>,
+    pub version: Version,
+}
+
+/// The condition a commit is made under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Write whatever is stored now.
+    Anything,
+    /// Write only if nothing is stored (create).
+    Nothing,
+    /// Write only if the stored state still has this version.
+    Version(Version),
+}
+
+/// Durable storage for one value.
+///
+/// Methods take `&mut self`: the JNI layer serialises calls per store, so a
+/// backend may keep a connection or a cached version without locking.
+pub trait Store: Send {
+    /// What storage holds now, or `None` when nothing is stored.
+    fn load(&mut self) -> Result<Option<Stored>, StoreError>;
+
+    /// Durably replace the stored bytes if `expect` holds, returning the new
+    /// version. When it does not hold: `Err(StoreError::Conflict)`, nothing written.
+    fn commit(&mut self, bytes: &[u8], expect: &Expect) -> Result<Version, StoreError>;
+
+    /// Remove the stored value. Removing what is not there is not an error.
+    fn delete(&mut self) -> Result<(), StoreError>;
+
+    /// The backend and resource, as error messages name them
+    /// (e.g. `local-file /var/app/state.edn`).
+    fn resource(&self) -> &Resource;
+}
+
+/// Names what a store stands for, for error messages.
+#[derive(Clone, Debug)]
+pub struct Resource {
+    /// `local-file`, `postgres-db` or `aws-s3`: the constructor keyword.
+    pub backend: &'static str,
+    /// The path, `table row id`, or `bucket/key`.
+    pub name: String,
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.backend, self.name)
+    }
+}
+
+/// Every failure of the storage engine. Each carries the resource it concerns
+/// so that the message a JVM user sees says what failed where.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The configuration handed over from the JVM cannot be used.
+    #[error("{backend}: invalid configuration: {detail}")]
+    Config { backend: String, detail: String },
+
+    /// An operating-system I/O call failed.
+    #[error("{resource}: {op} failed: {source}")]
+    Io {
+        resource: Resource,
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// What is stored cannot be trusted (checksum, length or header wrong).
+    #[error("{resource}: stored data is damaged and was left untouched: {detail}")]
+    Corrupt { resource: Resource, detail: String },
+
+    /// A conditional commit found another version stored.
+    #[error("{resource}: conflict: the stored version changed since it was read")]
+    Conflict { resource: Resource },
+
+    /// The backend's server or client library reported an error.
+    #[error("{resource}: {op} failed: {detail}")]
+    Backend { resource: Resource, op: String, detail: String },
+
+    /// The handle does not name an open store (never opened, or closed).
+    #[error("no open duratom store has handle {0} (it was closed, destroyed or never opened)")]
+    UnknownHandle(i64),
+}
+
+impl StoreError {
+    pub fn io(resource: &Resource, op: impl Into<String>, source: std::io::Error) -> Self {
+        StoreError::Io { resource: resource.clone(), op: op.into(), source }
+    }
+
+    pub fn backend(resource: &Resource, op: impl Into<String>, detail: impl fmt::Display) -> Self {
+        StoreError::Backend { resource: resource.clone(), op: op.into(), detail: detail.to_string() }
+    }
+
+    pub fn config(backend: &str, detail: impl Into<String>) -> Self {
+        StoreError::Config { backend: backend.to_string(), detail: detail.into() }
+    }
+}
