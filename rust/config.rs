@@ -81,6 +81,8 @@ impl Config {
 pub fn open_store(config: &Config) -> Result<Box<dyn Store>, StoreError> {
     match config.backend.as_str() {
         "local-file" => Ok(Box::new(crate::file::FileStore::open(config)?)),
+        "postgres-db" => crate::postgres::open(config),
+        "aws-s3" => crate::s3::open(config),
         other => Err(StoreError::config(other, format!("unknown backend `{other}`"))),
     }
 }

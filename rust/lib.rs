@@ -5,4 +5,6 @@
 pub mod config;
 pub mod file;
 pub mod jni;
+pub mod postgres;
+pub mod s3;
 pub mod store;
