@@ -13,6 +13,6 @@
   ;; duratom/native/<platform>/libduratom.so, so `lein jar` carries it.
   :resource-paths ["target/native"]
   :jvm-opts ["-Xss4m"]
-  :profiles {:dev {:dependencies [[com.taoensso/nippy "3.1.3"]]}}
+  :profiles {:dev {:dependencies [[com.taoensso/nippy "3.1.3" :exclusions [org.clojure/clojure]]]}}
   :test-selectors {:default (complement :bench)
                    :bench :bench})

@@ -54,18 +54,11 @@ impl FileStore {
             return Err(StoreError::config("local-file", format!("`{}` does not name a file", path.display())));
         }
         if !dir.is_dir() {
-            return Err(StoreError::io(
-                &resource,
-                format!("opening (parent directory {} does not exist)", dir.display()),
-                std::io::Error::from(ErrorKind::NotFound),
-            ));
+            let why = format!("parent directory {} does not exist", dir.display());
+            return Err(StoreError::backend(&resource, "opening", why));
         }
         if path.is_dir() {
-            return Err(StoreError::io(
-                &resource,
-                "opening (the path is a directory, not a file)",
-                std::io::Error::from(ErrorKind::IsADirectory),
-            ));
+            return Err(StoreError::backend(&resource, "opening", "the path is a directory, not a file"));
         }
         OpenOptions::new()
             .create(true)

@@ -6,5 +6,6 @@ pub mod config;
 pub mod file;
 pub mod jni;
 pub mod postgres;
+pub mod runtime;
 pub mod s3;
 pub mod store;

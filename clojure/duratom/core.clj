@@ -1,0 +1,313 @@
+(ns duratom.core
+  "A durable atom: a drop-in replacement for the duratom library.
+
+  A duratom behaves as `clojure.core/atom` (IAtom, IAtom2, IRef, IDeref,
+  IReference) and persists every new state to a local file, a PostgreSQL row
+  or an S3 object through duratom's native storage engine. Construct one with
+  the `duratom` multimethod or `file-atom`, `postgres-atom`, `s3-atom`."
+  (:require [duratom.backend.file :as file-backend]
+            [duratom.engine :as engine]
+            [duratom.rw :as rw]
+            [duratom.storage :as storage])
+  (:import (clojure.lang IAtom IAtom2 IRef IDeref IReference IMeta IFn ISeq RT)
+           (java.io Closeable Writer)
+           (java.util.concurrent.locks Lock ReentrantLock)))
+
+(set! *warn-on-reflection* true)
+
+(defprotocol IDurable
+  (destroy [this]
+    "Deletes the backing resource (file, row, object) and releases the duratom:
+    afterwards `deref` still gives the last value and every mutation throws
+    IllegalStateException. Harmless twice.")
+  (backend-snapshot [this]
+    "Reads and returns what storage holds now (nil when nothing is stored)."))
+
+(defprotocol ^:private IState
+  (-update! [this f]
+    "Under the lock: new = (f old); validate; persist; set; notify watches.
+    Returns [old new], or nil when `f` returns `abort`.")
+  (-memory-value [this] "The in-memory value, never read from storage.")
+  (-released? [this])
+  (-alter-watches! [this f args] "Replaces the watch map with (apply f watches args), atomically.")
+  (-alter-meta! [this f args] "Replaces the metadata with (apply f meta args), atomically."))
+
+(def ^:private abort
+  "Returned by an update fn to leave the state as it is (failed compare-and-set)."
+  (Object.))
+
+(defn- validate!
+  "As clojure.lang.ARef/validate: a rejected value throws IllegalStateException."
+  [vf value]
+  (when vf
+    (let [ok? (try (vf value)
+                   (catch RuntimeException e (throw e))
+                   (catch Exception e (throw (IllegalStateException. "Invalid reference state" e))))]
+      (when-not ok?
+        (throw (IllegalStateException. "Invalid reference state"))))))
+
+(defn- persist-sync!
+  "Commits `value` now. On failure: with an error handler, returns the
+  exception (the state is kept, as the original library kept it); without
+  one, throws (the state is not kept: memory never runs ahead of storage)."
+  [engine error-handler value]
+  (try (engine/persist! engine value)
+       nil
+       (catch Exception e
+         (if error-handler
+           (do (engine/mark-unwritten! engine value) e)
+           (throw e)))))
+
+(defn- decode-stored
+  "The stored bytes as a value; ex-info naming the resource when they cannot be read."
+  [desc decode stored]
+  (try (decode (:bytes stored))
+       (catch Exception e
+         (throw (ex-info (str "duratom: " (name (:backend desc)) " " (:resource desc)
+                              ": the stored data cannot be read (it was left untouched): "
+                              (.getMessage e))
+                         {:duratom/backend (:backend desc) :duratom/resource (:resource desc)
+                          :duratom/op :load}
+                         e)))))
+
+(deftype Duratom [store codec engine ^Lock lock sync? read-from-storage? error-handler
+                  ^:volatile-mutable value
+                  ^:volatile-mutable validator
+                  ^:volatile-mutable watches
+                  ^:volatile-mutable meta-map
+                  ^:volatile-mutable released?]
+  IState
+  (-update! [this f]
+    (.lock lock)
+    (try
+      (when released?
+        (throw (IllegalStateException.
+                (str "duratom: " (name (:backend store)) " " (:resource store) " has been destroyed"))))
+      (let [old value
+            new (f old)]
+        (when-not (identical? new abort)
+          (validate! validator new)
+          (let [failure (when sync? (persist-sync! engine error-handler new))]
+            (set! value new)
+            (when-not sync? (engine/request! engine new))
+            (when failure
+              (try (error-handler failure #(engine/recommit! engine))
+                   (catch Throwable _ nil))) ; the contract: handler exceptions are swallowed
+            (doseq [[k w] watches]
+              (w k this old new))
+            [old new])))
+      (finally (.unlock lock))))
+  (-memory-value [_] value)
+  (-released? [_] released?)
+  ;; `locking` stays in return position: Clojure wraps a try elsewhere in a
+  ;; fn, where a mutable field cannot be set!.
+  (-alter-watches! [this f args]
+    (locking this (set! watches (apply f watches args))))
+  (-alter-meta! [this f args]
+    (locking this (set! meta-map (apply f meta-map args))))
+
+  IDeref
+  (deref [this]
+    (if (and read-from-storage? (not released?))
+      (backend-snapshot this)
+      value))
+
+  IAtom
+  (swap [this f] (nth (-update! this f) 1))
+  (swap [this f a] (nth (-update! this #(f % a)) 1))
+  (swap [this f a b] (nth (-update! this #(f % a b)) 1))
+  (swap [this f a b more] (nth (-update! this #(apply f % a b more)) 1))
+  (compareAndSet [this oldv newv]
+    (some? (-update! this #(if (identical? % oldv) newv abort))))
+  (reset [this newv] (nth (-update! this (constantly newv)) 1))
+
+  IAtom2
+  (swapVals [this f] (-update! this f))
+  (swapVals [this f a] (-update! this #(f % a)))
+  (swapVals [this f a b] (-update! this #(f % a b)))
+  (swapVals [this f a b more] (-update! this #(apply f % a b more)))
+  (resetVals [this newv] (-update! this (constantly newv)))
+
+  IRef
+  (setValidator [_ vf]
+    (validate! vf value)
+    (set! validator vf))
+  (getValidator [_] validator)
+  (getWatches [_] watches)
+  (addWatch [this k f]
+    (-alter-watches! this assoc [k f])
+    this)
+  (removeWatch [this k]
+    (-alter-watches! this dissoc [k])
+    this)
+
+  IMeta
+  (meta [_] meta-map)
+  IReference
+  (alterMeta [this f args]
+    (locking this (set! meta-map (apply f meta-map args))))
+  (resetMeta [this m]
+    (locking this (set! meta-map m)))
+
+  IDurable
+  (destroy [this]
+    (.lock lock)
+    (try
+      (when-not released?
+        (engine/destroy! engine)
+        (set! released? true))
+      nil
+      (finally (.unlock lock))))
+  (backend-snapshot [_]
+    (when-not released?
+      (when-let [stored (storage/load-stored store)]
+        ((:decode codec) (:bytes stored)))))
+
+  Closeable
+  (close [this] (destroy this)))
+
+(defmethod print-method Duratom [^Duratom d ^Writer w]
+  (.write w (format "#%s 0x%x " (.getName (class d)) (System/identityHashCode d)))
+  (print-method {:status (if (-released? d) :destroyed :ready) :val (-memory-value d)} w))
+
+;; ------------------------------------------------------------ constructing
+
+(defn- resolve-init
+  "`:init` may be a value, a no-arg fn or a delay."
+  [init]
+  (cond (delay? init) @init
+        (fn? init) (init)
+        :else init))
+
+(defn- sync-mode?
+  "nil and ::async mean asynchronous; any other value synchronous."
+  [rw]
+  (let [mode (:commit-mode rw)]
+    (not (or (nil? mode) (= mode ::async)))))
+
+(defn- read-from-storage? [rw]
+  (contains? #{:storage ::storage} (:read-from rw)))
+
+(defn- make-duratom
+  "Opens the store `desc` names, loads what it holds (or persists `init` when
+  it holds nothing) and returns the Duratom."
+  [desc codec lock init rw]
+  (when-not (or (nil? lock) (instance? Lock lock))
+    (throw (IllegalArgumentException.
+            (str "duratom: :lock must be a java.util.concurrent.locks.Lock, got " (class lock)))))
+  (let [store (storage/open desc)
+        sync? (sync-mode? rw)
+        handler (:error-handler rw)
+        eng (engine/engine store (:encode codec) sync? handler)]
+    (try
+      (let [stored (storage/load-stored store)
+            value (if stored
+                    (decode-stored desc (:decode codec) stored)
+                    (let [v (resolve-init init)]
+                      (when (some? v) (engine/persist! eng v))
+                      v))]
+        (Duratom. store codec eng (or lock (ReentrantLock.)) sync? (read-from-storage? rw) handler
+                  value nil {} nil false))
+      (catch Throwable e
+        (storage/close! store)
+        (throw e)))))
+
+(def default-file-rw
+  "The default `:rw` of file duratoms: EDN, asynchronous commits, reads from memory."
+  rw/default-file-rw)
+
+(def default-postgres-rw
+  "The default `:rw` of PostgreSQL duratoms: EDN in a text column."
+  rw/default-postgres-rw)
+
+(def default-s3-rw
+  "The default `:rw` of S3 duratoms: EDN."
+  rw/default-s3-rw)
+
+(defn file-atom
+  "A duratom stored in the local file `file-path` (String or java.io.File).
+  The parent directory must exist; a missing file is created. If the file
+  holds a value it becomes the state; otherwise `init` (a value, a no-arg fn
+  or a delay) is persisted and becomes the state. `lock`: a
+  java.util.concurrent.locks.Lock serialising mutations (nil: a new
+  ReentrantLock). `rw`: see `default-file-rw` and the README."
+  ([file-path]
+   (file-atom file-path (ReentrantLock.) nil))
+  ([file-path lock init]
+   (file-atom file-path lock init default-file-rw))
+  ([file-path lock init rw]
+   (let [rw (or rw default-file-rw)
+         path (file-backend/->file file-path)
+         codec (rw/file-codec rw path)]
+     (make-duratom (file-backend/store-config path (:raw? codec)) codec lock init rw))))
+
+(defn postgres-atom
+  "A duratom stored in row `row-id` (default 0) of table `table-name`, which
+  is created when missing. `db-config`: a clojure.java.jdbc db-spec for
+  PostgreSQL (map or URI string). Otherwise as `file-atom`; `rw`: see
+  `default-postgres-rw`."
+  ([db-config table-name]
+   (postgres-atom db-config table-name 0 (ReentrantLock.) nil))
+  ([db-config table-name row-id]
+   (postgres-atom db-config table-name row-id (ReentrantLock.) nil))
+  ([db-config table-name row-id lock init]
+   (postgres-atom db-config table-name row-id lock init default-postgres-rw))
+  ([db-config table-name row-id lock init rw]
+   (let [rw (or rw default-postgres-rw)
+         store-config (requiring-resolve 'duratom.backend.postgres/store-config)
+         desc (store-config db-config table-name (or row-id 0) (:column-type rw :text))]
+     (make-duratom desc (rw/postgres-codec rw) lock init rw))))
+
+(defn s3-atom
+  "A duratom stored in object `k` of `bucket` (created when missing).
+  `creds`: an amazonica-style map, a no-arg fn returning one (called again for
+  rotation), or nil for the AWS default chain. Otherwise as `file-atom`; `rw`:
+  see `default-s3-rw`."
+  ([creds bucket k]
+   (s3-atom creds bucket k (ReentrantLock.) nil))
+  ([creds bucket k lock init]
+   (s3-atom creds bucket k lock init default-s3-rw))
+  ([creds bucket k lock init rw]
+   (let [rw (or rw default-s3-rw)
+         store-config (requiring-resolve 'duratom.backend.s3/store-config)
+         desc (store-config creds bucket k (:metadata rw))
+         desc (if (fn? creds)
+                (assoc desc :refresh #(store-config creds bucket k (:metadata rw)))
+                desc)]
+     (make-duratom desc (rw/s3-codec rw) lock init rw))))
+
+(defmulti duratom
+  "Constructs a duratom backed by `backed-by`: `:local-file` (`:file-path`),
+  `:postgres-db` (`:db-config`, `:table-name`, `:row-id`) or `:aws-s3`
+  (`:credentials`, `:bucket`, `:key`). Every backend takes `:init`, `:lock`
+  and `:rw`."
+  (fn [backed-by & _args] backed-by))
+
+(defmethod duratom :local-file
+  [_ & {:keys [file-path init lock rw] :or {rw default-file-rw}}]
+  (file-atom file-path (or lock (ReentrantLock.)) init rw))
+
+(defmethod duratom :postgres-db
+  [_ & {:keys [db-config table-name row-id init lock rw] :or {row-id 0 rw default-postgres-rw}}]
+  (postgres-atom db-config table-name row-id (or lock (ReentrantLock.)) init rw))
+
+(defmethod duratom :aws-s3
+  [_ & {:keys [credentials bucket key init lock rw] :or {rw default-s3-rw}}]
+  (s3-atom credentials bucket key (or lock (ReentrantLock.)) init rw))
+
+;; ------------------------------------------------------- beyond the original
+
+(defn flush!
+  "Blocks until every state set before the call is durable. Returns true;
+  false if `timeout-ms` passes first. Throws the last persistence error when
+  the pending state cannot be written."
+  ([^Duratom dura] (engine/flush! (.-engine dura) nil))
+  ([^Duratom dura timeout-ms] (engine/flush! (.-engine dura) timeout-ms)))
+
+(defn stats
+  "Commit figures of `dura`: `:commits`, `:failures`, `:bytes-written`,
+  `:pending?` (a state not yet durable), `:last-error` (nil or the last
+  persistence exception), `:last-commit-nanos` (duration of the last commit)
+  and `:commit-mode`."
+  [^Duratom dura]
+  (engine/stats (.-engine dura)))

@@ -1,0 +1,123 @@
+(ns duratom.rw
+  "The `:rw` maps: the default read/write functions of each backend, with the
+  signatures the original library gave them, and the codecs that turn an
+  `:rw` map into `encode` (value -> bytes) and `decode` (bytes -> value).
+
+  With a default `:rw` the value is encoded straight to EDN bytes
+  (`duratom.edn`). A custom `:read`/`:write` is called exactly as the original
+  library called it, so nippy and friends keep working unchanged."
+  (:require [clojure.java.io :as io]
+            [duratom.edn :as dedn])
+  (:import (java.io ByteArrayInputStream File PushbackReader InputStream)
+           (java.nio.charset StandardCharsets)
+           (java.nio.file Files)))
+
+(set! *warn-on-reflection* true)
+
+;; ------------------------------------------------- the original's signatures
+
+(defn pr-str-fully
+  "`value` as EDN text with duratom's tags, unaffected by `*print-length*` and
+  friends. The default `:write` for PostgreSQL and S3."
+  ^String [value]
+  (dedn/encode-string value))
+
+(defn read-edn-string
+  "Reads EDN text with `duratom.readers/default`. The default `:read` for PostgreSQL."
+  [^String s]
+  (dedn/decode (.getBytes s StandardCharsets/UTF_8)))
+
+(defn write-edn-file
+  "Writes `value` as EDN to `file`. The default file `:write`: `(fn [file value])`."
+  [file value]
+  (with-open [out (io/output-stream file)]
+    (.write out (dedn/encode value))))
+
+(defn read-edn-object
+  "Reads one EDN value from `source` (anything `clojure.java.io/reader` takes).
+  The default file and S3 `:read`; S3 calls it with the object size first."
+  ([source]
+   (with-open [r (PushbackReader. (io/reader source :encoding "UTF-8"))]
+     (clojure.edn/read duratom.readers/default r)))
+  ([_size source]
+   (read-edn-object source)))
+
+(def default-file-rw
+  "File `:rw`: `:read` gets the file, `:write` gets the file and the value."
+  {:read read-edn-object
+   :write write-edn-file})
+
+(def default-postgres-rw
+  "PostgreSQL `:rw`: `:write` returns a String (or bytes), `:read` gets what is
+  stored (a String for `:text`, bytes for `:bytea`)."
+  {:read read-edn-string
+   :write pr-str-fully
+   :column-type :text})
+
+(def default-s3-rw
+  "S3 `:rw`: `:write` returns a String (or bytes), `:read` gets the object size
+  and an InputStream of its bytes. `:metadata` is passed on as object metadata."
+  {:read read-edn-object
+   :write pr-str-fully})
+
+;; ------------------------------------------------------------------- codecs
+
+(defn- to-bytes
+  "What a custom `:write` returned, as bytes."
+  ^bytes [x]
+  (cond (bytes? x) x
+        (string? x) (.getBytes ^String x StandardCharsets/UTF_8)
+        :else (throw (IllegalArgumentException.
+                      (str "duratom: a custom :write must return a String or bytes, got "
+                           (.getName (class x)))))))
+
+(defn- default-fns? [rw default]
+  (and (identical? (:read rw (:read default)) (:read default))
+       (identical? (:write rw (:write default)) (:write default))))
+
+(defn file-codec
+  "Codec for a file duratom. A custom `:write` is given a temp file beside
+  `path` to write; its bytes are then committed durably by the engine. A
+  custom `:read` is given a temp file holding the stored bytes."
+  [rw ^File path]
+  (if (default-fns? rw default-file-rw)
+    {:encode dedn/encode :decode dedn/decode :raw? false}
+    (let [dir (.getAbsoluteFile (or (.getParentFile (.getAbsoluteFile path)) (File. ".")))
+          with-temp (fn [f]
+                      (let [tmp (File/createTempFile ".duratom-" ".rw" dir)]
+                        (try (f tmp) (finally (.delete tmp)))))]
+      {:encode (fn [value]
+                 (with-temp (fn [^File tmp]
+                              ((:write rw) tmp value)
+                              (Files/readAllBytes (.toPath tmp)))))
+       :decode (fn [^bytes stored]
+                 (with-temp (fn [^File tmp]
+                              (Files/write (.toPath tmp) stored
+                                           ^"[Ljava.nio.file.OpenOption;" (make-array java.nio.file.OpenOption 0))
+                              ((:read rw) tmp))))
+       :raw? true})))
+
+(defn postgres-codec
+  "Codec for a PostgreSQL duratom; `:read` gets a String for a `:text` column
+  and bytes for `:bytea`."
+  [rw]
+  (if (default-fns? rw default-postgres-rw)
+    {:encode dedn/encode :decode dedn/decode}
+    (let [read (:read rw (:read default-postgres-rw))
+          write (:write rw (:write default-postgres-rw))
+          text? (not= :bytea (:column-type rw :text))]
+      {:encode (fn [value] (to-bytes (write value)))
+       :decode (fn [^bytes stored]
+                 (read (if text? (String. stored StandardCharsets/UTF_8) stored)))})))
+
+(defn s3-codec
+  "Codec for an S3 duratom; `:read` gets the size and an InputStream, as the
+  original library gave it."
+  [rw]
+  (if (default-fns? rw default-s3-rw)
+    {:encode dedn/encode :decode dedn/decode}
+    (let [read (:read rw (:read default-s3-rw))
+          write (:write rw (:write default-s3-rw))]
+      {:encode (fn [value] (to-bytes (write value)))
+       :decode (fn [^bytes stored]
+                 (read (alength stored) (ByteArrayInputStream. stored)))})))

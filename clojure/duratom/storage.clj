@@ -1,0 +1,110 @@
+(ns duratom.storage
+  "The Clojure side of the one door into the Rust storage engine
+  (`duratom.Native`). Nothing else calls `duratom.Native`.
+
+  A store is opened from a backend description
+  `{:backend kw, :resource str, :native-config {str str}, :refresh (fn [] desc)}`
+  as the `duratom.backend.*` namespaces build it. Every failure comes out as
+  `ex-info` whose message names backend and resource and whose data holds
+  `:duratom/backend`, `:duratom/resource` and `:duratom/op`."
+  (:import (duratom Native Native$StorageException Native$ConflictException)
+           (java.nio.charset StandardCharsets)
+           (java.io ByteArrayOutputStream)))
+
+(set! *warn-on-reflection* true)
+
+(defn- wire
+  "The native config as `key NUL value NUL ...` UTF-8 bytes (see rust/config.rs)."
+  ^bytes [native-config]
+  (let [out (ByteArrayOutputStream.)]
+    (doseq [[k v] native-config
+            ^String s [(name k) (str v)]]
+      (when-not (neg? (.indexOf s (int 0)))
+        (throw (IllegalArgumentException.
+                (str "duratom: configuration `" (name k) "` contains a NUL character"))))
+      (.write out (.getBytes s StandardCharsets/UTF_8))
+      (.write out (int 0)))
+    (.toByteArray out)))
+
+(defn- failure
+  "Wraps a native or JVM exception as the ex-info callers see."
+  [store op ^Throwable e]
+  (ex-info (or (.getMessage e) (str e))
+           {:duratom/backend (:backend store)
+            :duratom/resource (:resource store)
+            :duratom/op op
+            :duratom/conflict? (instance? Native$ConflictException e)}
+           e))
+
+(defmacro ^:private through-door
+  "Runs `body` (a native call), translating its exceptions for `store`."
+  [store op & body]
+  `(try ~@body
+        (catch Native$StorageException e# (throw (failure ~store ~op e#)))
+        (catch IllegalArgumentException e# (throw (failure ~store ~op e#)))
+        (catch IllegalStateException e# (throw (failure ~store ~op e#)))))
+
+(defrecord Store [backend resource refresh handle-state])
+
+(defn- open-handle ^long [desc]
+  (through-door desc :open (Native/open (wire (:native-config desc)))))
+
+(defn open
+  "Opens the store a backend description names; returns a `Store`. Throws
+  ex-info (data `:duratom/backend`) when the configuration is unusable or the
+  resource cannot be reached."
+  [desc]
+  (map->Store {:backend (:backend desc)
+               :resource (:resource desc)
+               :refresh (:refresh desc)
+               :handle-state (atom {:handle (open-handle desc)
+                                    :native-config (:native-config desc)})}))
+
+(defn- handle
+  "The store's handle; where the backend refreshes its configuration (rotating
+  credentials), reopens first when the configuration changed."
+  ^long [store]
+  (let [state (:handle-state store)]
+    (when-let [refresh (:refresh store)]
+      (let [desc (refresh)]
+        (when (not= (:native-config desc) (:native-config @state))
+          (locking state
+            (let [old (:handle @state)]
+              (reset! state {:handle (open-handle desc) :native-config (:native-config desc)})
+              (Native/close old))))))
+    (:handle @state)))
+
+(defn load-stored
+  "What the store holds now: `{:bytes b, :version v}`, or nil when nothing is stored."
+  [store]
+  (through-door store :load
+    (when-let [pair (Native/load (handle store))]
+      {:bytes (aget pair 0)
+       :version (String. ^bytes (aget pair 1) StandardCharsets/UTF_8)})))
+
+(defn commit!
+  "Durably stores `bytes`; returns the new version string. `expected`: nil to
+  write unconditionally, `:nothing` to write only if nothing is stored, or a
+  version string to write only if that version is still stored. When the
+  condition fails, returns nil and writes nothing."
+  [store ^bytes bytes expected]
+  (try
+    (let [expected-bytes (cond (nil? expected) nil
+                               (= :nothing expected) Native/EXPECT_NOTHING
+                               :else (.getBytes ^String expected StandardCharsets/UTF_8))]
+      (through-door store :commit
+        (String. (Native/commit (handle store) bytes expected-bytes) StandardCharsets/UTF_8)))
+    (catch clojure.lang.ExceptionInfo e
+      (if (:duratom/conflict? (ex-data e))
+        nil
+        (throw e)))))
+
+(defn delete!
+  "Removes what the store holds. Removing nothing is not an error."
+  [store]
+  (through-door store :delete (Native/delete (handle store))))
+
+(defn close!
+  "Releases the store's native resources. Harmless twice."
+  [store]
+  (Native/close (:handle @(:handle-state store))))
