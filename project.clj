@@ -13,6 +13,7 @@
   ;; duratom/native/<platform>/libduratom.so, so `lein jar` carries it.
   :resource-paths ["target/native"]
   :jvm-opts ["-Xss4m"]
-  :profiles {:dev {:dependencies [[com.taoensso/nippy "3.1.3" :exclusions [org.clojure/clojure]]]}}
+  :profiles {:dev {:dependencies [[com.taoensso/nippy "3.1.3" :exclusions [org.clojure/clojure]]]}
+             :demo {:source-paths ["demo"]}}
   :test-selectors {:default (complement :bench)
                    :bench :bench})

@@ -1,0 +1,195 @@
+(ns duratom.file-test
+  (:require [clojure.edn :as edn]
+            [clojure.java.io :as io]
+            [clojure.string :as str]
+            [clojure.test :refer [deftest is testing]]
+            [duratom.behaviour :as behaviour]
+            [duratom.core :as d]
+            [duratom.readers :as readers]
+            [duratom.test-support :as ts]
+            [taoensso.nippy :as nippy])
+  (:import (duratom Native)
+           (java.io BufferedReader File InputStreamReader)
+           (java.nio.file Files)
+           (java.util.concurrent CountDownLatch Executors TimeUnit)))
+
+(def backend
+  {:name "local-file"
+   :new-location (fn [] (io/file (ts/temp-dir) "state.edn"))
+   :open (fn [loc init rw] (d/file-atom loc nil init rw))
+   :default-rw d/default-file-rw})
+
+(defn- move! [^File from ^File to]
+  (is (.renameTo from to) (str "moving " from " to " to)))
+
+;; Breaking a file store as root: permission bits do not stop root, but a
+;; directory that is not there does.
+(defn- break! [^File loc] (move! (.getParentFile loc) (File. (str (.getParentFile loc) ".away"))))
+(defn- mend! [^File loc] (move! (File. (str (.getParentFile loc) ".away")) (.getParentFile loc)))
+
+(deftest file-behaviour
+  (behaviour/run-all backend))
+
+(deftest file-failures-and-recovery
+  (behaviour/error-handler-and-recommit backend break! mend!))
+
+(deftest keyword-constructor-and-positional-arities
+  (let [dir (ts/temp-dir)
+        p (str (io/file dir "k.edn"))]
+    (let [a (d/duratom :local-file :file-path p :init {:x 1} :rw (assoc d/default-file-rw :commit-mode :sync))]
+      (swap! a update :x inc)
+      (is (= {:x 2} @(d/file-atom p)))
+      (is (= {:x 2} @(d/file-atom (io/file p) (java.util.concurrent.locks.ReentrantLock.) {:x 0})))
+      (d/destroy a))
+    (testing "a user-supplied lock is used"
+      (let [lock (java.util.concurrent.locks.ReentrantLock.)
+            a (d/duratom :local-file :file-path p :init 0 :lock lock)
+            held (atom nil)]
+        (swap! a (fn [n] (reset! held (.isHeldByCurrentThread lock)) (inc n)))
+        (is (true? @held))
+        (d/destroy a)))
+    (testing "bad arguments are clear errors"
+      (is (thrown-with-msg? clojure.lang.ExceptionInfo #":file-path" (d/duratom :local-file :init 1)))
+      (is (thrown-with-msg? IllegalArgumentException #":lock" (d/file-atom p "not a lock" 1))))))
+
+(deftest faults-name-the-path-and-keep-the-last-good-file
+  (let [dir (ts/temp-dir)]
+    (testing "missing parent directory at construction"
+      (let [p (io/file dir "missing" "x.edn")
+            e (try (d/file-atom p) nil (catch Exception e e))]
+        (is (some? e))
+        (is (str/includes? (ex-message e) (str p)))
+        (is (str/includes? (ex-message e) "does not exist"))
+        (is (= :local-file (:duratom/backend (ex-data e))))))
+    (testing "the path is a directory"
+      (let [e (try (d/file-atom dir) nil (catch Exception e e))]
+        (is (some? e))
+        (is (str/includes? (ex-message e) (str dir)))
+        (is (str/includes? (ex-message e) "directory"))))
+    (testing "a damaged file is an error at construction and is left untouched"
+      (let [p (io/file dir "damaged.edn")
+            a (d/file-atom p nil {:balance 100} {:commit-mode :sync})
+            _ (d/destroy a)
+            a (d/file-atom p nil {:balance 100} {:commit-mode :sync})
+            good (slurp p)
+            damaged (str/replace good "100" "900")]
+        (spit p damaged)
+        (let [e (try (d/file-atom p nil {:fresh true} nil) nil (catch Exception e e))]
+          (is (some? e))
+          (is (str/includes? (ex-message e) (str p)))
+          (is (str/includes? (ex-message e) "damaged")))
+        (is (= damaged (slurp p)) "nothing was overwritten")
+        (spit p (subs good 0 (- (count good) 3)))
+        (is (thrown-with-msg? Exception #"damaged" (d/file-atom p nil {:fresh true} nil)) "a truncated file too")))
+    (testing "plain EDN that cannot be read is an error naming the path, left untouched"
+      (let [p (io/file dir "garbage.edn")]
+        (spit p "{:unbalanced [1 2")
+        (is (thrown-with-msg? Exception (re-pattern (java.util.regex.Pattern/quote (str p)))
+                              (d/file-atom p nil {:fresh true} nil)))
+        (is (= "{:unbalanced [1 2" (slurp p)))))
+    (testing "the directory removed after construction, then restored"
+      (let [p (io/file (ts/temp-dir) "state.edn")
+            a (d/file-atom p nil {:n 1} {:commit-mode :sync})]
+        (break! p)
+        (let [e (try (swap! a update :n inc) nil (catch Exception e e))]
+          (is (some? e))
+          (is (str/includes? (ex-message e) (str p))))
+        (is (= {:n 1} @a))
+        (mend! p)
+        (is (= {:n 1} (edn/read-string readers/default (slurp p))) "the last good file is intact")
+        (is (= {:n 2} (swap! a update :n inc)) "the next swap! succeeds")
+        (d/destroy a)))))
+
+(deftest compatible-with-the-original-library
+  (let [dir (ts/temp-dir)]
+    (testing "files written by the original library load unchanged"
+      (let [p (io/file dir "original.edn")
+            text "{:users #sorted/map {\"b\" 2, \"a\" 1}, :q #queue [1 2], :tagged #iobj [[1 2] {:m true}], :s #sorted/set #{3 1}}"]
+        (spit p text)
+        (let [a (d/file-atom p)]
+          (is (= (sorted-map "a" 1 "b" 2) (:users @a)))
+          (is (sorted? (:users @a)))
+          (is (instance? clojure.lang.PersistentQueue (:q @a)))
+          (is (= {:m true} (meta (:tagged @a))))
+          (is (sorted? (:s @a)))
+          (is (= text (slurp p)) "loading writes nothing"))))
+    (testing "what we write reads back with clojure.edn and duratom.readers/default"
+      (let [p (io/file dir "ours.edn")
+            v (ts/sample-value)
+            a (d/file-atom p nil v {:commit-mode :sync})]
+        (is (= v (edn/read-string readers/default (slurp p :encoding "UTF-8"))))
+        (d/destroy a)))))
+
+(deftest custom-rw-with-nippy
+  (let [p (io/file (ts/temp-dir) "state.nippy")
+        rw {:read nippy/thaw-from-file :write nippy/freeze-to-file :commit-mode :sync}
+        v (ts/sample-value)
+        a (d/file-atom p nil v rw)]
+    (is (= v (nippy/thaw-from-file p)) "the file is nippy, as the user's :read expects")
+    (swap! a assoc :more 1)
+    (is (= (assoc v :more 1) @(d/file-atom p nil nil rw)))
+    (is (= (assoc v :more 1) (d/backend-snapshot a)))
+    (is (empty? (filter #(str/includes? (.getName ^File %) "duratom") (.listFiles (.getParentFile p))))
+        "no temp files left behind")
+    (d/destroy a)))
+
+(deftest misuse-never-crashes-the-jvm
+  (testing "bogus handles give exceptions"
+    (doseq [h [0 -1 Long/MAX_VALUE 987654321]]
+      (is (thrown-with-msg? IllegalStateException #"no open duratom store" (Native/load h)))
+      (is (thrown-with-msg? IllegalStateException #"no open duratom store" (Native/commit h (byte-array 1) nil)))
+      (is (thrown-with-msg? IllegalStateException #"no open duratom store" (Native/delete h)))
+      (Native/close h))
+    (is (thrown? IllegalArgumentException (Native/open (.getBytes "no backend here"))))
+    (is (thrown? Exception (Native/open nil))))
+  (testing "destroy racing swap!: every swap! either lands before or throws after, and nothing comes back"
+    (dotimes [round 10]
+      (let [p (io/file (ts/temp-dir) "race.edn")
+            mode (if (even? round) :sync :duratom.core/async)
+            a (d/file-atom p nil 0 {:commit-mode mode})
+            pool (Executors/newFixedThreadPool 4)
+            start (CountDownLatch. 1)
+            outcomes (doall (for [_ (range 4)]
+                              (.submit pool ^Callable (fn []
+                                                        (.await start)
+                                                        (loop [ok 0]
+                                                          (if (try (swap! a inc) true
+                                                                   (catch IllegalStateException _ false))
+                                                            (recur (inc ok))
+                                                            ok))))))]
+        (.countDown start)
+        (while (< @a 50) (Thread/yield))
+        (d/destroy a)
+        (let [landed (reduce + (map #(.get ^java.util.concurrent.Future % 1 TimeUnit/MINUTES) outcomes))]
+          (is (= landed @a) "deref gives the last value set"))
+        (.shutdown pool)
+        (is (not (.exists p)) "the file is gone and no writer brought it back")
+        (d/destroy a)))))
+
+(defn- last-acknowledged
+  "Reads `n` lines from the child; the last one is the newest acknowledged value."
+  [^BufferedReader r n]
+  (loop [i 0 last nil]
+    (if (< i n)
+      (if-let [line (.readLine r)]
+        (recur (inc i) (Long/parseLong (str/trim line)))
+        last)
+      last)))
+
+(deftest crash-durability-under-sigkill
+  (let [dir (ts/temp-dir)
+        p (io/file dir "crash.edn")
+        rnd (java.util.Random. 42)
+        code (str "(require 'duratom.core)"
+                  "(let [a (duratom.core/file-atom \"" p "\" nil {:n 0} {:commit-mode :sync})]"
+                  "  (loop [] (let [v (:n (swap! a update :n inc))] (println v) (flush)) (recur)))")]
+    (dotimes [i 50]
+      (let [child (ts/child-jvm code)
+            reader (BufferedReader. (InputStreamReader. (.getInputStream child)))
+            acked (last-acknowledged reader (inc (.nextInt rnd 200)))]
+        (.destroyForcibly child) ; SIGKILL
+        (.waitFor child 1 TimeUnit/MINUTES)
+        (is (some? acked) "the child acknowledged commits before the kill")
+        (let [stored (:n @(d/file-atom p))]
+          (is (and (some? stored) (>= stored acked))
+              (str "kill " i ": stored " stored ", last acknowledged " acked)))))))

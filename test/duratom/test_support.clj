@@ -1,0 +1,74 @@
+(ns duratom.test-support
+  "Shared helpers for the test suites: temp dirs, the server coordinates the
+  test command exports, and child JVMs."
+  (:require [clojure.java.io :as io]
+            [clojure.string :as str])
+  (:import (java.nio.file Files)
+           (java.nio.file.attribute FileAttribute)
+           (java.util UUID)))
+
+(defn temp-dir
+  "A fresh temp directory (a java.io.File)."
+  []
+  (.toFile (Files/createTempDirectory "duratom-test-" (make-array FileAttribute 0))))
+
+(defn unique-name
+  "A fresh lower-case name with `prefix`, valid as table, bucket key or file name."
+  [prefix]
+  (str prefix "-" (subs (str/replace (str (UUID/randomUUID)) "-" "") 0 12)))
+
+(defn required-env
+  "The environment variable `k`; throws, naming the variable and the script
+  that sets it, when it is missing: a backend test never silently skips."
+  [k script]
+  (or (not-empty (System/getenv k))
+      (throw (ex-info (str "Missing environment variable " k ": the server this test needs is not running. "
+                           "Run the tests with scripts/test (it starts the servers), or run "
+                           script " start DIR and source DIR/env.")
+                      {:missing k}))))
+
+(defn child-jvm
+  "Starts `clojure.main -e code` in a child JVM with this JVM's classpath and
+  returns the java.lang.Process (stdout piped, stderr inherited)."
+  ^Process [code & {:keys [jvm-opts]}]
+  (let [java (str (System/getProperty "java.home") "/bin/java")
+        cmd (concat [java "-cp" (System/getProperty "java.class.path")]
+                    jvm-opts
+                    ["clojure.main" "-e" code])]
+    (-> (ProcessBuilder. ^java.util.List (vec cmd))
+        (.redirectError java.lang.ProcessBuilder$Redirect/INHERIT)
+        (.start))))
+
+(defn sample-value
+  "A value holding every type the EDN round trip must keep: strings with
+  emoji, NUL, quotes, backslashes and newlines; characters; namespaced
+  keywords and symbols; longs at both extremes, bigints, bigdecimals, ratios,
+  doubles; #inst and #uuid; nested maps, vectors, sets, lists; sorted maps
+  and sets, queues, and collections carrying metadata."
+  []
+  {:strings ["emoji \uD83D\uDE00 \uD83C\uDF89" "nul \u0000 here" "quote \" q" "back\\slash" "new\nline\r\ttab" ""]
+   :chars [\a \newline \space \tab \" \\ \u00e9]
+   :keywords [:plain :ns/kw :a.b/c]
+   :symbols ['plain 'ns/sym 'a.b/c]
+   :longs [Long/MIN_VALUE Long/MAX_VALUE 0 -1]
+   :bigints [12345678901234567890123N -1N]
+   :bigdecimals [1.5M 0.000000000000000000001M]
+   :ratios [1/3 -22/7]
+   :doubles [1.5 -0.0 1.0E300 Double/MIN_VALUE]
+   :inst #inst "2024-02-29T12:34:56.789-00:00"
+   :uuid #uuid "8d5f1c1e-2b3a-4c5d-9e8f-0a1b2c3d4e5f"
+   :nested {:map {:a {:b [1 #{2 3} '(4 5)]}} :list '(1 (2 (3))) :set #{[1 2] {:x 1}}}
+   :sorted-map (sorted-map :b 2 :a 1 :c 3)
+   :sorted-set (sorted-set 3 1 2)
+   :queue (conj clojure.lang.PersistentQueue/EMPTY 1 2 3)
+   :with-meta (with-meta [1 2 3] {:source "test" :n 1})
+   :map-with-meta (with-meta {:k :v} {:tag :m})})
+
+(defn types-of
+  "A tree of the value's collection classes and metadata, so that equality
+  also checks that types and metadata survived."
+  [x]
+  (cond
+    (map? x) [(class x) (meta x) (into {} (map (fn [[k v]] [k (types-of v)]) x))]
+    (coll? x) [(class x) (meta x) (mapv types-of x)]
+    :else (class x)))
