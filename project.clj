@@ -9,9 +9,9 @@
   :java-source-paths ["java"]
   :javac-options ["--release" "11"]
   :test-paths ["test"]
-  ;; `scripts/build-native` puts the library here as
+  ;; `scripts/build-native` puts the library in native-resources/ as
   ;; duratom/native/<platform>/libduratom.so, so `lein jar` carries it.
-  :resource-paths ["target/native"]
+  :resource-paths ["native-resources"]
   :jvm-opts ["-Xss4m"]
   :profiles {:dev {:dependencies [[com.taoensso/nippy "3.1.3" :exclusions [org.clojure/clojure]]]}
              :demo {:source-paths ["demo"]}}
