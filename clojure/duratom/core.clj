@@ -46,18 +46,6 @@
       (when-not ok?
         (throw (IllegalStateException. "Invalid reference state"))))))
 
-(defn- persist-sync!
-  "Commits `value` now. On failure: with an error handler, returns the
-  exception (the state is kept, as the original library kept it); without
-  one, throws (the state is not kept: memory never runs ahead of storage)."
-  [engine error-handler value]
-  (try (engine/persist! engine value)
-       nil
-       (catch Exception e
-         (if error-handler
-           (do (engine/mark-unwritten! engine value) e)
-           (throw e)))))
-
 (defn- decode-stored
   "The stored bytes as a value; ex-info naming the resource when they cannot be read."
   [desc decode stored]
@@ -70,8 +58,7 @@
                           :duratom/op :load}
                          e)))))
 
-(deftype Duratom [store codec engine ^Lock lock sync? read-from-storage? error-handler
-                  ^:volatile-mutable value
+(deftype Duratom [store codec engine ^Lock lock sync? read-from-storage?
                   ^:volatile-mutable validator
                   ^:volatile-mutable watches
                   ^:volatile-mutable meta-map
@@ -79,25 +66,20 @@
   IState
   (-update! [this f]
     (.lock lock)
-    (try
-      (when released?
-        (throw (IllegalStateException.
-                (str "duratom: " (name (:backend store)) " " (:resource store) " has been destroyed"))))
-      (let [old value
-            new (f old)]
-        (when-not (identical? new abort)
-          (validate! validator new)
-          (let [failure (when sync? (persist-sync! engine error-handler new))]
-            (set! value new)
-            (when-not sync? (engine/request! engine new))
-            (when failure
-              (try (error-handler failure #(engine/recommit! engine))
-                   (catch Throwable _ nil))) ; the contract: handler exceptions are swallowed
-            (doseq [[k w] watches]
-              (w k this old new))
-            [old new])))
-      (finally (.unlock lock))))
-  (-memory-value [_] value)
+    (let [accepted (try
+                     (when released?
+                       (throw (IllegalStateException.
+                               (str "duratom: " (name (:backend store)) " " (:resource store)
+                                    " has been destroyed"))))
+                     (engine/propose! engine f #(validate! validator %) abort)
+                     (finally (.unlock lock)))]
+      (when accepted
+        (let [[seq old new] accepted]
+          (when sync? (engine/await-durable! engine seq))
+          (doseq [[k w] watches]
+            (w k this old new))
+          [old new]))))
+  (-memory-value [_] (engine/current engine))
   (-released? [_] released?)
   ;; `locking` stays in return position: Clojure wraps a try elsewhere in a
   ;; fn, where a mutable field cannot be set!.
@@ -110,7 +92,7 @@
   (deref [this]
     (if (and read-from-storage? (not released?))
       (backend-snapshot this)
-      value))
+      (engine/current engine)))
 
   IAtom
   (swap [this f] (nth (-update! this f) 1))
@@ -130,7 +112,7 @@
 
   IRef
   (setValidator [_ vf]
-    (validate! vf value)
+    (validate! vf (engine/current engine))
     (set! validator vf))
   (getValidator [_] validator)
   (getWatches [_] watches)
@@ -195,19 +177,18 @@
   (when-not (or (nil? lock) (instance? Lock lock))
     (throw (IllegalArgumentException.
             (str "duratom: :lock must be a java.util.concurrent.locks.Lock, got " (class lock)))))
-  (let [store (storage/open desc)
-        sync? (sync-mode? rw)
-        handler (:error-handler rw)
-        eng (engine/engine store (:encode codec) sync? handler)]
+  (let [store (storage/open desc)]
     (try
       (let [stored (storage/load-stored store)
             value (if stored
                     (decode-stored desc (:decode codec) stored)
-                    (let [v (resolve-init init)]
-                      (when (some? v) (engine/persist! eng v))
-                      v))]
-        (Duratom. store codec eng (or lock (ReentrantLock.)) sync? (read-from-storage? rw) handler
-                  value nil {} nil false))
+                    (resolve-init init))
+            sync? (sync-mode? rw)
+            eng (engine/engine store (:encode codec) sync? (:error-handler rw) value)]
+        (when (and (nil? stored) (some? value))
+          (engine/commit-initial! eng value))
+        (Duratom. store codec eng (or lock (ReentrantLock.)) sync? (read-from-storage? rw)
+                  nil {} nil false))
       (catch Throwable e
         (storage/close! store)
         (throw e)))))

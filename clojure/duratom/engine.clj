@@ -1,15 +1,23 @@
 (ns duratom.engine
   "Commits a duratom's states to its store, and keeps the figures `stats` reports.
 
-  Synchronous: `persist!` encodes and commits on the caller's thread and
-  returns once the state is durable (or throws).
+  Every mutation goes through `propose!` (under the duratom's lock), which
+  computes the new state from the newest accepted one and queues it with a
+  sequence number.
 
-  Asynchronous: `request!` records the newest state and makes sure a writer
-  is running; it never encodes or writes on the caller's thread. The writer,
-  on a shared pool of daemon threads, writes only the newest state each time
-  round, so the last state always lands however fast states come. When a write
-  fails and there is no `:error-handler`, the writer keeps the newest state and
-  retries with backoff; `flush!` and `stats` show the failure.
+  Synchronous: the caller then waits in `await-durable!`. The first waiter
+  becomes the leader and writes the newest queued state; every state queued up
+  to then is a prefix of that snapshot, so one durable write acknowledges them
+  all (group commit). If the write fails, every state queued since the last
+  durable one is dropped and their callers throw: memory never runs ahead of
+  storage, and a swap! that threw leaves no trace.
+
+  Asynchronous: `propose!` makes sure a writer is running; it never encodes
+  or writes on the caller's thread. The writer, on a shared pool of daemon
+  threads, writes only the newest state each time round, so the last state
+  always lands however fast states come. When a write fails and there is no
+  `:error-handler`, the writer keeps the newest state and retries with
+  backoff; `flush!` and `stats` show the failure.
 
   A JVM shutdown hook flushes every engine with pending states (bounded)."
   (:require [duratom.storage :as storage])
@@ -34,29 +42,35 @@
 (def ^:private max-backoff-ms 1000)
 
 ;; All mutable state sits in atomics and is changed while holding `monitor`,
-;; so every step below sees one consistent picture; `io-lock` is held around
-;; each commit, so that destroy! waits for one in flight.
+;; so every step sees one consistent picture; `io-lock` is held around each
+;; commit, so that destroy! waits for one in flight.
 (defrecord Engine [store encode sync? error-handler
                    ^Object monitor ^ReentrantLock io-lock
                    ^AtomicLong commits ^AtomicLong failures
                    ^AtomicLong bytes-written ^AtomicLong last-commit-nanos
                    ^AtomicReference last-error
-                   ^AtomicReference latest    ; newest state requested
-                   ^AtomicLong requested      ; count of states requested
+                   ^AtomicReference latest    ; newest accepted state
+                   ^AtomicReference durable   ; newest state known durable (sync mode's deref)
+                   ^AtomicLong requested      ; count of states accepted
                    ^AtomicLong written        ; count of those known durable
-                   ^AtomicBoolean scheduled   ; a writer is running or will run
+                   ^AtomicLong acked          ; sync: count whose callers may return
+                   ^AtomicLong failed         ; sync: count whose callers must throw
+                   ^AtomicBoolean leading     ; sync: a caller is writing for the group
+                   ^AtomicBoolean scheduled   ; async: a writer is running or will run
                    ^AtomicBoolean closed])
 
 (defn engine
   "An engine committing to `store` (duratom.storage) with `encode` (value ->
-  bytes). `sync?`: commit on the caller's thread. `error-handler`: the `:rw`
-  option, `(fn [exception recommit])`."
-  [store encode sync? error-handler]
+  bytes), starting from `value`, which is stored already. `sync?`: callers
+  wait until their state is durable. `error-handler`: the `:rw` option,
+  `(fn [exception recommit])`."
+  [store encode sync? error-handler value]
   (->Engine store encode (boolean sync?) error-handler
             (Object.) (ReentrantLock.)
             (AtomicLong.) (AtomicLong.) (AtomicLong.) (AtomicLong.)
-            (AtomicReference.) (AtomicReference.)
-            (AtomicLong.) (AtomicLong.) (AtomicBoolean.) (AtomicBoolean.)))
+            (AtomicReference.) (AtomicReference. value) (AtomicReference. value)
+            (AtomicLong.) (AtomicLong.) (AtomicLong.) (AtomicLong.)
+            (AtomicBoolean.) (AtomicBoolean.) (AtomicBoolean.)))
 
 (defn- commit-bytes!
   "Commits `bytes` unless the engine is closed, keeping the figures. Holds io-lock."
@@ -70,37 +84,106 @@
       (.incrementAndGet ^AtomicLong (:commits e))
       (.addAndGet ^AtomicLong (:bytes-written e) (alength bytes))
       (.set ^AtomicLong (:last-commit-nanos e) (- (System/nanoTime) t0))
-      (catch Throwable x
-        (.incrementAndGet ^AtomicLong (:failures e))
-        (.set ^AtomicReference (:last-error e) x)
-        (throw x))
       (finally (.unlock io-lock)))))
 
-(defn persist!
-  "Synchronously encodes and durably commits `value`; throws on failure."
+(defn- encode-and-commit!
+  "Encodes and commits `value`; returns nil, or the Throwable it failed with
+  (counted and kept as the last error)."
   [^Engine e value]
-  (let [t0 (System/nanoTime)
-        bytes (try ((:encode e) value)
-                   (catch Throwable x
-                     (.incrementAndGet ^AtomicLong (:failures e))
-                     (.set ^AtomicReference (:last-error e) x)
-                     (throw x)))]
-    (commit-bytes! e bytes t0)
-    (locking (:monitor e)
-      ;; A recommit still pending will now write this newer value.
-      (.set ^AtomicReference (:latest e) value)
-      (let [n (.incrementAndGet ^AtomicLong (:requested e))]
-        (when-not (.get ^AtomicBoolean (:scheduled e))
-          (.set ^AtomicLong (:written e) n))))
-    true))
+  (try (commit-bytes! e ((:encode e) value) (System/nanoTime))
+       nil
+       (catch Throwable x
+         (.incrementAndGet ^AtomicLong (:failures e))
+         (.set ^AtomicReference (:last-error e) x)
+         x)))
 
-(defn mark-unwritten!
-  "A synchronous commit failed but the state was kept (an :error-handler is in
-  charge of it): `flush!` and `stats` now report it pending."
+(defn commit-initial!
+  "Durably stores `value` before the duratom exists (its `:init`); throws on failure."
   [^Engine e value]
+  (when-let [x (encode-and-commit! e value)]
+    (throw x)))
+
+(defn current
+  "The value deref gives from memory: the newest durable state in synchronous
+  mode, the newest state in asynchronous mode."
+  [^Engine e]
+  (let [^AtomicReference r (if (:sync? e) (:durable e) (:latest e))]
+    (.get r)))
+
+(declare ensure-writer!)
+
+(defn propose!
+  "Computes `(f newest)` from the newest accepted state, validates it with
+  `validate!` and accepts it. Returns `[seq old new]`, or nil (nothing
+  changes) when `f` returns `abort`. Call under the duratom's lock."
+  [^Engine e f validate! abort]
   (locking (:monitor e)
-    (.set ^AtomicReference (:latest e) value)
-    (.incrementAndGet ^AtomicLong (:requested e))))
+    (let [^AtomicReference latest (:latest e)
+          old (.get latest)
+          new (f old)]
+      (when-not (identical? new abort)
+        (validate! new)
+        (.set latest new)
+        (let [seq (.incrementAndGet ^AtomicLong (:requested e))]
+          (when-not (:sync? e) (ensure-writer! e))
+          [seq old new])))))
+
+(defn- failure-ex
+  "The exception a caller sees for a state that could not be written."
+  [^Engine e ^Throwable x]
+  (if (instance? IllegalStateException x)
+    x
+    (ex-info (str "duratom: the state could not be written: " (.getMessage x))
+             (merge {:duratom/backend (:backend (:store e))
+                     :duratom/resource (:resource (:store e))}
+                    (ex-data x))
+             x)))
+
+(defn await-durable!
+  "Synchronous mode: returns once state `seq` is durable; throws when it
+  cannot be written (then it is dropped from memory too). With an
+  :error-handler the state is kept instead and the handler told, as the
+  original library did."
+  [^Engine e ^long seq]
+  (let [^Object monitor (:monitor e)
+        ^AtomicLong requested (:requested e)
+        ^AtomicLong written (:written e)
+        ^AtomicLong acked (:acked e)
+        ^AtomicLong failed (:failed e)
+        ^AtomicBoolean leading (:leading e)
+        ^AtomicReference latest (:latest e)
+        ^AtomicReference durable (:durable e)]
+    (loop []
+      (let [step (locking monitor
+                   (cond (>= (.get acked) seq) :done
+                         (>= (.get failed) seq) :failed
+                         (.get leading) (do (.wait monitor) :again)
+                         :else (do (.set leading true) [(.get requested) (.get latest)])))]
+        (case step
+          :done nil
+          :failed (throw (failure-ex e (.get ^AtomicReference (:last-error e))))
+          :again (recur)
+          (let [[target value] step
+                x (encode-and-commit! e value)
+                handler (:error-handler e)]
+            (locking monitor
+              (.set leading false)
+              (cond
+                (nil? x) (do (.set written (max (.get written) (long target)))
+                             (.set acked (max (.get acked) (long target)))
+                             (.set durable value))
+                handler (do (.set acked (max (.get acked) (long target))) ; kept, pending
+                            (.set durable value))
+                ;; Drop every state accepted since the last durable one: they
+                ;; were computed from the state that failed.
+                :else (do (.set failed (.get requested))
+                          (.set written (.get requested)) ; dropped: no longer pending
+                          (.set latest (.get durable))))
+              (.notifyAll monitor))
+            (when (and x handler)
+              (try (handler x #(locking monitor (ensure-writer! e)))
+                   (catch Throwable _ nil))) ; the contract: handler exceptions are swallowed
+            (recur)))))))
 
 (declare write-loop)
 
@@ -111,15 +194,6 @@
     (.set ^AtomicBoolean (:scheduled e) true)
     (.add writing e)
     (.execute writers ^Runnable (fn [] (write-loop e)))))
-
-(defn request!
-  "Asynchronously commits `value`, the newest state. Never encodes or writes
-  on the caller's thread."
-  [^Engine e value]
-  (locking (:monitor e)
-    (.set ^AtomicReference (:latest e) value)
-    (.incrementAndGet ^AtomicLong (:requested e))
-    (ensure-writer! e)))
 
 (defn recommit!
   "Schedules a write of the newest state: the `recommit` an :error-handler gets."
@@ -144,22 +218,19 @@
         ^AtomicBoolean closed (:closed e)]
     (loop [attempt 0]
       (let [[target value] (locking monitor [(.get requested) (.get ^AtomicReference (:latest e))])
-            failure (try (commit-bytes! e ((:encode e) value) (System/nanoTime))
-                         nil
-                         (catch Throwable x x))]
+            failure (encode-and-commit! e value)]
         (cond
           (nil? failure)
           (when (locking monitor
                   (when (> (long target) (.get written)) (.set written target))
+                  (.set ^AtomicReference (:durable e) value)
                   (if (and (> (.get requested) (.get written)) (not (.get closed)))
                     (do (.notifyAll monitor) true)
                     (do (stop-writer! e) false)))
             (recur 0))
 
           (:error-handler e)
-          (do (when-not (instance? IllegalStateException failure) ; destroyed meanwhile
-                (.set ^AtomicReference (:last-error e) failure))
-              (locking monitor (stop-writer! e))
+          (do (locking monitor (stop-writer! e))
               (when-not (.get closed)
                 (try ((:error-handler e) failure #(recommit! e))
                      (catch Throwable _ nil)))) ; the contract: handler exceptions are swallowed
@@ -194,7 +265,9 @@
             true
 
             (or (> (.get failures) failures-before)
-                (not (.get ^AtomicBoolean (:scheduled e))))
+                (and (not (.get ^AtomicBoolean (:scheduled e)))
+                     (not (.get ^AtomicBoolean (:leading e)))
+                     (some? (.get ^AtomicReference (:last-error e)))))
             (let [^Throwable x (.get ^AtomicReference (:last-error e))]
               (throw (ex-info (str "duratom: the pending state cannot be written: " (.getMessage x))
                               (merge {:duratom/backend (:backend (:store e))
