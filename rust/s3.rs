@@ -145,7 +145,7 @@ impl Settings {
                 None,
                 "duratom :credentials",
             )),
-            (Some(a), Some(_)) if a.is_empty() => {
+            (Some(""), Some(_)) => {
                 return Err(StoreError::config(BACKEND, "the access key in :credentials is empty"))
             }
             (Some(_), Some(_)) => return Err(StoreError::config(BACKEND, "the secret key in :credentials is empty")),
