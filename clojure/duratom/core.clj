@@ -25,8 +25,10 @@
 
 (defprotocol ^:private IState
   (-update! [this f]
-    "Under the lock: new = (f old); validate; persist; set; notify watches.
-    Returns [old new], or nil when `f` returns `abort`.")
+    "new = (f old); validate; persist; set; notify watches. Returns [old
+    new], or nil when `f` returns `abort`.")
+  (-update-local! [this f] "-update! when this process is the only writer.")
+  (-refresh! [this] "Loads the stored state; fires watches if it changed.")
   (-memory-value [this] "The in-memory value, never read from storage.")
   (-released? [this])
   (-alter-watches! [this f args] "Replaces the watch map with (apply f watches args), atomically.")
@@ -58,7 +60,21 @@
                           :duratom/op :load}
                          e)))))
 
-(deftype Duratom [store codec engine ^Lock lock sync? read-from-storage?
+(defn- notify-watches [ref watches old new]
+  (doseq [[k w] watches]
+    (w k ref old new)))
+
+(defn- reload!
+  "Reads what storage holds now; if it is not the state the engine last saw,
+  adopts it. Returns [old new] when the state changed, else nil."
+  [store codec engine]
+  (when-let [stored (storage/load-stored store)]
+    (when (not= (:version stored) (engine/stored-version engine))
+      (let [new ((:decode codec) (:bytes stored))
+            old (engine/adopt! engine new (:version stored))]
+        [old new]))))
+
+(deftype Duratom [store codec engine ^Lock lock sync? shared? read-from-storage?
                   ^:volatile-mutable validator
                   ^:volatile-mutable watches
                   ^:volatile-mutable meta-map
@@ -66,6 +82,18 @@
   IState
   (-update! [this f]
     (.lock lock)
+    (if shared?
+      (try
+        (when released? (throw (IllegalStateException. (str "duratom: " (:resource store) " has been destroyed"))))
+        (when-let [[old new] (engine/shared-update!
+                              engine f #(validate! validator %) abort
+                              #(when-let [[o n] (reload! store codec engine)]
+                                 (when (not= o n) (notify-watches this watches o n))))]
+          (notify-watches this watches old new)
+          [old new])
+        (finally (.unlock lock)))
+      (-update-local! this f)))
+  (-update-local! [this f]
     (let [accepted (try
                      (when released?
                        (throw (IllegalStateException.
@@ -76,9 +104,16 @@
       (when accepted
         (let [[seq old new] accepted]
           (when sync? (engine/await-durable! engine seq))
-          (doseq [[k w] watches]
-            (w k this old new))
+          (notify-watches this watches old new)
           [old new]))))
+  (-refresh! [this]
+    (.lock lock)
+    (try
+      (when-not released?
+        (when-let [[old new] (reload! store codec engine)]
+          (when (not= old new) (notify-watches this watches old new))))
+      (engine/current engine)
+      (finally (.unlock lock))))
   (-memory-value [_] (engine/current engine))
   (-released? [_] released?)
   ;; `locking` stays in return position: Clojure wraps a try elsewhere in a
@@ -167,6 +202,16 @@
   (let [mode (:commit-mode rw)]
     (not (or (nil? mode) (= mode ::async)))))
 
+(defn- shared-mode?
+  "`:shared? true` in `rw`. Shared mode commits synchronously, so asking for
+  it with an explicit asynchronous commit mode is an error."
+  [rw]
+  (let [shared? (boolean (:shared? rw))]
+    (when (and shared? (= ::async (:commit-mode rw)))
+      (throw (IllegalArgumentException.
+              "duratom: :shared? true commits synchronously; it cannot be combined with :commit-mode :duratom.core/async")))
+    shared?))
+
 (defn- read-from-storage? [rw]
   (contains? #{:storage ::storage} (:read-from rw)))
 
@@ -177,17 +222,21 @@
   (when-not (or (nil? lock) (instance? Lock lock))
     (throw (IllegalArgumentException.
             (str "duratom: :lock must be a java.util.concurrent.locks.Lock, got " (class lock)))))
-  (let [store (storage/open desc)]
+  (let [store (storage/open desc)
+        shared? (shared-mode? rw)]
     (try
       (let [stored (storage/load-stored store)
             value (if stored
                     (decode-stored desc (:decode codec) stored)
                     (resolve-init init))
-            sync? (sync-mode? rw)
-            eng (engine/engine store (:encode codec) sync? (:error-handler rw) value)]
+            sync? (or shared? (sync-mode? rw))
+            eng (engine/engine store (:encode codec) sync? (:error-handler rw) value (:version stored))]
         (when (and (nil? stored) (some? value))
-          (engine/commit-initial! eng value))
-        (Duratom. store codec eng (or lock (ReentrantLock.)) sync? (read-from-storage? rw)
+          (when-not (engine/commit-initial! eng value shared?)
+            ;; another process created it meanwhile: its state wins
+            (let [theirs (storage/load-stored store)]
+              (engine/adopt! eng (decode-stored desc (:decode codec) theirs) (:version theirs)))))
+        (Duratom. store codec eng (or lock (ReentrantLock.)) sync? shared? (read-from-storage? rw)
                   nil {} nil false))
       (catch Throwable e
         (storage/close! store)
@@ -260,21 +309,26 @@
 (defmulti duratom
   "Constructs a duratom backed by `backed-by`: `:local-file` (`:file-path`),
   `:postgres-db` (`:db-config`, `:table-name`, `:row-id`) or `:aws-s3`
-  (`:credentials`, `:bucket`, `:key`). Every backend takes `:init`, `:lock`
-  and `:rw`."
+  (`:credentials`, `:bucket`, `:key`). Every backend takes `:init`, `:lock`,
+  `:rw` and `:shared?` (same as `:shared? true` in `:rw`)."
   (fn [backed-by & _args] backed-by))
 
+(defn- with-shared
+  "The `:shared?` constructor keyword, carried in the `:rw` map."
+  [rw shared?]
+  (cond-> rw (some? shared?) (assoc :shared? shared?)))
+
 (defmethod duratom :local-file
-  [_ & {:keys [file-path init lock rw] :or {rw default-file-rw}}]
-  (file-atom file-path (or lock (ReentrantLock.)) init rw))
+  [_ & {:keys [file-path init lock rw shared?] :or {rw default-file-rw}}]
+  (file-atom file-path (or lock (ReentrantLock.)) init (with-shared rw shared?)))
 
 (defmethod duratom :postgres-db
-  [_ & {:keys [db-config table-name row-id init lock rw] :or {row-id 0 rw default-postgres-rw}}]
-  (postgres-atom db-config table-name row-id (or lock (ReentrantLock.)) init rw))
+  [_ & {:keys [db-config table-name row-id init lock rw shared?] :or {row-id 0 rw default-postgres-rw}}]
+  (postgres-atom db-config table-name row-id (or lock (ReentrantLock.)) init (with-shared rw shared?)))
 
 (defmethod duratom :aws-s3
-  [_ & {:keys [credentials bucket key init lock rw] :or {rw default-s3-rw}}]
-  (s3-atom credentials bucket key (or lock (ReentrantLock.)) init rw))
+  [_ & {:keys [credentials bucket key init lock rw shared?] :or {rw default-s3-rw}}]
+  (s3-atom credentials bucket key (or lock (ReentrantLock.)) init (with-shared rw shared?)))
 
 ;; ------------------------------------------------------- beyond the original
 
@@ -292,3 +346,10 @@
   and `:commit-mode`."
   [^Duratom dura]
   (engine/stats (.-engine dura)))
+
+(defn refresh!
+  "Loads the newest stored value now, makes it the state (firing watches if
+  it changed) and returns it. Useful in shared mode, where other processes
+  write the same storage; `deref` alone never does I/O."
+  [^Duratom dura]
+  (-refresh! dura))

@@ -57,51 +57,66 @@
                    ^AtomicLong failed         ; sync: count whose callers must throw
                    ^AtomicBoolean leading     ; sync: a caller is writing for the group
                    ^AtomicBoolean scheduled   ; async: a writer is running or will run
-                   ^AtomicBoolean closed])
+                   ^AtomicBoolean closed
+                   ^AtomicReference version   ; shared: version of the durable state as last seen
+                   ^AtomicLong conflicts])    ; shared: commits refused because storage moved
 
 (defn engine
   "An engine committing to `store` (duratom.storage) with `encode` (value ->
   bytes), starting from `value`, which is stored already. `sync?`: callers
   wait until their state is durable. `error-handler`: the `:rw` option,
   `(fn [exception recommit])`."
-  [store encode sync? error-handler value]
+  [store encode sync? error-handler value version]
   (->Engine store encode (boolean sync?) error-handler
             (Object.) (ReentrantLock.)
             (AtomicLong.) (AtomicLong.) (AtomicLong.) (AtomicLong.)
             (AtomicReference.) (AtomicReference. value) (AtomicReference. value)
             (AtomicLong.) (AtomicLong.) (AtomicLong.) (AtomicLong.)
-            (AtomicBoolean.) (AtomicBoolean.) (AtomicBoolean.)))
+            (AtomicBoolean.) (AtomicBoolean.) (AtomicBoolean.)
+            (AtomicReference. version) (AtomicLong.)))
 
 (defn- commit-bytes!
-  "Commits `bytes` unless the engine is closed, keeping the figures. Holds io-lock."
-  [^Engine e ^bytes bytes ^long t0]
+  "Commits `bytes` unless the engine is closed, keeping the figures; returns
+  the new version, or nil when `expected` (see duratom.storage/commit!) did
+  not hold. Holds io-lock."
+  [^Engine e ^bytes bytes ^long t0 expected]
   (let [^ReentrantLock io-lock (:io-lock e)]
     (.lock io-lock)
     (try
       (when (.get ^AtomicBoolean (:closed e))
         (throw (IllegalStateException. "duratom: the duratom has been destroyed")))
-      (storage/commit! (:store e) bytes nil)
-      (.incrementAndGet ^AtomicLong (:commits e))
-      (.addAndGet ^AtomicLong (:bytes-written e) (alength bytes))
-      (.set ^AtomicLong (:last-commit-nanos e) (- (System/nanoTime) t0))
+      (when-let [version (storage/commit! (:store e) bytes expected)]
+        (.set ^AtomicReference (:version e) version)
+        (.incrementAndGet ^AtomicLong (:commits e))
+        (.addAndGet ^AtomicLong (:bytes-written e) (alength bytes))
+        (.set ^AtomicLong (:last-commit-nanos e) (- (System/nanoTime) t0))
+        version)
       (finally (.unlock io-lock)))))
 
+(defn- failed!
+  "Counts `x` as a persistence failure and keeps it as the last error."
+  [^Engine e x]
+  (.incrementAndGet ^AtomicLong (:failures e))
+  (.set ^AtomicReference (:last-error e) x)
+  x)
+
 (defn- encode-and-commit!
-  "Encodes and commits `value`; returns nil, or the Throwable it failed with
-  (counted and kept as the last error)."
+  "Encodes and commits `value` unconditionally; returns nil, or the Throwable
+  it failed with (counted and kept as the last error)."
   [^Engine e value]
-  (try (commit-bytes! e ((:encode e) value) (System/nanoTime))
+  (try (commit-bytes! e ((:encode e) value) (System/nanoTime) nil)
        nil
-       (catch Throwable x
-         (.incrementAndGet ^AtomicLong (:failures e))
-         (.set ^AtomicReference (:last-error e) x)
-         x)))
+       (catch Throwable x (failed! e x))))
 
 (defn commit-initial!
-  "Durably stores `value` before the duratom exists (its `:init`); throws on failure."
-  [^Engine e value]
-  (when-let [x (encode-and-commit! e value)]
-    (throw x)))
+  "Durably stores `value` before the duratom exists (its `:init`); throws on
+  failure. `only-if-empty?`: write only if storage still holds nothing;
+  returns false (nothing written) when it does."
+  [^Engine e value only-if-empty?]
+  (let [version (try (commit-bytes! e ((:encode e) value) (System/nanoTime)
+                                    (when only-if-empty? :nothing))
+                     (catch Throwable x (throw (failed! e x))))]
+    (some? version)))
 
 (defn current
   "The value deref gives from memory: the newest durable state in synchronous
@@ -184,6 +199,49 @@
               (try (handler x #(locking monitor (ensure-writer! e)))
                    (catch Throwable _ nil))) ; the contract: handler exceptions are swallowed
             (recur)))))))
+
+(declare failure-ex)
+
+(defn adopt!
+  "Makes `value`, stored as `version`, the newest state (it was read from
+  storage). Returns the state it replaces."
+  [^Engine e value version]
+  (locking (:monitor e)
+    (let [old (.get ^AtomicReference (:durable e))]
+      (.set ^AtomicReference (:latest e) value)
+      (.set ^AtomicReference (:durable e) value)
+      (.set ^AtomicReference (:version e) version)
+      old)))
+
+(defn stored-version
+  "The version of the durable state as this engine last saw it."
+  [^Engine e]
+  (.get ^AtomicReference (:version e)))
+
+(defn shared-update!
+  "Shared mode: a compare-and-set loop whose register is the storage itself.
+  Computes `(f state)`, validates, and commits only if storage still holds
+  the version this engine last saw. When another process wrote meanwhile,
+  calls `(reload!)` (which must adopt! the stored state) and starts again, so
+  `f` may run more than once. Returns [old new], or nil when `f` returns
+  `abort`. Call under the duratom's lock."
+  [^Engine e f validate! abort reload!]
+  (loop []
+    (let [old (.get ^AtomicReference (:durable e))
+          new (f old)]
+      (when-not (identical? new abort)
+        (validate! new)
+        (let [version (stored-version e)
+              committed (try (commit-bytes! e ((:encode e) new) (System/nanoTime) (or version :nothing))
+                             (catch Throwable x (throw (failure-ex e (failed! e x)))))]
+          (if committed
+            (do (adopt! e new committed)
+                (locking (:monitor e)
+                  (.set ^AtomicLong (:written e) (.incrementAndGet ^AtomicLong (:requested e))))
+                [old new])
+            (do (.incrementAndGet ^AtomicLong (:conflicts e))
+                (reload!)
+                (recur))))))))
 
 (declare write-loop)
 
@@ -292,7 +350,8 @@
      :pending? (> (.get ^AtomicLong (:requested e)) (.get ^AtomicLong (:written e)))
      :last-error (.get ^AtomicReference (:last-error e))
      :last-commit-nanos (.get ^AtomicLong (:last-commit-nanos e))
-     :commit-mode (if (:sync? e) :sync :async)}))
+     :commit-mode (if (:sync? e) :sync :async)
+     :conflicts (.get ^AtomicLong (:conflicts e))}))
 
 (defn destroy!
   "Deletes what is stored, stops the writer and releases the store. Waits for

@@ -6,6 +6,7 @@
             [duratom.behaviour :as behaviour]
             [duratom.core :as d]
             [duratom.readers :as readers]
+            [duratom.shared :as shared]
             [duratom.test-support :as ts]
             [taoensso.nippy :as nippy])
   (:import (duratom Native)
@@ -193,3 +194,24 @@
         (let [stored (:n @(d/file-atom p))]
           (is (and (some? stored) (>= stored acked))
               (str "kill " i ": stored " stored ", last acknowledged " acked)))))))
+
+(def shared-backend
+  (assoc backend :child-open-code (fn [loc] (str "(duratom.core/file-atom \"" loc "\" nil nil {:shared? true})"))))
+
+(deftest file-shared-mode
+  (shared/run-all shared-backend))
+
+(deftest a-killed-lock-holder-does-not-block-the-others
+  (let [p (io/file (ts/temp-dir) "locked.edn")
+        dura (d/file-atom p nil 0 {:shared? true})
+        ;; flock --no-fork: the process that holds the lock is the one we kill
+        holder (.start (ProcessBuilder. ["flock" "--no-fork" (str p ".lock") "sh" "-c" "echo locked; exec sleep 600"]))
+        line (.readLine (BufferedReader. (InputStreamReader. (.getInputStream holder))))]
+    (is (= "locked" line))
+    (let [swapping (future (swap! dura inc))]
+      (is (= ::still-waiting (deref swapping 300 ::still-waiting)) "swap! waits while another process holds the lock")
+      (.destroyForcibly holder) ; SIGKILL
+      (.waitFor holder 1 TimeUnit/MINUTES)
+      (is (= 1 (deref swapping 60000 ::timed-out)) "the OS dropped the dead holder's lock")
+      (is (= 1 (d/backend-snapshot dura))))
+    (d/destroy dura)))
