@@ -208,7 +208,8 @@ impl PostgresStore {
         }
 
         let endpoint = format!("{host}:{port}");
-        let resource = Resource { backend: BACKEND, name: format!("table \"{table}\" row {row_id} ({endpoint}/{dbname})") };
+        let resource =
+            Resource { backend: BACKEND, name: format!("table \"{table}\" row {row_id} ({endpoint}/{dbname})") };
         Ok(PostgresStore { resource, pg, tls, endpoint, connect_timeout, table_sql, create_type, row_id, conn: None })
     }
 
@@ -220,7 +221,11 @@ impl PostgresStore {
             None => self.pg.connect(NoTls),
         };
         let mut client = connected.map_err(|e| {
-            StoreError::backend(&self.resource, op, format!("cannot connect to {}: {}", self.endpoint, self.connect_reason(&e)))
+            StoreError::backend(
+                &self.resource,
+                op,
+                format!("cannot connect to {}: {}", self.endpoint, self.connect_reason(&e)),
+            )
         })?;
         let r = &self.resource;
         let t = &self.table_sql;
@@ -251,8 +256,9 @@ impl PostgresStore {
         };
         let load = prepare(format!("SELECT value, xmin::text FROM {t} WHERE id = $1::bigint LIMIT 1"))?;
         let update_any = prepare(format!("UPDATE {t} SET value = $1 WHERE id = $2::bigint RETURNING xmin::text"))?;
-        let update_if =
-            prepare(format!("UPDATE {t} SET value = $1 WHERE id = $2::bigint AND xmin::text = $3 RETURNING xmin::text"))?;
+        let update_if = prepare(format!(
+            "UPDATE {t} SET value = $1 WHERE id = $2::bigint AND xmin::text = $3 RETURNING xmin::text"
+        ))?;
         let insert = prepare(format!("INSERT INTO {t} (id, value) VALUES ($1::bigint, $2) RETURNING xmin::text"))?;
         let occupied = prepare(format!("SELECT 1 FROM {t} WHERE id = $1::bigint AND value IS NOT NULL LIMIT 1"))?;
         let delete = prepare(format!("DELETE FROM {t} WHERE id = $1::bigint"))?;
@@ -339,7 +345,9 @@ impl PostgresStore {
     fn connect_reason(&self, e: &postgres::Error) -> String {
         if let Some(io) = e.source().and_then(|s| s.downcast_ref::<io::Error>()) {
             return match io.kind() {
-                io::ErrorKind::ConnectionRefused => "connection refused (is the server running and listening there?)".into(),
+                io::ErrorKind::ConnectionRefused => {
+                    "connection refused (is the server running and listening there?)".into()
+                }
                 io::ErrorKind::TimedOut => {
                     format!("no answer within {} ms (connect-timeout-ms)", self.connect_timeout.as_millis())
                 }
@@ -363,8 +371,9 @@ impl Store for PostgresStore {
                 ValueKind::Text => row.try_get::<_, Option<String>>(0)?.map(String::into_bytes),
                 ValueKind::Bytea => row.try_get::<_, Option<Vec<u8>>>(0)?,
             };
+            let version: String = row.try_get(1)?;
             // A NULL value counts as nothing stored, as an absent row does.
-            Ok(bytes.map(|bytes| Stored { bytes, version: Version(row.try_get(1).unwrap_or_default()) }))
+            Ok(bytes.map(|bytes| Stored { bytes, version: Version(version) }))
         })
     }
 
@@ -466,7 +475,8 @@ fn param(kind: ValueKind, bytes: &[u8]) -> Result<Param<'_>, Failure> {
             })?;
             if text.contains('\0') {
                 return Err(Failure::Invalid(
-                    "the value contains a NUL character, which a text column cannot hold; use :column-type :bytea".into(),
+                    "the value contains a NUL character, which a text column cannot hold; use :column-type :bytea"
+                        .into(),
                 ));
             }
             Ok(Param::Text(text))
@@ -507,9 +517,8 @@ fn tls_connector(mode: TlsMode, root_cert: Option<&[u8]>) -> Result<Option<MakeT
             builder.add_root_certificate(cert);
         }
     }
-    let connector = builder
-        .build()
-        .map_err(|e| StoreError::config(BACKEND, format!("cannot set up TLS for `sslmode`: {e}")))?;
+    let connector =
+        builder.build().map_err(|e| StoreError::config(BACKEND, format!("cannot set up TLS for `sslmode`: {e}")))?;
     Ok(Some(MakeTlsConnector::new(connector)))
 }
 
@@ -669,7 +678,8 @@ fn parse_quoted_name(name: &str) -> Option<Vec<String>> {
 
 fn is_plain(part: &str) -> bool {
     let mut chars = part.chars();
-    chars.next().is_some_and(|c| c.is_alphabetic() || c == '_') && chars.all(|c| c.is_alphanumeric() || c == '_' || c == '$')
+    chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
+        && chars.all(|c| c.is_alphanumeric() || c == '_' || c == '$')
 }
 
 #[cfg(test)]
@@ -787,7 +797,10 @@ mod tests {
         assert_eq!(s.load().unwrap().unwrap().bytes, b"{:x 2}");
 
         let ty: String = admin
-            .query_one("SELECT data_type FROM information_schema.columns WHERE table_name = $1 AND column_name = 'value'", &[&text_table])
+            .query_one(
+                "SELECT data_type FROM information_schema.columns WHERE table_name = $1 AND column_name = 'value'",
+                &[&text_table],
+            )
             .unwrap()
             .get(0);
         assert_eq!(ty, "text");
@@ -800,7 +813,7 @@ mod tests {
         assert_eq!(s.load().unwrap().unwrap().bytes, b"{:x 2}", "a refused value leaves the row as it was");
 
         // 20 MB of text.
-        let big: Vec<u8> = std::iter::repeat(b"{:k \"0123456789\"} ".as_slice()).take(20 * 1024 * 1024 / 18 + 1).flatten().copied().collect();
+        let big: Vec<u8> = b"{:k \"0123456789\"} ".repeat(20 * 1024 * 1024 / 18 + 1);
         s.commit(&big, &Expect::Anything).unwrap();
         assert_eq!(open_ok(&text_table, &[]).load().unwrap().unwrap().bytes, big);
 
@@ -811,7 +824,10 @@ mod tests {
         let got = open_ok(&bytea_table, &[("column-type", "bytea"), ("row-id", "7")]).load().unwrap().unwrap();
         assert_eq!((got.bytes, got.version), (all_bytes, v));
         let ty: String = admin
-            .query_one("SELECT data_type FROM information_schema.columns WHERE table_name = $1 AND column_name = 'value'", &[&bytea_table])
+            .query_one(
+                "SELECT data_type FROM information_schema.columns WHERE table_name = $1 AND column_name = 'value'",
+                &[&bytea_table],
+            )
             .unwrap()
             .get(0);
         assert_eq!(ty, "bytea");
@@ -842,8 +858,7 @@ mod tests {
         assert!(!got.version.0.is_empty());
 
         s.commit(b"{:a 2}", &Expect::Anything).unwrap();
-        let value: String =
-            admin.query_one(&format!("SELECT value FROM {folded} WHERE id = 0"), &[]).unwrap().get(0);
+        let value: String = admin.query_one(&format!("SELECT value FROM {folded} WHERE id = 0"), &[]).unwrap().get(0);
         assert_eq!(value, "{:a 2}", "written in place, readable as plain text");
         assert_eq!(rows_with_id(&mut admin, &folded, 0), 1);
 
@@ -927,7 +942,9 @@ mod tests {
         let mut admin = admin();
         let victim = unique("victim");
         admin
-            .batch_execute(&format!("CREATE TABLE {victim} (id integer, value text); INSERT INTO {victim} VALUES (0, 'safe')"))
+            .batch_execute(&format!(
+                "CREATE TABLE {victim} (id integer, value text); INSERT INTO {victim} VALUES (0, 'safe')"
+            ))
             .unwrap();
         let hostile = [
             format!("{victim}; DROP TABLE {victim}; --"),
