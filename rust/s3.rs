@@ -456,26 +456,27 @@ async fn check_credentials(
     resource: &Resource,
     timeout: Duration,
 ) -> Result<(), StoreError> {
-    let none_found = || {
+    let none_found = |why: Option<String>| {
         StoreError::config(
             BACKEND,
             format!(
                 "no AWS credentials found for {}: give :access-key and :secret-key in :credentials, \
-                 or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or configure an AWS profile",
-                resource.name
+                 or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or configure an AWS profile{}",
+                resource.name,
+                why.map(|w| format!(" (the default credential chain said: {w})")).unwrap_or_default()
             ),
         )
     };
-    let provider = shared.credentials_provider().ok_or_else(none_found)?;
+    let provider = shared.credentials_provider().ok_or_else(|| none_found(None))?;
     match tokio::time::timeout(timeout, provider.provide_credentials()).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(CredentialsError::CredentialsNotLoaded(_))) => Err(none_found()),
-        Ok(Err(e)) => Err(StoreError::backend(resource, "loading AWS credentials", chain(&e))),
-        Err(_) => Err(StoreError::backend(
-            resource,
-            "loading AWS credentials",
-            format!("the default credential chain gave no answer within {} ms", timeout.as_millis()),
-        )),
+        Ok(Err(CredentialsError::CredentialsNotLoaded(_))) => Err(none_found(None)),
+        // The chain ends with EC2 instance metadata; off EC2 that answers with
+        // an error rather than "not loaded" (e.g. 403 from a proxy), which
+        // still means: no credentials anywhere. Keep what it said.
+        Ok(Err(e)) => Err(none_found(Some(chain(&e)))),
+        // Off EC2, the instance metadata address may swallow packets.
+        Err(_) => Err(none_found(Some(format!("no answer within {} ms (timeout-ms)", timeout.as_millis())))),
     }
 }
 
@@ -751,7 +752,7 @@ mod tests {
     /// profile files are found). Credentials from the environment can only be
     /// tested this way: setting variables in this process would race with the
     /// other tests' threads.
-    fn run_child(name: &str, env: &[(&str, &str)]) -> String {
+    fn run_child(name: &str, env: &[(&str, &str)]) {
         let home = tempfile::tempdir().unwrap();
         let test = format!("{}::{name}", module_path!().split_once("::").unwrap().1);
         let mut cmd = Command::new(std::env::current_exe().unwrap());
@@ -762,7 +763,8 @@ mod tests {
             }
         }
         cmd.env("HOME", home.path())
-            // No EC2 instance metadata here; asking it would only add its timeouts.
+            // No EC2 instance metadata unless a test asks for it (`env` below
+            // overrides): what the address does off EC2 depends on the network.
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("DURATOM_S3_TEST_CHILD", name)
             .envs(env.iter().copied());
@@ -770,7 +772,6 @@ mod tests {
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "child test {test} failed:\n{text}");
         assert!(text.contains("1 passed"), "child test {test} did not run:\n{text}");
-        text
     }
 
     fn in_child(name: &str) -> bool {
@@ -800,18 +801,36 @@ mod tests {
         let s = server();
         let name = "no_credentials_anywhere_is_a_clear_error_at_open";
         if !in_child(name) {
+            // Nothing in the environment or profiles, and the last source of
+            // the chain, EC2 instance metadata, in each of its states here:
+            // disabled, refusing, and silent (which only the timeout ends).
             run_child(name, &[]);
+            let refusing = format!("http://127.0.0.1:{}", closed_port());
+            run_child(name, &[("AWS_EC2_METADATA_DISABLED", "false"), ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &refusing)]);
+            let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+            let silent_url = format!("http://{}", silent.local_addr().unwrap());
+            run_child(name, &[("AWS_EC2_METADATA_DISABLED", "false"), ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &silent_url)]);
             return;
         }
         let cfg = Config::from_pairs(
             BACKEND,
-            &[("bucket", "dt-nocreds"), ("key", "k"), ("endpoint", &s.endpoint), ("region", &s.region)],
+            &[
+                ("bucket", "dt-nocreds"),
+                ("key", "k"),
+                ("endpoint", &s.endpoint),
+                ("region", &s.region),
+                ("timeout-ms", "2000"),
+            ],
         );
+        let start = Instant::now();
         let err = S3Store::open(&cfg).err().expect("open must fail without credentials");
-        assert!(matches!(err, StoreError::Config { .. }), "{err:?}");
+        let took = start.elapsed();
         let msg = err.to_string();
+        assert!(matches!(err, StoreError::Config { .. }), "{err:?}");
         assert!(msg.contains("no AWS credentials found for dt-nocreds/k"), "{msg}");
         assert!(msg.contains("AWS_ACCESS_KEY_ID"), "{msg}");
+        assert!(took < Duration::from_secs(4), "took {took:?}: {msg}");
+        println!("child saw, after {took:?}: {msg}");
     }
 
     /// A port on which nothing listens: bind one, then let it go.
