@@ -79,6 +79,9 @@ pub fn open(config: &Config) -> Result<Box<dyn Store>, StoreError> {
 pub struct S3Store {
     resource: Resource,
     client: Client,
+    /// The same client without SDK retries, for conditional writes, which
+    /// `commit_async` retries itself (see there).
+    conditional_client: Client,
     bucket: String,
     key: String,
     /// Where requests go, for error messages: the endpoint URL or the region.
@@ -314,9 +317,11 @@ impl S3Store {
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .build();
+        let conditional_conf = conf.to_builder().retry_config(RetryConfig::disabled()).build();
         let store = S3Store {
             resource,
             client: Client::from_conf(conf),
+            conditional_client: Client::from_conf(conditional_conf),
             bucket: s.bucket,
             key: s.key,
             target,
@@ -384,13 +389,14 @@ impl S3Store {
         Ok(Some(Stored { bytes: body.into_bytes().to_vec(), version: Version(etag) }))
     }
 
-    async fn commit_async(&self, bytes: &[u8], expect: &Expect) -> Result<Version, StoreError> {
-        let mut put = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .body(ByteStream::from(bytes.to_vec()));
+    /// One PutObject of `bytes` under `expect`, through `client`.
+    fn put_request(
+        &self,
+        client: &Client,
+        bytes: &[u8],
+        expect: &Expect,
+    ) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+        let mut put = client.put_object().bucket(&self.bucket).key(&self.key).body(ByteStream::from(bytes.to_vec()));
         put = match expect {
             Expect::Anything => put,
             Expect::Nothing => put.if_none_match("*"),
@@ -408,13 +414,65 @@ impl S3Store {
         for (name, value) in &self.put.user_metadata {
             put = put.metadata(name, value);
         }
-        match put.send().await {
-            Ok(out) => out.e_tag().map(|t| Version(t.to_string())).ok_or_else(|| {
-                StoreError::backend(&self.resource, "writing the object", "the server sent no ETag")
-            }),
-            Err(e) if is_conflict(&e, expect) => Err(StoreError::Conflict { resource: self.resource.clone() }),
-            Err(e) => Err(self.fail("writing the object", &e)),
+        put
+    }
+
+    fn etag_of(&self, out: &aws_sdk_s3::operation::put_object::PutObjectOutput) -> Result<Version, StoreError> {
+        out.e_tag()
+            .map(|t| Version(t.to_string()))
+            .ok_or_else(|| StoreError::backend(&self.resource, "writing the object", "the server sent no ETag"))
+    }
+
+    /// An unconditional write is idempotent and uses the SDK's retries. A
+    /// conditional one retries here, because a retry after a lost response
+    /// (the server stored the object, the answer never came) meets the ETag
+    /// that very attempt created and is refused: reported as a conflict, the
+    /// caller would apply its update a second time on top of itself. So a
+    /// refusal that follows an attempt of unknown outcome is reported as an
+    /// error saying so, never as a conflict.
+    async fn commit_async(&self, bytes: &[u8], expect: &Expect) -> Result<Version, StoreError> {
+        if *expect == Expect::Anything {
+            return match self.put_request(&self.client, bytes, expect).send().await {
+                Ok(out) => self.etag_of(&out),
+                Err(e) => Err(self.fail("writing the object", &e)),
+            };
         }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut backoff = Duration::from_millis(100);
+        let mut unknown_outcome: Option<String> = None;
+        for attempt in 1..=MAX_ATTEMPTS {
+            let err = match self.put_request(&self.conditional_client, bytes, expect).send().await {
+                Ok(out) => return self.etag_of(&out),
+                Err(e) => e,
+            };
+            if is_conflict(&err, expect) {
+                return Err(match unknown_outcome {
+                    None => StoreError::Conflict { resource: self.resource.clone() },
+                    Some(earlier) => StoreError::backend(
+                        &self.resource,
+                        "writing the object",
+                        format!(
+                            "outcome unknown: an attempt failed ({earlier}) and the retry found the object \
+                             changed, possibly by that attempt; reload before writing again"
+                        ),
+                    ),
+                });
+            }
+            let retry = match retry_kind(&err) {
+                Retry::No => false,
+                Retry::NotSent => true,
+                Retry::MaybeApplied => {
+                    unknown_outcome = Some(describe(&err, &self.target, self.timeout));
+                    true
+                }
+            };
+            if !retry || attempt == MAX_ATTEMPTS || tokio::time::Instant::now() + backoff >= deadline {
+                return Err(self.fail("writing the object", &err));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+        unreachable!("the last attempt returns")
     }
 
     async fn delete_async(&self) -> Result<(), StoreError> {
@@ -504,6 +562,35 @@ fn is_conflict<E: ProvideErrorMetadata>(
         // If-Match on a key that no longer exists: the version we expect is gone.
         (Some(404), Expect::Version(_)) => code == Some("NoSuchKey"),
         _ => false,
+    }
+}
+
+/// Whether a failed conditional PutObject may be tried again, and whether
+/// the failed attempt may nonetheless have been stored.
+enum Retry {
+    No,
+    /// The request never reached the server, or the server says it did
+    /// nothing (503 Slow Down).
+    NotSent,
+    /// A timeout, a connection lost after connecting, or a 5xx other than
+    /// 503: the server may have stored the object.
+    MaybeApplied,
+}
+
+fn retry_kind<E: StdError + 'static>(err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Retry {
+    match err {
+        SdkError::DispatchFailure(_) if refused(err) => Retry::NotSent,
+        SdkError::DispatchFailure(d) if d.is_user() => Retry::No,
+        // Includes hyper's "connection closed before message completed": the
+        // request may have been sent whole.
+        SdkError::DispatchFailure(_) => Retry::MaybeApplied,
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => Retry::MaybeApplied,
+        SdkError::ServiceError(s) => match s.raw().status().as_u16() {
+            503 => Retry::NotSent,
+            500 | 502 | 504 => Retry::MaybeApplied,
+            _ => Retry::No,
+        },
+        _ => Retry::No,
     }
 }
 
@@ -899,13 +986,70 @@ mod tests {
         store.commit(b"1", &Expect::Anything).unwrap();
         let dead = format!("http://127.0.0.1:{}", closed_port());
         let conf = store.client.config().to_builder().endpoint_url(&dead).build();
-        store.client = Client::from_conf(conf);
+        store.client = Client::from_conf(conf.clone());
+        store.conditional_client = Client::from_conf(conf.to_builder().retry_config(RetryConfig::disabled()).build());
         store.target = dead.clone();
         let err = store.commit(b"2", &Expect::Anything).unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with(&format!("aws-s3 {bucket}/k: writing the object failed: connection refused")), "{msg}");
+        // A conditional write to a refusing server: retried, then the same error.
+        let msg = store.commit(b"3", &Expect::Nothing).unwrap_err().to_string();
+        assert!(msg.starts_with(&format!("aws-s3 {bucket}/k: writing the object failed: connection refused")), "{msg}");
         let err = store.load().unwrap_err().to_string();
         assert!(err.contains("reading the object failed: connection refused"), "{err}");
+    }
+
+    /// A TCP proxy to `upstream` that, on its first connection, lets the
+    /// request through and then hangs up as soon as the answer starts: the
+    /// server did the work, the client never hears of it.
+    fn proxy_losing_the_first_response(upstream: &str) -> String {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpStream};
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for (n, client) in listener.incoming().enumerate() {
+                let Ok(mut client) = client else { return };
+                let mut server = TcpStream::connect(&upstream).unwrap();
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c2, &mut s2);
+                    let _ = s2.shutdown(Shutdown::Write);
+                });
+                if n == 0 {
+                    let mut first = [0u8; 1];
+                    let _ = server.read(&mut first); // the server has answered
+                    let _ = client.shutdown(Shutdown::Both);
+                    let _ = server.shutdown(Shutdown::Both);
+                } else {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut server, &mut client);
+                        let _ = client.flush();
+                        let _ = client.shutdown(Shutdown::Write);
+                    });
+                }
+            }
+        });
+        url
+    }
+
+    #[test]
+    fn a_conditional_write_whose_answer_was_lost_is_not_reported_as_a_conflict() {
+        let bucket = fresh_bucket("lost");
+        let mut store = open_store(&bucket, "k");
+        let proxy = proxy_losing_the_first_response(&server().endpoint);
+        let conf = store.conditional_client.config().to_builder().endpoint_url(&proxy).build();
+        store.conditional_client = Client::from_conf(conf);
+        // The create lands, its answer is lost, the retry is refused (412): a
+        // conflict would make the caller apply its update twice.
+        let err = store.commit(b"mine", &Expect::Nothing).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, StoreError::Backend { .. }), "{err:?}");
+        assert!(msg.contains("outcome unknown"), "{msg}");
+        assert_eq!(store.load().unwrap().unwrap().bytes, b"mine");
+        // Through the proxy, now passing answers, a stale create is a conflict.
+        assert!(matches!(store.commit(b"again", &Expect::Nothing), Err(StoreError::Conflict { .. })));
     }
 
     #[test]
