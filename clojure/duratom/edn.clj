@@ -40,9 +40,26 @@
             \return (.append sb "\\r")
             \formfeed (.append sb "\\f")
             \backspace (.append sb "\\b")
-            (.append sb c)))
+            ;; Other control characters (NUL above all, which a PostgreSQL
+            ;; text column refuses) as \uXXXX, which EDN readers accept.
+            (if (< (int c) 0x20)
+              (.append sb (format "\\u%04x" (int c)))
+              (.append sb c))))
         (recur (unchecked-inc i)))))
   (.append sb \"))
+
+(defn- write-char [^StringBuilder sb ^Character ch]
+  (let [c (.charValue ch)]
+    (case c
+      \newline (.append sb "\\newline")
+      \space (.append sb "\\space")
+      \tab (.append sb "\\tab")
+      \backspace (.append sb "\\backspace")
+      \formfeed (.append sb "\\formfeed")
+      \return (.append sb "\\return")
+      (if (< (int c) 0x20)
+        (.append sb (format "\\u%04x" (int c)))
+        (-> sb (.append \\) (.append c))))))
 
 (defn- write-items
   "Writes the elements of `coll`, space separated, between `open` and `close`."
@@ -103,6 +120,7 @@
     (instance? BigInt x) (-> sb (.append (str x)) (.append \N))
     (instance? BigDecimal x) (-> sb (.append (str x)) (.append \M))
     (instance? Ratio x) (.append sb (str x))
+    (char? x) (write-char sb x)
     :else (pr-fallback sb x)))
 
 (defn encode-string

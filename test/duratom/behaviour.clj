@@ -254,7 +254,7 @@
       (try
         (break! loc)
         (swap! dura inc)
-        (is (thrown? Exception (d/flush! dura 10000)))
+        (is (thrown? Exception (d/flush! dura 60000)) "a write of the pending state failed meanwhile")
         (is (:pending? (d/stats dura)))
         (is (some? (:last-error (d/stats dura))))
         (mend! loc)

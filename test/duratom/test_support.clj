@@ -29,15 +29,44 @@
 
 (defn child-jvm
   "Starts `clojure.main -e code` in a child JVM with this JVM's classpath and
-  returns the java.lang.Process (stdout piped, stderr inherited)."
-  ^Process [code & {:keys [jvm-opts]}]
+  returns the java.lang.Process (stdout piped, stderr inherited). `env`: a map
+  of environment variables to set (nil values remove one)."
+  ^Process [code & {:keys [jvm-opts env]}]
   (let [java (str (System/getProperty "java.home") "/bin/java")
         cmd (concat [java "-cp" (System/getProperty "java.class.path")]
                     jvm-opts
-                    ["clojure.main" "-e" code])]
-    (-> (ProcessBuilder. ^java.util.List (vec cmd))
+                    ["clojure.main" "-e" code])
+        pb (ProcessBuilder. ^java.util.List (vec cmd))]
+    (doseq [[k v] env]
+      (if (some? v)
+        (.put (.environment pb) k v)
+        (.remove (.environment pb) k)))
+    (-> pb
         (.redirectError java.lang.ProcessBuilder$Redirect/INHERIT)
         (.start))))
+
+(defn child-output
+  "Runs `code` in a child JVM (see child-jvm) to the end; returns its stdout."
+  [code & opts]
+  (let [p (apply child-jvm code opts)
+        out (slurp (.getInputStream p))]
+    (.waitFor p)
+    out))
+
+(defn sh!
+  "Runs a command; returns its stdout; throws with its output when it fails."
+  [& args]
+  (let [p (-> (ProcessBuilder. ^java.util.List (vec args)) (.redirectErrorStream true) (.start))
+        out (slurp (.getInputStream p))]
+    (when-not (zero? (.waitFor p))
+      (throw (ex-info (str "command failed: " (str/join " " args) "\n" out) {:args args})))
+    out))
+
+(defn big-value
+  "A map whose EDN is at least `mb` megabytes."
+  [mb]
+  (let [chunk (apply str (repeat 1000 "x"))]
+    (into {} (map (fn [i] [i chunk]) (range (* mb 1050))))))
 
 (defn sample-value
   "A value holding every type the EDN round trip must keep: strings with
@@ -47,7 +76,7 @@
   and sets, queues, and collections carrying metadata."
   []
   {:strings ["emoji \uD83D\uDE00 \uD83C\uDF89" "nul \u0000 here" "quote \" q" "back\\slash" "new\nline\r\ttab" ""]
-   :chars [\a \newline \space \tab \" \\ \u00e9]
+   :chars [\a \newline \space \tab \" \\ \u00e9 \u0000 \u0001]
    :keywords [:plain :ns/kw :a.b/c]
    :symbols ['plain 'ns/sym 'a.b/c]
    :longs [Long/MIN_VALUE Long/MAX_VALUE 0 -1]

@@ -1,0 +1,156 @@
+(ns duratom.postgres-test
+  "The PostgreSQL backend against a real server (scripts/test starts one)."
+  (:require [clojure.edn :as edn]
+            [clojure.string :as str]
+            [clojure.test :refer [deftest is testing]]
+            [duratom.behaviour :as behaviour]
+            [duratom.core :as d]
+            [duratom.readers :as readers]
+            [duratom.shared :as shared]
+            [duratom.test-support :as ts]
+            [taoensso.nippy :as nippy]))
+
+(def ^:private script "scripts/postgres-server")
+
+(defn- env [k] (ts/required-env k script))
+
+(defn db-spec
+  "The test server as a clojure.java.jdbc :dbtype map."
+  []
+  {:dbtype "postgresql" :host (env "DURATOM_TEST_PG_HOST") :port (Long/parseLong (env "DURATOM_TEST_PG_PORT"))
+   :dbname (env "DURATOM_TEST_PG_DB") :user (env "DURATOM_TEST_PG_USER") :password (env "DURATOM_TEST_PG_PASSWORD")})
+
+(defn psql
+  "Runs `sql` with psql, an independent client; returns its unaligned output."
+  [sql]
+  (ts/sh! "env" (str "PGPASSWORD=" (env "DURATOM_TEST_PG_PASSWORD"))
+          "psql" "-X" "-q" "-A" "-t" "-v" "ON_ERROR_STOP=1"
+          "-h" (env "DURATOM_TEST_PG_HOST") "-p" (env "DURATOM_TEST_PG_PORT")
+          "-U" (env "DURATOM_TEST_PG_USER") "-d" (env "DURATOM_TEST_PG_DB") "-c" sql))
+
+(defn- server! [action]
+  (ts/sh! script action (env "DURATOM_TEST_PG_DIR")))
+
+(def backend
+  {:name "postgres-db"
+   :new-location (fn [] {:table (str/replace (ts/unique-name "t") "-" "_") :row 0})
+   :open (fn [{:keys [table row]} init rw] (d/postgres-atom (db-spec) table row nil init rw))
+   :default-rw d/default-postgres-rw
+   :child-open-code (fn [{:keys [table row]}]
+                      (str "(duratom.core/postgres-atom " (pr-str (db-spec)) " " (pr-str table) " " row
+                           " nil nil {:shared? true})"))})
+
+(deftest postgres-behaviour
+  (behaviour/run-all backend))
+
+(deftest postgres-shared-mode
+  (shared/run-all backend))
+
+(deftest postgres-server-stopped-and-started-again
+  ;; Stopping the real server breaks every commit; starting it again (same
+  ;; data, same port) must heal the duratom without reopening it.
+  (behaviour/error-handler-and-recommit backend
+                                        (fn [_] (server! "stop"))
+                                        (fn [_] (server! "start"))))
+
+(deftest keyword-constructor-and-db-spec-forms
+  (let [{:keys [host port dbname user password]} (db-spec)
+        table (str/replace (ts/unique-name "forms") "-" "_")
+        specs [(db-spec)
+               {:subprotocol "postgresql" :subname (str "//" host ":" port "/" dbname) :user user :password password}
+               {:connection-uri (str "jdbc:postgresql://" host ":" port "/" dbname "?user=" user "&password=" password)}
+               (str "postgresql://" user ":" password "@" host ":" port "/" dbname)
+               (str "postgresql://" user ":" password "@" host ":" port "/" dbname "?sslmode=require")
+               (str "jdbc:postgresql://" host ":" port "/" dbname "?user=" user "&password=" password "&sslmode=require")]]
+    (doseq [[i spec] (map-indexed vector specs)]
+      (let [dura (d/duratom :postgres-db :db-config spec :table-name table :row-id i :init {:form i}
+                            :rw (assoc d/default-postgres-rw :commit-mode :sync))]
+        (swap! dura assoc :ok true)
+        (is (= {:form i :ok true} (d/backend-snapshot dura)) (str "db-spec form " i))))
+    (is (= (set (range (count specs)))
+           (set (map #(Long/parseLong %) (str/split-lines (psql (str "SELECT id FROM " table))))))
+        "one row per row-id in one table")
+    (testing "TLS is really in use with sslmode=require"
+      (is (str/includes? (psql "SHOW ssl") "on")))))
+
+(deftest compatible-with-tables-of-the-original-library
+  (let [table (str/replace (ts/unique-name "original") "-" "_")]
+    ;; exactly what the original created: no primary key, plain EDN text
+    (psql (str "CREATE TABLE " table " (id integer, value text)"))
+    (psql (str "INSERT INTO " table " VALUES (3, '{:users #sorted/map {\"b\" 2, \"a\" 1}, :q #queue [1 2]}')"))
+    (let [dura (d/postgres-atom (db-spec) table 3 nil nil (assoc d/default-postgres-rw :commit-mode :sync))]
+      (is (= (sorted-map "a" 1 "b" 2) (:users @dura)))
+      (is (sorted? (:users @dura)))
+      (swap! dura assoc :n 1)
+      (let [stored (psql (str "SELECT value FROM " table " WHERE id = 3"))]
+        (is (= @dura (edn/read-string readers/default stored)) "what we write reads back with clojure.edn"))
+      (is (= "1" (str/trim (psql (str "SELECT count(*) FROM " table " WHERE id = 3")))) "still one row")
+      (d/destroy dura)
+      (is (= "0" (str/trim (psql (str "SELECT count(*) FROM " table)))) "destroy deletes the row"))))
+
+(deftest hostile-table-names-never-run-as-sql
+  (psql "CREATE TABLE IF NOT EXISTS canary (id integer, value text)")
+  (psql "DELETE FROM canary")
+  (psql "INSERT INTO canary VALUES (1, 'alive')")
+  (doseq [hostile ["t; DROP TABLE canary; --" "x\"; DROP TABLE canary; --" "canary\" WHERE 1=1; --" "it's"]]
+    (let [outcome (try (let [dura (d/postgres-atom (db-spec) hostile 0 nil {:v 1}
+                                                   (assoc d/default-postgres-rw :commit-mode :sync))]
+                         (swap! dura update :v inc)
+                         (is (= {:v 2} (d/backend-snapshot dura)))
+                         (d/destroy dura)
+                         :used-literally)
+                       (catch clojure.lang.ExceptionInfo e
+                         (is (str/includes? (ex-message e) "table") "a rejection names the table")
+                         :rejected))]
+      (is (#{:used-literally :rejected} outcome))
+      (is (= "alive" (str/trim (psql "SELECT value FROM canary WHERE id = 1")))
+          (str "the canary table survived " (pr-str hostile))))))
+
+(deftest bad-input-is-a-clear-error-without-the-password
+  (let [spec (db-spec)
+        password (:password spec)
+        attempt (fn [spec]
+                  (let [t0 (System/nanoTime)
+                        e (try (d/postgres-atom spec "never_created" 0 nil 1 nil) nil
+                               (catch Exception e e))]
+                    [e (/ (- (System/nanoTime) t0) 1e9)]))]
+    (testing "nothing listens on the port"
+      (let [port (with-open [s (java.net.ServerSocket. 0)] (.getLocalPort s))
+            [e secs] (attempt (assoc spec :port port))]
+        (is (some? e))
+        (is (re-find #"(?i)connect" (ex-message e)))
+        (is (< secs 10) "bounded connect timeout")
+        (is (= :postgres-db (:duratom/backend (ex-data e))))))
+    (testing "wrong password"
+      (let [[e _] (attempt (assoc spec :password "wrong-password-123"))]
+        (is (some? e))
+        (is (re-find #"(?i)password" (ex-message e)))
+        (is (not (str/includes? (ex-message e) "wrong-password-123")))
+        (is (not (str/includes? (pr-str (ex-data e)) "wrong-password-123")))))
+    (testing "missing database"
+      (let [[e _] (attempt (assoc spec :dbname "no_such_db"))]
+        (is (some? e))
+        (is (str/includes? (ex-message e) "no_such_db"))
+        (is (not (str/includes? (ex-message e) password)))))
+    (testing "a db-spec we cannot use names the key"
+      (let [[e _] (attempt {:dbtype "mysql" :host "h" :dbname "d"})]
+        (is (some? e))
+        (is (re-find #"dbtype|subprotocol|postgres" (ex-message e)))))))
+
+(deftest big-values-and-binary-rw
+  (testing "a value of more than 20 MB round-trips"
+    (let [v (ts/big-value 21)
+          {:keys [table]} ((:new-location backend))
+          dura (d/postgres-atom (db-spec) table 0 nil v (assoc d/default-postgres-rw :commit-mode :sync))]
+      (is (< (* 20 1024 1024) (count (pr-str v))))
+      (is (= v @(d/postgres-atom (db-spec) table 0 nil nil nil)))
+      (d/destroy dura)))
+  (testing "nippy in a bytea column"
+    (let [{:keys [table]} ((:new-location backend))
+          rw {:read nippy/thaw :write nippy/freeze :column-type :bytea :commit-mode :sync}
+          v (ts/sample-value)
+          dura (d/postgres-atom (db-spec) table 0 nil v rw)]
+      (is (= "bytea" (str/trim (psql (str "SELECT data_type FROM information_schema.columns WHERE table_name = '"
+                                          table "' AND column_name = 'value'")))))
+      (is (= v @(d/postgres-atom (db-spec) table 0 nil nil rw)))
+      (d/destroy dura))))
