@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use jni::objects::{JByteArray, JClass, JObject};
-use jni::sys::{jbyteArray, jlong, jobjectArray};
+use jni::sys::{jbyteArray, jint, jlong, jobjectArray};
 use jni::JNIEnv;
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
@@ -94,6 +94,20 @@ fn bytes_in(env: &mut JNIEnv, array: &JByteArray) -> Result<Vec<u8>, Failure> {
     Ok(env.convert_byte_array(array)?)
 }
 
+/// The first `length` bytes of `array`, copied out of the JVM heap.
+fn prefix_in(env: &mut JNIEnv, array: &JByteArray, length: jint) -> Result<Vec<u8>, Failure> {
+    let available = env.get_array_length(array)?;
+    if length < 0 || length > available {
+        let detail = format!("commit length {length} is outside the array of {available} bytes");
+        return Err(Failure::Store(StoreError::config("duratom", detail)));
+    }
+    let mut bytes = vec![0u8; length as usize];
+    // jbyte is i8; the buffer is the same memory seen as signed bytes.
+    let signed = unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr() as *mut i8, bytes.len()) };
+    env.get_byte_array_region(array, 0, signed)?;
+    Ok(bytes)
+}
+
 /// `static native long open(byte[] config)`: opens a store, returns its handle.
 #[no_mangle]
 pub extern "system" fn Java_duratom_Native_open<'l>(mut env: JNIEnv<'l>, _: JClass<'l>, config: JByteArray<'l>) -> jlong {
@@ -123,8 +137,8 @@ pub extern "system" fn Java_duratom_Native_load<'l>(mut env: JNIEnv<'l>, _: JCla
     })
 }
 
-/// `static native byte[] commit(long handle, byte[] value, byte[] expected)`:
-/// durably stores `value` and returns the new version. `expected` null: write
+/// `static native byte[] commit(long handle, byte[] value, int length, byte[] expected)`:
+/// durably stores the first `length` bytes of `value`, returns the new version. `expected` null: write
 /// unconditionally; empty: only if nothing is stored; else only if the stored
 /// version is still `expected`. A failed condition throws ConflictException.
 #[no_mangle]
@@ -133,6 +147,7 @@ pub extern "system" fn Java_duratom_Native_commit<'l>(
     _: JClass<'l>,
     handle: jlong,
     value: JByteArray<'l>,
+    length: jint,
     expected: JByteArray<'l>,
 ) -> jbyteArray {
     door(&mut env, std::ptr::null_mut(), |env| {
@@ -145,7 +160,7 @@ pub extern "system" fn Java_duratom_Native_commit<'l>(
                 v => Expect::Version(Version(String::from_utf8_lossy(&v).into_owned())),
             }
         };
-        let bytes = bytes_in(env, &value)?;
+        let bytes = prefix_in(env, &value, length)?;
         let version = store.lock().commit(&bytes, &expect)?;
         Ok(env.byte_array_from_slice(version.0.as_bytes())?.into_raw())
     })

@@ -4,136 +4,216 @@
   `encode` prints like `pr-str` with `*print-length*`, `*print-level*`,
   `*print-meta*` and `*print-dup*` bound to nil, except that sorted maps and
   sets, queues and collections carrying metadata get the tags of
-  `duratom.readers`, so that `decode` gives back the same types. It writes
-  straight into one buffer, without touching global `print-method`s."
+  `duratom.readers`, so that `decode` gives back the same types. Control
+  characters in strings and characters are written as `\\uXXXX`.
+
+  It writes UTF-8 straight into one growing byte buffer (no StringBuilder, no
+  String, no final copy) and never touches the global `print-method`s, so a
+  large state costs about one copy of its encoded bytes on the heap."
   (:require [clojure.edn :as edn]
             [duratom.readers :as readers])
   (:import (clojure.lang IPersistentMap IPersistentSet IPersistentVector ISeq IPersistentList
-                         Keyword Symbol PersistentTreeMap PersistentTreeSet PersistentQueue
+                         PersistentTreeMap PersistentTreeSet PersistentQueue
                          IObj IRecord IPersistentCollection BigInt Ratio)
            (java.math BigDecimal)
-           (java.nio.charset StandardCharsets)))
+           (java.nio ByteBuffer)
+           (java.nio.charset StandardCharsets)
+           (java.util Arrays)))
 
 (set! *warn-on-reflection* true)
+
+(definterface IUtf8Out
+  (^void text [^String s] "Appends `s` as UTF-8.")
+  (^void ascii [^long b] "Appends one ASCII byte.")
+  (^void quoted [^String s] "Appends `s` as an EDN string literal: quoted and escaped.")
+  (^java.nio.ByteBuffer result [] "The bytes written so far (no copy)."))
+
+(deftype Utf8Out [^:unsynchronized-mutable ^bytes buf
+                  ^:unsynchronized-mutable ^long n]
+  IUtf8Out
+  (ascii [_ b]
+    (when (= n (alength buf))
+      (set! buf (Arrays/copyOf buf (int (max 64 (* 2 n))))))
+    (aset buf n (unchecked-byte b))
+    (set! n (unchecked-inc n)))
+  (text [this s]
+    (let [len (.length s)]
+      (loop [i 0]
+        (when (< i len)
+          ;; room for the longest encoding of one char (a surrogate pair: 4)
+          (when (> (+ n 4) (alength buf))
+            (set! buf (Arrays/copyOf buf (int (max (+ n 4 len (- i)) (* 2 (alength buf)))))))
+          (let [c (int (.charAt s i))]
+            (cond
+              (< c 0x80)
+              (do (aset buf n (unchecked-byte c)) (set! n (unchecked-inc n)) (recur (unchecked-inc i)))
+
+              (< c 0x800)
+              (do (aset buf n (unchecked-byte (bit-or 0xC0 (bit-shift-right c 6))))
+                  (aset buf (unchecked-inc n) (unchecked-byte (bit-or 0x80 (bit-and c 0x3F))))
+                  (set! n (+ n 2))
+                  (recur (unchecked-inc i)))
+
+              (and (Character/isHighSurrogate (char c)) (< (inc i) len)
+                   (Character/isLowSurrogate (.charAt s (inc i))))
+              (let [cp (Character/toCodePoint (char c) (.charAt s (inc i)))]
+                (aset buf n (unchecked-byte (bit-or 0xF0 (bit-shift-right cp 18))))
+                (aset buf (+ n 1) (unchecked-byte (bit-or 0x80 (bit-and (bit-shift-right cp 12) 0x3F))))
+                (aset buf (+ n 2) (unchecked-byte (bit-or 0x80 (bit-and (bit-shift-right cp 6) 0x3F))))
+                (aset buf (+ n 3) (unchecked-byte (bit-or 0x80 (bit-and cp 0x3F))))
+                (set! n (+ n 4))
+                (recur (+ i 2)))
+
+              (Character/isSurrogate (char c)) ; unpaired: as String.getBytes does
+              (do (aset buf n (unchecked-byte 0x3F)) (set! n (unchecked-inc n)) (recur (unchecked-inc i)))
+
+              :else
+              (do (aset buf n (unchecked-byte (bit-or 0xE0 (bit-shift-right c 12))))
+                  (aset buf (+ n 1) (unchecked-byte (bit-or 0x80 (bit-and (bit-shift-right c 6) 0x3F))))
+                  (aset buf (+ n 2) (unchecked-byte (bit-or 0x80 (bit-and c 0x3F))))
+                  (set! n (+ n 3))
+                  (recur (unchecked-inc i)))))))))
+  (quoted [this s]
+    (.ascii this 34)
+    ;; Copy runs of plain characters in one go; escape the rest.
+    (let [len (.length s)]
+      (loop [i 0 run-start 0]
+        (if (< i len)
+          (let [c (.charAt s i)
+                escape (case c
+                         \" "\\\""
+                         \\ "\\\\"
+                         \newline "\\n"
+                         \tab "\\t"
+                         \return "\\r"
+                         \formfeed "\\f"
+                         \backspace "\\b"
+                         ;; NUL above all, which a PostgreSQL text column refuses
+                         (when (< (int c) 0x20) (format "\\u%04x" (int c))))]
+            (if escape
+              (do (when (< run-start i) (.text this (.substring s run-start i)))
+                  (.text this escape)
+                  (recur (unchecked-inc i) (unchecked-inc i)))
+              (recur (unchecked-inc i) run-start)))
+          (.text this (if (zero? run-start) s (.substring s run-start))))))
+    (.ascii this 34))
+  (result [_] (ByteBuffer/wrap buf 0 n)))
 
 (declare write-value)
 
 (defn- pr-fallback
   "Anything without a fast path prints as `pr` prints it."
-  [^StringBuilder sb x]
-  (.append sb ^String (binding [*print-length* nil *print-level* nil
-                                *print-meta* nil *print-dup* nil
-                                *print-readably* true]
-                        (pr-str x))))
+  [^IUtf8Out out x]
+  (.text out ^String (binding [*print-length* nil *print-level* nil
+                               *print-meta* nil *print-dup* nil
+                               *print-readably* true]
+                       (pr-str x))))
 
-(defn- write-string [^StringBuilder sb ^String s]
-  (.append sb \")
-  (let [n (.length s)]
-    (loop [i 0]
-      (when (< i n)
-        (let [c (.charAt s i)]
-          (case c
-            \" (.append sb "\\\"")
-            \\ (.append sb "\\\\")
-            \newline (.append sb "\\n")
-            \tab (.append sb "\\t")
-            \return (.append sb "\\r")
-            \formfeed (.append sb "\\f")
-            \backspace (.append sb "\\b")
-            ;; Other control characters (NUL above all, which a PostgreSQL
-            ;; text column refuses) as \uXXXX, which EDN readers accept.
-            (if (< (int c) 0x20)
-              (.append sb (format "\\u%04x" (int c)))
-              (.append sb c))))
-        (recur (unchecked-inc i)))))
-  (.append sb \"))
-
-(defn- write-char [^StringBuilder sb ^Character ch]
+(defn- write-char [^IUtf8Out out ^Character ch]
   (let [c (.charValue ch)]
     (case c
-      \newline (.append sb "\\newline")
-      \space (.append sb "\\space")
-      \tab (.append sb "\\tab")
-      \backspace (.append sb "\\backspace")
-      \formfeed (.append sb "\\formfeed")
-      \return (.append sb "\\return")
-      (if (< (int c) 0x20)
-        (.append sb (format "\\u%04x" (int c)))
-        (-> sb (.append \\) (.append c))))))
+      \newline (.text out "\\newline")
+      \space (.text out "\\space")
+      \tab (.text out "\\tab")
+      \backspace (.text out "\\backspace")
+      \formfeed (.text out "\\formfeed")
+      \return (.text out "\\return")
+      (if (or (< (int c) 0x20) (Character/isSurrogate c))
+        (.text out (format "\\u%04x" (int c)))
+        (do (.ascii out 92) (.text out (String/valueOf c)))))))
 
 (defn- write-items
   "Writes the elements of `coll`, space separated, between `open` and `close`."
-  [^StringBuilder sb ^String open coll ^String close]
-  (.append sb open)
+  [^IUtf8Out out ^String open coll ^String close]
+  (.text out open)
   (reduce (fn [first? x]
-            (when-not first? (.append sb \space))
-            (write-value sb x)
+            (when-not first? (.ascii out 32))
+            (write-value out x)
             false)
           true
           coll)
-  (.append sb close))
+  (.text out close))
 
-(defn- write-map [^StringBuilder sb m]
-  (.append sb \{)
+(defn- write-map [^IUtf8Out out m]
+  (.ascii out 123)
   (reduce-kv (fn [first? k v]
-               (when-not first? (.append sb ", "))
-               (write-value sb k)
-               (.append sb \space)
-               (write-value sb v)
+               (when-not first? (.ascii out 44) (.ascii out 32))
+               (write-value out k)
+               (.ascii out 32)
+               (write-value out v)
                false)
              true
              m)
-  (.append sb \}))
+  (.ascii out 125))
 
-(defn- write-coll [^StringBuilder sb coll]
+(defn- write-coll [^IUtf8Out out coll]
   (cond
-    (instance? IRecord coll) (pr-fallback sb coll)
-    (instance? PersistentTreeMap coll) (do (.append sb "#sorted/map ") (write-map sb coll))
-    (instance? IPersistentMap coll) (write-map sb coll)
-    (instance? IPersistentVector coll) (write-items sb "[" coll "]")
-    (instance? PersistentTreeSet coll) (write-items sb "#sorted/set #{" coll "}")
-    (instance? IPersistentSet coll) (write-items sb "#{" coll "}")
-    (instance? PersistentQueue coll) (write-items sb "#queue [" coll "]")
-    (or (instance? ISeq coll) (instance? IPersistentList coll)) (write-items sb "(" coll ")")
-    :else (pr-fallback sb coll)))
+    (instance? IRecord coll) (pr-fallback out coll)
+    (instance? PersistentTreeMap coll) (do (.text out "#sorted/map ") (write-map out coll))
+    (instance? IPersistentMap coll) (write-map out coll)
+    (instance? IPersistentVector coll) (write-items out "[" coll "]")
+    (instance? PersistentTreeSet coll) (write-items out "#sorted/set #{" coll "}")
+    (instance? IPersistentSet coll) (write-items out "#{" coll "}")
+    (instance? PersistentQueue coll) (write-items out "#queue [" coll "]")
+    (or (instance? ISeq coll) (instance? IPersistentList coll)) (write-items out "(" coll ")")
+    :else (pr-fallback out coll)))
 
-(defn- write-value [^StringBuilder sb x]
+(defn- write-value [^IUtf8Out out x]
   (cond
-    (nil? x) (.append sb "nil")
-    (string? x) (write-string sb x)
-    (keyword? x) (.append sb (str x))
-    (instance? Long x) (.append sb (long x))
+    (nil? x) (.text out "nil")
+    (string? x) (.quoted out x)
+    (keyword? x) (.text out (str x))
+    (instance? Long x) (.text out (Long/toString (long x)))
     (instance? IPersistentCollection x)
     (if (and (instance? IObj x) (some? (meta x)) (not (instance? IRecord x)))
-      (do (.append sb "#duratom/iobj [")
-          (write-coll sb x)
-          (.append sb \space)
-          (write-value sb (meta x))
-          (.append sb \]))
-      (write-coll sb x))
-    (boolean? x) (.append sb (boolean x))
-    (symbol? x) (.append sb (str x))
+      (do (.text out "#duratom/iobj [")
+          (write-coll out x)
+          (.ascii out 32)
+          (write-value out (meta x))
+          (.ascii out 93))
+      (write-coll out x))
+    (boolean? x) (.text out (if x "true" "false"))
+    (symbol? x) (.text out (str x))
     (instance? Double x) (let [d (double x)]
-                           (cond (Double/isNaN d) (.append sb "##NaN")
-                                 (Double/isInfinite d) (.append sb (if (pos? d) "##Inf" "##-Inf"))
-                                 :else (.append sb d)))
-    (instance? BigInt x) (-> sb (.append (str x)) (.append \N))
-    (instance? BigDecimal x) (-> sb (.append (str x)) (.append \M))
-    (instance? Ratio x) (.append sb (str x))
-    (char? x) (write-char sb x)
-    :else (pr-fallback sb x)))
+                           (cond (Double/isNaN d) (.text out "##NaN")
+                                 (Double/isInfinite d) (.text out (if (pos? d) "##Inf" "##-Inf"))
+                                 :else (.text out (Double/toString d))))
+    (instance? BigInt x) (do (.text out (str x)) (.ascii out 78))
+    (instance? BigDecimal x) (do (.text out (str x)) (.ascii out 77))
+    (instance? Ratio x) (.text out (str x))
+    (char? x) (write-char out x)
+    :else (pr-fallback out x)))
 
-(defn encode-string
-  "`value` as EDN text with duratom's tags (see the namespace docstring)."
-  ^String [value]
-  (let [sb (StringBuilder. 256)]
-    (write-value sb value)
-    (.toString sb)))
+(defn encode-buffer
+  "`value` as UTF-8 EDN with duratom's tags, in a heap ByteBuffer (array,
+  offset 0, `remaining` bytes). `size-hint`: the expected size, so that the
+  buffer need not grow."
+  ^ByteBuffer [value ^long size-hint]
+  (let [out (Utf8Out. (byte-array (max 64 size-hint)) 0)]
+    (write-value out value)
+    (.result out)))
 
 (defn encode
-  "`value` as UTF-8 EDN bytes with duratom's tags."
+  "`value` as UTF-8 EDN bytes with duratom's tags (an exact-size array)."
   ^bytes [value]
-  (.getBytes (encode-string value) StandardCharsets/UTF_8))
+  (let [^ByteBuffer b (encode-buffer value 256)]
+    (Arrays/copyOf (.array b) (.remaining b))))
+
+(defn encode-string
+  "`value` as EDN text with duratom's tags."
+  ^String [value]
+  (let [^ByteBuffer b (encode-buffer value 256)]
+    (String. (.array b) 0 (.remaining b) StandardCharsets/UTF_8)))
+
+(defn encoder
+  "A fn value -> ByteBuffer that sizes each buffer from the previous
+  encoding, so that a steady state is encoded without growing the buffer."
+  []
+  (let [last-size (volatile! 256)]
+    (fn [value]
+      (let [^ByteBuffer b (encode-buffer value (+ (long @last-size) (quot (long @last-size) 8)))]
+        (vreset! last-size (.remaining b))
+        b))))
 
 (defn decode
   "Reads UTF-8 EDN `bytes` with `duratom.readers/default`."

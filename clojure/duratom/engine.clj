@@ -24,6 +24,7 @@
   (:import (java.util.concurrent Executors ExecutorService ThreadFactory ConcurrentHashMap)
            (java.util.concurrent.atomic AtomicLong AtomicBoolean AtomicReference)
            (java.util.concurrent.locks ReentrantLock)
+           (java.nio ByteBuffer)
            (java.util Set)))
 
 (set! *warn-on-reflection* true)
@@ -79,7 +80,7 @@
   "Commits `bytes` unless the engine is closed, keeping the figures; returns
   the new version, or nil when `expected` (see duratom.storage/commit!) did
   not hold. Holds io-lock."
-  [^Engine e ^bytes bytes ^long t0 expected]
+  [^Engine e ^ByteBuffer bytes ^long t0 expected]
   (let [^ReentrantLock io-lock (:io-lock e)]
     (.lock io-lock)
     (try
@@ -88,7 +89,7 @@
       (when-let [version (storage/commit! (:store e) bytes expected)]
         (.set ^AtomicReference (:version e) version)
         (.incrementAndGet ^AtomicLong (:commits e))
-        (.addAndGet ^AtomicLong (:bytes-written e) (alength bytes))
+        (.addAndGet ^AtomicLong (:bytes-written e) (.remaining bytes))
         (.set ^AtomicLong (:last-commit-nanos e) (- (System/nanoTime) t0))
         version)
       (finally (.unlock io-lock)))))

@@ -1,7 +1,8 @@
 (ns duratom.rw
   "The `:rw` maps: the default read/write functions of each backend, with the
   signatures the original library gave them, and the codecs that turn an
-  `:rw` map into `encode` (value -> bytes) and `decode` (bytes -> value).
+  `:rw` map into `encode` (value -> java.nio.ByteBuffer over a heap array) and
+  `decode` (bytes -> value).
 
   With a default `:rw` the value is encoded straight to EDN bytes
   (`duratom.edn`). A custom `:read`/`:write` is called exactly as the original
@@ -9,6 +10,7 @@
   (:require [clojure.java.io :as io]
             [duratom.edn :as dedn])
   (:import (java.io ByteArrayInputStream File PushbackReader InputStream)
+           (java.nio ByteBuffer)
            (java.nio.charset StandardCharsets)
            (java.nio.file Files)))
 
@@ -62,11 +64,11 @@
 
 ;; ------------------------------------------------------------------- codecs
 
-(defn- to-bytes
-  "What a custom `:write` returned, as bytes."
-  ^bytes [x]
-  (cond (bytes? x) x
-        (string? x) (.getBytes ^String x StandardCharsets/UTF_8)
+(defn- to-buffer
+  "What a custom `:write` returned, as a ByteBuffer."
+  ^ByteBuffer [x]
+  (cond (bytes? x) (ByteBuffer/wrap x)
+        (string? x) (ByteBuffer/wrap (.getBytes ^String x StandardCharsets/UTF_8))
         :else (throw (IllegalArgumentException.
                       (str "duratom: a custom :write must return a String or bytes, got "
                            (.getName (class x)))))))
@@ -81,7 +83,7 @@
   custom `:read` is given a temp file holding the stored bytes."
   [rw ^File path]
   (if (default-fns? rw default-file-rw)
-    {:encode dedn/encode :decode dedn/decode :raw? false}
+    {:encode (dedn/encoder) :decode dedn/decode :raw? false}
     (let [dir (.getAbsoluteFile (or (.getParentFile (.getAbsoluteFile path)) (File. ".")))
           with-temp (fn [f]
                       (let [tmp (File/createTempFile ".duratom-" ".rw" dir)]
@@ -89,7 +91,7 @@
       {:encode (fn [value]
                  (with-temp (fn [^File tmp]
                               ((:write rw) tmp value)
-                              (Files/readAllBytes (.toPath tmp)))))
+                              (ByteBuffer/wrap (Files/readAllBytes (.toPath tmp))))))
        :decode (fn [^bytes stored]
                  (with-temp (fn [^File tmp]
                               (Files/write (.toPath tmp) stored
@@ -102,11 +104,11 @@
   and bytes for `:bytea`."
   [rw]
   (if (default-fns? rw default-postgres-rw)
-    {:encode dedn/encode :decode dedn/decode}
+    {:encode (dedn/encoder) :decode dedn/decode}
     (let [read (:read rw (:read default-postgres-rw))
           write (:write rw (:write default-postgres-rw))
           text? (not= :bytea (:column-type rw :text))]
-      {:encode (fn [value] (to-bytes (write value)))
+      {:encode (fn [value] (to-buffer (write value)))
        :decode (fn [^bytes stored]
                  (read (if text? (String. stored StandardCharsets/UTF_8) stored)))})))
 
@@ -115,9 +117,9 @@
   original library gave it."
   [rw]
   (if (default-fns? rw default-s3-rw)
-    {:encode dedn/encode :decode dedn/decode}
+    {:encode (dedn/encoder) :decode dedn/decode}
     (let [read (:read rw (:read default-s3-rw))
           write (:write rw (:write default-s3-rw))]
-      {:encode (fn [value] (to-bytes (write value)))
+      {:encode (fn [value] (to-buffer (write value)))
        :decode (fn [^bytes stored]
                  (read (alength stored) (ByteArrayInputStream. stored)))})))

@@ -8,6 +8,7 @@
   `ex-info` whose message names backend and resource and whose data holds
   `:duratom/backend`, `:duratom/resource` and `:duratom/op`."
   (:import (duratom Native Native$StorageException Native$ConflictException)
+           (java.nio ByteBuffer)
            (java.nio.charset StandardCharsets)
            (java.io ByteArrayOutputStream)))
 
@@ -83,17 +84,21 @@
        :version (String. ^bytes (aget pair 1) StandardCharsets/UTF_8)})))
 
 (defn commit!
-  "Durably stores `bytes`; returns the new version string. `expected`: nil to
+  "Durably stores `bytes` (a byte array, or a heap java.nio.ByteBuffer whose
+  array holds them from offset 0); returns the new version string. `expected`: nil to
   write unconditionally, `:nothing` to write only if nothing is stored, or a
   version string to write only if that version is still stored. When the
   condition fails, returns nil and writes nothing."
-  [store ^bytes bytes expected]
+  [store bytes expected]
   (try
     (let [expected-bytes (cond (nil? expected) nil
                                (= :nothing expected) Native/EXPECT_NOTHING
                                :else (.getBytes ^String expected StandardCharsets/UTF_8))]
       (through-door store :commit
-        (String. (Native/commit (handle store) bytes expected-bytes) StandardCharsets/UTF_8)))
+        (let [[^bytes array length] (if (instance? ByteBuffer bytes)
+                                       [(.array ^ByteBuffer bytes) (.remaining ^ByteBuffer bytes)]
+                                       [bytes (alength ^bytes bytes)])]
+          (String. (Native/commit (handle store) array (int length) expected-bytes) StandardCharsets/UTF_8))))
     (catch clojure.lang.ExceptionInfo e
       (if (:duratom/conflict? (ex-data e))
         nil
