@@ -126,23 +126,36 @@
   (let [^AtomicReference r (if (:sync? e) (:durable e) (:latest e))]
     (.get r)))
 
-(declare ensure-writer!)
+(declare wake-writer!)
+
+(defn- accept!
+  "(f newest), validated and made the newest state: [seq old new], or nil
+  when `f` returns `abort`."
+  [^Engine e f validate! abort]
+  (let [^AtomicReference latest (:latest e)
+        old (.get latest)
+        new (f old)]
+    (when-not (identical? new abort)
+      (validate! new)
+      ;; `latest` before `requested`: a writer that sees the count sees the state
+      (.set latest new)
+      [(.incrementAndGet ^AtomicLong (:requested e)) old new])))
 
 (defn propose!
   "Computes `(f newest)` from the newest accepted state, validates it with
   `validate!` and accepts it. Returns `[seq old new]`, or nil (nothing
-  changes) when `f` returns `abort`. Call under the duratom's lock."
+  changes) when `f` returns `abort`. Call under the duratom's lock.
+  Synchronous mode holds the monitor throughout, so that a failed group
+  commit cannot drop states while one is being computed from them;
+  asynchronous mode needs no more than the duratom's lock and a wake-up of
+  the writer, which keeps swap! close to an atom's cost."
   [^Engine e f validate! abort]
-  (locking (:monitor e)
-    (let [^AtomicReference latest (:latest e)
-          old (.get latest)
-          new (f old)]
-      (when-not (identical? new abort)
-        (validate! new)
-        (.set latest new)
-        (let [seq (.incrementAndGet ^AtomicLong (:requested e))]
-          (when-not (:sync? e) (ensure-writer! e))
-          [seq old new])))))
+  (if (:sync? e)
+    (locking (:monitor e)
+      (accept! e f validate! abort))
+    (let [accepted (accept! e f validate! abort)]
+      (when accepted (wake-writer! e))
+      accepted)))
 
 (defn- failure-ex
   "The exception a caller sees for a state that could not be written."
@@ -197,7 +210,7 @@
                           (.set latest (.get durable))))
               (.notifyAll monitor))
             (when (and x handler)
-              (try (handler x #(locking monitor (ensure-writer! e)))
+              (try (handler x #(wake-writer! e))
                    (catch Throwable _ nil))) ; the contract: handler exceptions are swallowed
             (recur)))))))
 
@@ -246,19 +259,20 @@
 
 (declare write-loop)
 
-(defn- ensure-writer!
-  "Starts a writer unless one is running. Call holding the monitor."
+(defn- wake-writer!
+  "Starts a writer unless one is running (or the engine is closed)."
   [^Engine e]
-  (when-not (or (.get ^AtomicBoolean (:scheduled e)) (.get ^AtomicBoolean (:closed e)))
-    (.set ^AtomicBoolean (:scheduled e) true)
-    (.add writing e)
-    (.execute writers ^Runnable (fn [] (write-loop e)))))
+  (let [^AtomicBoolean scheduled (:scheduled e)]
+    (when (and (not (.get scheduled))
+               (not (.get ^AtomicBoolean (:closed e)))
+               (.compareAndSet scheduled false true))
+      (.add writing e)
+      (.execute writers ^Runnable (fn [] (write-loop e))))))
 
 (defn recommit!
   "Schedules a write of the newest state: the `recommit` an :error-handler gets."
   [^Engine e]
-  (locking (:monitor e)
-    (ensure-writer! e)))
+  (wake-writer! e))
 
 (defn- stop-writer!
   "Marks the writer stopped. Call holding the monitor."
@@ -283,9 +297,15 @@
           (when (locking monitor
                   (when (> (long target) (.get written)) (.set written target))
                   (.set ^AtomicReference (:durable e) value)
-                  (if (and (> (.get requested) (.get written)) (not (.get closed)))
-                    (do (.notifyAll monitor) true)
-                    (do (stop-writer! e) false)))
+                  (.notifyAll monitor)
+                  (or (and (> (.get requested) (.get written)) (not (.get closed)))
+                      (do (stop-writer! e)
+                          ;; a swap! may have accepted a state after the check
+                          ;; and seen the writer still scheduled: take it on
+                          (and (> (.get requested) (.get written))
+                               (not (.get closed))
+                               (.compareAndSet ^AtomicBoolean (:scheduled e) false true)
+                               (do (.add writing e) true)))))
             (recur 0))
 
           (:error-handler e)
