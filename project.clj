@@ -14,6 +14,7 @@
   :resource-paths ["native-resources"]
   :jvm-opts ["-Xss4m"]
   :profiles {:dev {:dependencies [[com.taoensso/nippy "3.1.3" :exclusions [org.clojure/clojure]]]}
-             :demo {:source-paths ["demo"]}}
+             :demo {:source-paths ["demo"]}
+             :bench {:source-paths ["bench"] :jvm-opts ["-Xms2g" "-Xmx2g"]}}
   :test-selectors {:default (complement :bench)
                    :bench :bench})

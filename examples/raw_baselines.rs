@@ -1,0 +1,190 @@
+//! Raw baselines for `scripts/bench`: the storage work a duratom commit does,
+//! done by the same Rust code and client libraries with no JVM around it.
+//!
+//! ```text
+//! raw_baselines file PATH BYTES-FILE MILLIS [MIN-OPS]   FileStore::commit of the bytes, in a loop
+//!                                                       (temp write, fsync, rename, fsync of the directory)
+//! raw_baselines pg BYTES-FILE MILLIS [MIN-OPS]          UPDATE t SET value = $1 WHERE id = $2, one row,
+//!                                                       on a dedicated table (env DURATOM_TEST_PG_*)
+//! raw_baselines s3 BYTES-FILE MILLIS [MIN-OPS]          PutObject of the bytes (env DURATOM_TEST_S3_*)
+//! ```
+//!
+//! Each mode sets up, warms up (a few operations, untimed), then repeats the
+//! operation until MILLIS have passed and at least MIN-OPS (default 1) ran,
+//! and prints one line:
+//!
+//! ```text
+//! RAW mode=file ops=1234 secs=1.000512 ops_per_sec=1233.37 ms_per_op=0.8108 bytes=312
+//! ```
+
+use std::env;
+use std::process::exit;
+use std::time::{Duration, Instant};
+
+use duratom::config::Config;
+use duratom::file::FileStore;
+use duratom::store::{Expect, Store};
+
+fn usage() -> ! {
+    eprintln!("usage: raw_baselines file PATH BYTES-FILE MILLIS [MIN-OPS] | pg BYTES-FILE MILLIS [MIN-OPS] | s3 BYTES-FILE MILLIS [MIN-OPS]");
+    exit(2)
+}
+
+fn env_var(name: &str) -> String {
+    env::var(name).unwrap_or_else(|_| {
+        eprintln!("raw_baselines: environment variable {name} is not set");
+        exit(2)
+    })
+}
+
+fn fail(what: &str, e: impl std::fmt::Display) -> ! {
+    eprintln!("raw_baselines: {what}: {e}");
+    exit(1)
+}
+
+/// Warms up with `warmup` untimed operations, then runs `op` until `millis`
+/// have passed and at least `min_ops` ran; prints the RAW line.
+fn measure(mode: &str, bytes: usize, millis: u64, min_ops: u64, warmup: u64, mut op: impl FnMut()) {
+    for _ in 0..warmup {
+        op();
+    }
+    let limit = Duration::from_millis(millis);
+    let start = Instant::now();
+    let mut ops = 0u64;
+    loop {
+        op();
+        ops += 1;
+        if ops >= min_ops && start.elapsed() >= limit {
+            break;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "RAW mode={mode} ops={ops} secs={secs:.6} ops_per_sec={:.2} ms_per_op={:.4} bytes={bytes}",
+        ops as f64 / secs,
+        secs * 1000.0 / ops as f64
+    );
+}
+
+fn main() {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let mode = args.first().map(String::as_str).unwrap_or_else(|| usage());
+    let rest = &args[1..];
+    let (path, rest) = match mode {
+        "file" => (Some(rest.first().unwrap_or_else(|| usage()).clone()), &rest[1..]),
+        "pg" | "s3" => (None, rest),
+        _ => usage(),
+    };
+    if rest.len() < 2 || rest.len() > 3 {
+        usage();
+    }
+    let bytes = std::fs::read(&rest[0]).unwrap_or_else(|e| fail(&format!("reading {}", rest[0]), e));
+    let millis: u64 = rest[1].parse().unwrap_or_else(|_| usage());
+    let min_ops: u64 = rest.get(2).map(|s| s.parse().unwrap_or_else(|_| usage())).unwrap_or(1);
+    match mode {
+        "file" => file(&path.unwrap(), &bytes, millis, min_ops),
+        "pg" => pg(&bytes, millis, min_ops),
+        "s3" => s3(&bytes, millis, min_ops),
+        _ => usage(),
+    }
+}
+
+/// The durable replace exactly as a file duratom's commit does it.
+fn file(path: &str, bytes: &[u8], millis: u64, min_ops: u64) {
+    let mut store = FileStore::open(&Config::from_pairs("local-file", &[("path", path)]))
+        .unwrap_or_else(|e| fail("opening the file store", e));
+    let warmup = if bytes.len() > 1 << 20 { 1 } else { 20 };
+    measure("file", bytes.len(), millis, min_ops, warmup, || {
+        store.commit(bytes, &Expect::Anything).unwrap_or_else(|e| fail("commit", e));
+    });
+}
+
+/// One prepared single-row UPDATE per operation (autocommit, so one
+/// transaction and one WAL flush each), over a kept connection set up as a
+/// duratom's is (TLS if the server offers it, certificate not checked).
+fn pg(bytes: &[u8], millis: u64, min_ops: u64) {
+    let text = std::str::from_utf8(bytes).unwrap_or_else(|e| fail("the bytes are not UTF-8 text", e));
+    let mut config = postgres::Config::new();
+    config
+        .host(&env_var("DURATOM_TEST_PG_HOST"))
+        .port(env_var("DURATOM_TEST_PG_PORT").parse().unwrap_or_else(|e| fail("DURATOM_TEST_PG_PORT", e)))
+        .user(&env_var("DURATOM_TEST_PG_USER"))
+        .password(env_var("DURATOM_TEST_PG_PASSWORD"))
+        .dbname(&env_var("DURATOM_TEST_PG_DB"))
+        .ssl_mode(postgres::config::SslMode::Prefer);
+    let tls = native_tls::TlsConnector::builder()
+        .danger_accept_invalid_certs(true)
+        .danger_accept_invalid_hostnames(true)
+        .disable_built_in_roots(true)
+        .build()
+        .unwrap_or_else(|e| fail("TLS setup", e));
+    let mut client = config
+        .connect(postgres_native_tls::MakeTlsConnector::new(tls))
+        .unwrap_or_else(|e| fail("connecting", e));
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS duratom_bench_raw (id integer, value text);
+             DELETE FROM duratom_bench_raw WHERE id = 0;
+             INSERT INTO duratom_bench_raw (id, value) VALUES (0, '');",
+        )
+        .unwrap_or_else(|e| fail("creating the table", e));
+    let update = client
+        .prepare("UPDATE duratom_bench_raw SET value = $1 WHERE id = $2")
+        .unwrap_or_else(|e| fail("preparing", e));
+    let id: i32 = 0;
+    measure("pg", bytes.len(), millis, min_ops, 20, || {
+        let n = client.execute(&update, &[&text, &id]).unwrap_or_else(|e| fail("update", e));
+        if n != 1 {
+            fail("update", format!("updated {n} rows"));
+        }
+    });
+}
+
+/// PutObject through the SDK, configured as a duratom's S3 client is (path
+/// style, checksums only where required), driven by the library's runtime.
+fn s3(bytes: &[u8], millis: u64, min_ops: u64) {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+    use aws_sdk_s3::primitives::ByteStream;
+
+    let endpoint = env_var("DURATOM_TEST_S3_ENDPOINT");
+    let region = env::var("DURATOM_TEST_S3_REGION").unwrap_or_else(|_| "us-east-1".into());
+    let creds = Credentials::new(
+        env_var("DURATOM_TEST_S3_ACCESS_KEY"),
+        env_var("DURATOM_TEST_S3_SECRET_KEY"),
+        None,
+        None,
+        "bench",
+    );
+    let bucket = "duratom-bench-raw";
+    let shared = duratom::runtime::block_on(
+        aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(region))
+            .endpoint_url(&endpoint)
+            .credentials_provider(creds)
+            .load(),
+    )
+    .unwrap_or_else(|e| fail("runtime", e));
+    let conf = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(true)
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .build();
+    let client = aws_sdk_s3::Client::from_conf(conf);
+    let created = duratom::runtime::block_on(client.create_bucket().bucket(bucket).send())
+        .unwrap_or_else(|e| fail("runtime", e));
+    if let Err(e) = created {
+        let exists = e
+            .as_service_error()
+            .map(|s| s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists())
+            .unwrap_or(false);
+        if !exists {
+            fail("creating the bucket", aws_sdk_s3::error::DisplayErrorContext(&e));
+        }
+    }
+    measure("s3", bytes.len(), millis, min_ops, 10, || {
+        let put = client.put_object().bucket(bucket).key("raw").body(ByteStream::from(bytes.to_vec())).send();
+        duratom::runtime::block_on(put)
+            .unwrap_or_else(|e| fail("runtime", e))
+            .unwrap_or_else(|e| fail("PutObject", aws_sdk_s3::error::DisplayErrorContext(&e)));
+    });
+}
