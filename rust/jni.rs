@@ -13,8 +13,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use jni::objects::{JByteArray, JClass, JObject};
-use jni::sys::{jbyteArray, jint, jlong, jobjectArray};
+use jni::objects::{JByteArray, JClass, JObject, JObjectArray};
+use jni::sys::{jbyteArray, jlong, jobjectArray};
 use jni::JNIEnv;
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
@@ -94,17 +94,29 @@ fn bytes_in(env: &mut JNIEnv, array: &JByteArray) -> Result<Vec<u8>, Failure> {
     Ok(env.convert_byte_array(array)?)
 }
 
-/// The first `length` bytes of `array`, copied out of the JVM heap.
-fn prefix_in(env: &mut JNIEnv, array: &JByteArray, length: jint) -> Result<Vec<u8>, Failure> {
-    let available = env.get_array_length(array)?;
-    if length < 0 || length > available {
-        let detail = format!("commit length {length} is outside the array of {available} bytes");
+/// The first `length` bytes of the concatenation of `chunks` (a `byte[][]`),
+/// copied out of the JVM heap into one buffer.
+fn joined_prefix(env: &mut JNIEnv, chunks: &JObjectArray, length: jlong) -> Result<Vec<u8>, Failure> {
+    let count = env.get_array_length(chunks)?;
+    let mut bytes = vec![0u8; usize::try_from(length).unwrap_or(0)];
+    let mut filled = 0usize;
+    for i in 0..count {
+        if filled == bytes.len() {
+            break;
+        }
+        let chunk = JByteArray::from(env.get_object_array_element(chunks, i)?);
+        let take = (env.get_array_length(&chunk)? as usize).min(bytes.len() - filled);
+        // jbyte is i8; the buffer is the same memory seen as signed bytes.
+        let target = &mut bytes[filled..filled + take];
+        let signed = unsafe { std::slice::from_raw_parts_mut(target.as_mut_ptr() as *mut i8, take) };
+        env.get_byte_array_region(&chunk, 0, signed)?;
+        env.delete_local_ref(chunk)?; // many chunks must not fill the local reference table
+        filled += take;
+    }
+    if length < 0 || filled != bytes.len() {
+        let detail = format!("commit length {length} does not match the {filled} bytes the chunks hold");
         return Err(Failure::Store(StoreError::config("duratom", detail)));
     }
-    let mut bytes = vec![0u8; length as usize];
-    // jbyte is i8; the buffer is the same memory seen as signed bytes.
-    let signed = unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr() as *mut i8, bytes.len()) };
-    env.get_byte_array_region(array, 0, signed)?;
     Ok(bytes)
 }
 
@@ -137,8 +149,9 @@ pub extern "system" fn Java_duratom_Native_load<'l>(mut env: JNIEnv<'l>, _: JCla
     })
 }
 
-/// `static native byte[] commit(long handle, byte[] value, int length, byte[] expected)`:
-/// durably stores the first `length` bytes of `value`, returns the new version. `expected` null: write
+/// `static native byte[] commit(long handle, byte[][] chunks, long length, byte[] expected)`:
+/// durably stores the first `length` bytes of the chunks' concatenation and
+/// returns the new version. `expected` null: write
 /// unconditionally; empty: only if nothing is stored; else only if the stored
 /// version is still `expected`. A failed condition throws ConflictException.
 #[no_mangle]
@@ -146,8 +159,8 @@ pub extern "system" fn Java_duratom_Native_commit<'l>(
     mut env: JNIEnv<'l>,
     _: JClass<'l>,
     handle: jlong,
-    value: JByteArray<'l>,
-    length: jint,
+    chunks: JObjectArray<'l>,
+    length: jlong,
     expected: JByteArray<'l>,
 ) -> jbyteArray {
     door(&mut env, std::ptr::null_mut(), |env| {
@@ -160,7 +173,7 @@ pub extern "system" fn Java_duratom_Native_commit<'l>(
                 v => Expect::Version(Version(String::from_utf8_lossy(&v).into_owned())),
             }
         };
-        let bytes = prefix_in(env, &value, length)?;
+        let bytes = joined_prefix(env, &chunks, length)?;
         let version = store.lock().commit(&bytes, &expect)?;
         Ok(env.byte_array_from_slice(version.0.as_bytes())?.into_raw())
     })

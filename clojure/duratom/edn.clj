@@ -7,16 +7,16 @@
   `duratom.readers`, so that `decode` gives back the same types. Control
   characters in strings and characters are written as `\\uXXXX`.
 
-  It writes UTF-8 straight into one growing byte buffer (no StringBuilder, no
-  String, no final copy) and never touches the global `print-method`s, so a
-  large state costs about one copy of its encoded bytes on the heap."
+  It writes UTF-8 straight into a list of byte chunks that are never copied
+  or joined (no StringBuilder, no String), and never touches the global
+  `print-method`s, so a large state costs about one copy of its encoded bytes
+  on the heap; the chunks cross JNI as they are."
   (:require [clojure.edn :as edn]
             [duratom.readers :as readers])
   (:import (clojure.lang IPersistentMap IPersistentSet IPersistentVector ISeq IPersistentList
                          PersistentTreeMap PersistentTreeSet PersistentQueue
                          IObj IRecord IPersistentCollection BigInt Ratio)
            (java.math BigDecimal)
-           (java.nio ByteBuffer)
            (java.nio.charset StandardCharsets)
            (java.util Arrays)))
 
@@ -26,14 +26,30 @@
   (^void text [^String s] "Appends `s` as UTF-8.")
   (^void ascii [^long b] "Appends one ASCII byte.")
   (^void quoted [^String s] "Appends `s` as an EDN string literal: quoted and escaped.")
-  (^java.nio.ByteBuffer result [] "The bytes written so far (no copy)."))
+  (^void room [^long k] "Makes room for `k` more bytes in the current chunk.")
+  (result [] "The bytes written: an Encoded."))
 
-(deftype Utf8Out [^:unsynchronized-mutable ^bytes buf
+(defrecord Encoded [chunks ^long size]) ; chunks: byte[][] whose concatenation, cut at size, is the text
+
+(def ^:private max-chunk (* 1024 1024))
+
+;; Full chunks go to `done`; `buf` is the chunk being filled, `n` its fill.
+;; A new chunk is as large as all before it (up to 1 MiB), so a state of any
+;; size takes few chunks and nothing is ever copied.
+(deftype Utf8Out [^java.util.ArrayList done
+                  ^:unsynchronized-mutable ^long before ; bytes in `done`
+                  ^:unsynchronized-mutable ^bytes buf
                   ^:unsynchronized-mutable ^long n]
   IUtf8Out
-  (ascii [_ b]
-    (when (= n (alength buf))
-      (set! buf (Arrays/copyOf buf (int (max 64 (* 2 n))))))
+  (room [_ k]
+    (when (> (+ n k) (alength buf))
+      (when (pos? n)
+        (.add done (if (= n (alength buf)) buf (Arrays/copyOf buf (int n))))
+        (set! before (+ before n)))
+      (set! buf (byte-array (max k 4096 (min max-chunk (+ before n)))))
+      (set! n 0)))
+  (ascii [this b]
+    (when (= n (alength buf)) (.room this 1))
     (aset buf n (unchecked-byte b))
     (set! n (unchecked-inc n)))
   (text [this s]
@@ -41,8 +57,7 @@
       (loop [i 0]
         (when (< i len)
           ;; room for the longest encoding of one char (a surrogate pair: 4)
-          (when (> (+ n 4) (alength buf))
-            (set! buf (Arrays/copyOf buf (int (max (+ n 4 len (- i)) (* 2 (alength buf)))))))
+          (when (> (+ n 4) (alength buf)) (.room this 4))
           (let [c (int (.charAt s i))]
             (cond
               (< c 0x80)
@@ -97,7 +112,12 @@
               (recur (unchecked-inc i) run-start)))
           (.text this (if (zero? run-start) s (.substring s run-start))))))
     (.ascii this 34))
-  (result [_] (ByteBuffer/wrap buf 0 n)))
+  (result [_]
+    ;; The last chunk is passed as it is: `size` says where the bytes end.
+    (let [chunks (make-array Byte/TYPE (inc (.size done)) 0)]
+      (dotimes [i (.size done)] (aset ^"[[B" chunks i ^bytes (.get done i)))
+      (aset ^"[[B" chunks (.size done) buf)
+      (->Encoded chunks (+ before n)))))
 
 (declare write-value)
 
@@ -184,36 +204,53 @@
     (char? x) (write-char out x)
     :else (pr-fallback out x)))
 
-(defn encode-buffer
-  "`value` as UTF-8 EDN with duratom's tags, in a heap ByteBuffer (array,
-  offset 0, `remaining` bytes). `size-hint`: the expected size, so that the
-  buffer need not grow."
-  ^ByteBuffer [value ^long size-hint]
-  (let [out (Utf8Out. (byte-array (max 64 size-hint)) 0)]
+(defn encode-chunks
+  "`value` as UTF-8 EDN with duratom's tags: an Encoded of byte chunks (their
+  concatenation is the text) and the total size. `size-hint`: the expected
+  size, so that small states fit the first chunk."
+  ^Encoded [value ^long size-hint]
+  (let [out (Utf8Out. (java.util.ArrayList.) 0 (byte-array (max 64 size-hint)) 0)]
     (write-value out value)
     (.result out)))
 
+(defn encoded-bytes
+  "Wraps `bytes` (e.g. what a custom :write returned) as an Encoded."
+  ^Encoded [^bytes bytes]
+  (->Encoded (doto ^"[[B" (make-array Byte/TYPE 1 0) (aset 0 bytes)) (alength bytes)))
+
+(defn- joined
+  "The bytes of an Encoded as one exact array."
+  ^bytes [^Encoded e]
+  (let [^"[[B" chunks (:chunks e)
+        size (long (:size e))
+        out (byte-array size)]
+    (loop [i 0 at 0]
+      (when (< at size)
+        (let [^bytes c (aget chunks i)
+              k (min (alength c) (- size at))]
+          (System/arraycopy c 0 out at k)
+          (recur (inc i) (+ at k)))))
+    out))
+
 (defn encode
-  "`value` as UTF-8 EDN bytes with duratom's tags (an exact-size array)."
+  "`value` as UTF-8 EDN bytes with duratom's tags."
   ^bytes [value]
-  (let [^ByteBuffer b (encode-buffer value 256)]
-    (Arrays/copyOf (.array b) (.remaining b))))
+  (joined (encode-chunks value 256)))
 
 (defn encode-string
   "`value` as EDN text with duratom's tags."
   ^String [value]
-  (let [^ByteBuffer b (encode-buffer value 256)]
-    (String. (.array b) 0 (.remaining b) StandardCharsets/UTF_8)))
+  (String. (encode value) StandardCharsets/UTF_8))
 
 (defn encoder
-  "A fn value -> ByteBuffer that sizes each buffer from the previous
-  encoding, so that a steady state is encoded without growing the buffer."
+  "A fn value -> Encoded that sizes its first chunk from the previous
+  encoding, so that a steady small state is one chunk."
   []
   (let [last-size (volatile! 256)]
     (fn [value]
-      (let [^ByteBuffer b (encode-buffer value (+ (long @last-size) (quot (long @last-size) 8)))]
-        (vreset! last-size (.remaining b))
-        b))))
+      (let [e (encode-chunks value (min max-chunk (+ (long @last-size) (quot (long @last-size) 8))))]
+        (vreset! last-size (:size e))
+        e))))
 
 (defn decode
   "Reads UTF-8 EDN `bytes` with `duratom.readers/default`."

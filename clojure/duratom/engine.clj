@@ -24,7 +24,6 @@
   (:import (java.util.concurrent Executors ExecutorService ThreadFactory ConcurrentHashMap)
            (java.util.concurrent.atomic AtomicLong AtomicBoolean AtomicReference)
            (java.util.concurrent.locks ReentrantLock)
-           (java.nio ByteBuffer)
            (java.util Set)))
 
 (set! *warn-on-reflection* true)
@@ -77,19 +76,19 @@
             (AtomicReference. version) (AtomicLong.)))
 
 (defn- commit-bytes!
-  "Commits `bytes` unless the engine is closed, keeping the figures; returns
+  "Commits `encoded` (a duratom.edn.Encoded) unless the engine is closed, keeping the figures; returns
   the new version, or nil when `expected` (see duratom.storage/commit!) did
   not hold. Holds io-lock."
-  [^Engine e ^ByteBuffer bytes ^long t0 expected]
+  [^Engine e encoded ^long t0 expected]
   (let [^ReentrantLock io-lock (:io-lock e)]
     (.lock io-lock)
     (try
       (when (.get ^AtomicBoolean (:closed e))
         (throw (IllegalStateException. "duratom: the duratom has been destroyed")))
-      (when-let [version (storage/commit! (:store e) bytes expected)]
+      (when-let [version (storage/commit! (:store e) encoded expected)]
         (.set ^AtomicReference (:version e) version)
         (.incrementAndGet ^AtomicLong (:commits e))
-        (.addAndGet ^AtomicLong (:bytes-written e) (.remaining bytes))
+        (.addAndGet ^AtomicLong (:bytes-written e) (long (:size encoded)))
         (.set ^AtomicLong (:last-commit-nanos e) (- (System/nanoTime) t0))
         version)
       (finally (.unlock io-lock)))))

@@ -1,7 +1,7 @@
 (ns duratom.rw
   "The `:rw` maps: the default read/write functions of each backend, with the
   signatures the original library gave them, and the codecs that turn an
-  `:rw` map into `encode` (value -> java.nio.ByteBuffer over a heap array) and
+  `:rw` map into `encode` (value -> duratom.edn.Encoded, byte chunks) and
   `decode` (bytes -> value).
 
   With a default `:rw` the value is encoded straight to EDN bytes
@@ -10,7 +10,6 @@
   (:require [clojure.java.io :as io]
             [duratom.edn :as dedn])
   (:import (java.io ByteArrayInputStream File PushbackReader InputStream)
-           (java.nio ByteBuffer)
            (java.nio.charset StandardCharsets)
            (java.nio.file Files)))
 
@@ -64,11 +63,11 @@
 
 ;; ------------------------------------------------------------------- codecs
 
-(defn- to-buffer
-  "What a custom `:write` returned, as a ByteBuffer."
-  ^ByteBuffer [x]
-  (cond (bytes? x) (ByteBuffer/wrap x)
-        (string? x) (ByteBuffer/wrap (.getBytes ^String x StandardCharsets/UTF_8))
+(defn- to-encoded
+  "What a custom `:write` returned, as an Encoded."
+  [x]
+  (cond (bytes? x) (dedn/encoded-bytes x)
+        (string? x) (dedn/encoded-bytes (.getBytes ^String x StandardCharsets/UTF_8))
         :else (throw (IllegalArgumentException.
                       (str "duratom: a custom :write must return a String or bytes, got "
                            (.getName (class x)))))))
@@ -91,7 +90,7 @@
       {:encode (fn [value]
                  (with-temp (fn [^File tmp]
                               ((:write rw) tmp value)
-                              (ByteBuffer/wrap (Files/readAllBytes (.toPath tmp))))))
+                              (dedn/encoded-bytes (Files/readAllBytes (.toPath tmp))))))
        :decode (fn [^bytes stored]
                  (with-temp (fn [^File tmp]
                               (Files/write (.toPath tmp) stored
@@ -108,7 +107,7 @@
     (let [read (:read rw (:read default-postgres-rw))
           write (:write rw (:write default-postgres-rw))
           text? (not= :bytea (:column-type rw :text))]
-      {:encode (fn [value] (to-buffer (write value)))
+      {:encode (fn [value] (to-encoded (write value)))
        :decode (fn [^bytes stored]
                  (read (if text? (String. stored StandardCharsets/UTF_8) stored)))})))
 
@@ -120,6 +119,6 @@
     {:encode (dedn/encoder) :decode dedn/decode}
     (let [read (:read rw (:read default-s3-rw))
           write (:write rw (:write default-s3-rw))]
-      {:encode (fn [value] (to-buffer (write value)))
+      {:encode (fn [value] (to-encoded (write value)))
        :decode (fn [^bytes stored]
                  (read (alength stored) (ByteArrayInputStream. stored)))})))

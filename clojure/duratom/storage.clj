@@ -7,8 +7,9 @@
   as the `duratom.backend.*` namespaces build it. Every failure comes out as
   `ex-info` whose message names backend and resource and whose data holds
   `:duratom/backend`, `:duratom/resource` and `:duratom/op`."
+  (:require [duratom.edn :as dedn])
   (:import (duratom Native Native$StorageException Native$ConflictException)
-           (java.nio ByteBuffer)
+           (duratom.edn Encoded)
            (java.nio.charset StandardCharsets)
            (java.io ByteArrayOutputStream)))
 
@@ -84,21 +85,20 @@
        :version (String. ^bytes (aget pair 1) StandardCharsets/UTF_8)})))
 
 (defn commit!
-  "Durably stores `bytes` (a byte array, or a heap java.nio.ByteBuffer whose
-  array holds them from offset 0); returns the new version string. `expected`: nil to
-  write unconditionally, `:nothing` to write only if nothing is stored, or a
-  version string to write only if that version is still stored. When the
-  condition fails, returns nil and writes nothing."
-  [store bytes expected]
+  "Durably stores `encoded` (a duratom.edn.Encoded, or a byte array); returns
+  the new version string. `expected`: nil to write unconditionally, `:nothing`
+  to write only if nothing is stored, or a version string to write only if
+  that version is still stored. When the condition fails, returns nil and
+  writes nothing."
+  [store encoded expected]
   (try
     (let [expected-bytes (cond (nil? expected) nil
                                (= :nothing expected) Native/EXPECT_NOTHING
-                               :else (.getBytes ^String expected StandardCharsets/UTF_8))]
+                               :else (.getBytes ^String expected StandardCharsets/UTF_8))
+          ^Encoded encoded (if (bytes? encoded) (dedn/encoded-bytes encoded) encoded)]
       (through-door store :commit
-        (let [[^bytes array length] (if (instance? ByteBuffer bytes)
-                                       [(.array ^ByteBuffer bytes) (.remaining ^ByteBuffer bytes)]
-                                       [bytes (alength ^bytes bytes)])]
-          (String. (Native/commit (handle store) array (int length) expected-bytes) StandardCharsets/UTF_8))))
+        (String. (Native/commit (handle store) (:chunks encoded) (long (:size encoded)) expected-bytes)
+                 StandardCharsets/UTF_8)))
     (catch clojure.lang.ExceptionInfo e
       (if (:duratom/conflict? (ex-data e))
         nil

@@ -40,12 +40,13 @@ public final class Native {
     public static native byte[][] load(long handle);
 
     /**
-     * Durably stores the first {@code length} bytes of {@code value} (so an encoder's
-     * buffer crosses without a trimming copy); returns the new version. {@code expected}:
-     * null writes unconditionally, {@link #EXPECT_NOTHING} only if nothing is stored, a
-     * version only if that version is still stored (else ConflictException).
+     * Durably stores the first {@code length} bytes of the concatenation of
+     * {@code chunks} (an encoder's chunks cross without being joined or trimmed);
+     * returns the new version. {@code expected}: null writes unconditionally,
+     * {@link #EXPECT_NOTHING} only if nothing is stored, a version only if that
+     * version is still stored (else ConflictException).
      */
-    public static native byte[] commit(long handle, byte[] value, int length, byte[] expected);
+    public static native byte[] commit(long handle, byte[][] chunks, long length, byte[] expected);
 
     /** Removes what is stored. */
     public static native void delete(long handle);

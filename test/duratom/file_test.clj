@@ -138,14 +138,15 @@
   (testing "bogus handles give exceptions"
     (doseq [h [0 -1 Long/MAX_VALUE 987654321]]
       (is (thrown-with-msg? IllegalStateException #"no open duratom store" (Native/load h)))
-      (is (thrown-with-msg? IllegalStateException #"no open duratom store" (Native/commit h (byte-array 1) 1 nil)))
+      (is (thrown-with-msg? IllegalStateException #"no open duratom store" (Native/commit h (into-array [(byte-array 1)]) 1 nil)))
       (is (thrown-with-msg? IllegalStateException #"no open duratom store" (Native/delete h)))
       (Native/close h))
     (is (thrown? IllegalArgumentException (Native/open (.getBytes "no backend here"))))
     (let [h (Native/open (.getBytes (str "backend\u0000local-file\u0000path\u0000" (io/file (ts/temp-dir) "n.edn"))
                                     "UTF-8"))]
-      (is (thrown-with-msg? IllegalArgumentException #"length" (Native/commit h (byte-array 4) 5 nil)))
-      (is (thrown-with-msg? IllegalArgumentException #"length" (Native/commit h (byte-array 4) -1 nil)))
+      (is (thrown-with-msg? IllegalArgumentException #"length" (Native/commit h (into-array [(byte-array 4)]) 5 nil)))
+      (is (thrown-with-msg? IllegalArgumentException #"length" (Native/commit h (into-array [(byte-array 4)]) -1 nil)))
+      (is (thrown? Exception (Native/commit h nil 1 nil)))
       (Native/close h)
       (Native/close h))
     (is (thrown? Exception (Native/open nil))))
