@@ -31,10 +31,12 @@
 
 (defrecord Encoded [chunks ^long size]) ; chunks: byte[][] whose concatenation, cut at size, is the text
 
-(def ^:private max-chunk (* 1024 1024))
+;; Below half of G1's smallest region (1 MiB), so no chunk is a "humongous"
+;; object, which would take whole regions of a small heap.
+(def ^:private max-chunk (* 128 1024))
 
 ;; Full chunks go to `done`; `buf` is the chunk being filled, `n` its fill.
-;; A new chunk is as large as all before it (up to 1 MiB), so a state of any
+;; A new chunk is as large as all before it (up to 128 KiB), so a state of any
 ;; size takes few chunks and nothing is ever copied.
 (deftype Utf8Out [^java.util.ArrayList done
                   ^:unsynchronized-mutable ^long before ; bytes in `done`
