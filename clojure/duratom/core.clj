@@ -6,6 +6,8 @@
   or an S3 object through duratom's native storage engine. Construct one with
   the `duratom` multimethod or `file-atom`, `postgres-atom`, `s3-atom`."
   (:require [duratom.backend.file :as file-backend]
+            [duratom.backend.postgres :as postgres-backend]
+            [duratom.backend.s3 :as s3-backend]
             [duratom.engine :as engine]
             [duratom.rw :as rw]
             [duratom.storage :as storage])
@@ -284,8 +286,7 @@
    (postgres-atom db-config table-name row-id lock init default-postgres-rw))
   ([db-config table-name row-id lock init rw]
    (let [rw (or rw default-postgres-rw)
-         store-config (requiring-resolve 'duratom.backend.postgres/store-config)
-         desc (store-config db-config table-name (or row-id 0) (:column-type rw :text))]
+         desc (postgres-backend/store-config db-config table-name (or row-id 0) (:column-type rw :text))]
      (make-duratom desc (rw/postgres-codec rw) lock init rw))))
 
 (defn s3-atom
@@ -299,10 +300,9 @@
    (s3-atom creds bucket k lock init default-s3-rw))
   ([creds bucket k lock init rw]
    (let [rw (or rw default-s3-rw)
-         store-config (requiring-resolve 'duratom.backend.s3/store-config)
-         desc (store-config creds bucket k (:metadata rw))
+         desc (s3-backend/store-config creds bucket k (:metadata rw))
          desc (if (fn? creds)
-                (assoc desc :refresh #(store-config creds bucket k (:metadata rw)))
+                (assoc desc :refresh #(s3-backend/store-config creds bucket k (:metadata rw)))
                 desc)]
      (make-duratom desc (rw/s3-codec rw) lock init rw))))
 
