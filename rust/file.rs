@@ -65,7 +65,31 @@ impl FileStore {
             .append(true)
             .open(&path)
             .map_err(|e| StoreError::io(&resource, "creating the file", e))?;
-        Ok(FileStore { resource, path, dir, raw, version: 0, temp_counter: 0 })
+        let store = FileStore { resource, path, dir, raw, version: 0, temp_counter: 0 };
+        store.remove_stale_temp_files();
+        Ok(store)
+    }
+
+    /// Removes temp files that a process killed mid-commit left behind
+    /// (`.<name>.<pid>-<n>.tmp` whose pid is no longer running). A live
+    /// process's temp file may be a commit in flight, so it is left alone.
+    fn remove_stale_temp_files(&self) {
+        let name = self.path.file_name().expect("checked at open").to_string_lossy().into_owned();
+        let prefix = format!(".{name}.");
+        let Ok(entries) = fs::read_dir(&self.dir) else { return };
+        for entry in entries.flatten() {
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            let Some(middle) = file_name.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".tmp")) else {
+                continue;
+            };
+            let Some(pid) = middle.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
+            // kill(pid, 0) probes without sending: ESRCH means no such process.
+            let gone = unsafe { libc::kill(pid, 0) } == -1
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+            if gone {
+                let _ = fs::remove_file(entry.path()); // best effort: it is garbage either way
+            }
+        }
     }
 
     /// The version stored on disk now, reading only the header line.
@@ -318,6 +342,21 @@ mod tests {
         assert!(matches!(a.commit(b"3", &Expect::Version(v1)), Err(StoreError::Conflict { .. })));
         a.commit(b"3", &Expect::Version(v2)).unwrap();
         assert_eq!(b.load().unwrap().unwrap().bytes, b"3");
+    }
+
+    #[test]
+    fn temp_files_of_dead_processes_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join(".s.edn.999999999-1.tmp"); // no such pid
+        let live = dir.path().join(format!(".s.edn.{}-7.tmp", std::process::id()));
+        let other = dir.path().join(".other.edn.999999999-1.tmp");
+        for p in [&dead, &live, &other] {
+            fs::write(p, b"partial").unwrap();
+        }
+        store(dir.path(), "s.edn");
+        assert!(!dead.exists(), "a dead writer's temp file is removed");
+        assert!(live.exists(), "a live writer's temp file may be in flight");
+        assert!(other.exists(), "another file's temp files are not ours");
     }
 
     #[test]

@@ -200,7 +200,9 @@
         (is (some? acked) "the child acknowledged commits before the kill")
         (let [stored (:n @(d/file-atom p))]
           (is (and (some? stored) (>= stored acked))
-              (str "kill " i ": stored " stored ", last acknowledged " acked)))))))
+              (str "kill " i ": stored " stored ", last acknowledged " acked)))))
+    (is (empty? (filter #(str/ends-with? (.getName ^File %) ".tmp") (.listFiles dir)))
+        "temp files of killed writers are removed when the file is next opened")))
 
 (def shared-backend
   (assoc backend :child-open-code (fn [loc] (str "(duratom.core/file-atom \"" loc "\" nil nil {:shared? true})"))))
