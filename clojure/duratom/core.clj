@@ -76,6 +76,12 @@
             old (engine/adopt! engine new (:version stored))]
         [old new]))))
 
+(defn- destroyed
+  "The exception every mutation of a destroyed duratom throws."
+  [store]
+  (IllegalStateException.
+   (str "duratom: " (name (:backend store)) " " (:resource store) " has been destroyed")))
+
 (deftype Duratom [store codec engine ^Lock lock sync? shared? read-from-storage?
                   ^:volatile-mutable validator
                   ^:volatile-mutable watches
@@ -86,7 +92,7 @@
     (.lock lock)
     (if shared?
       (try
-        (when released? (throw (IllegalStateException. (str "duratom: " (:resource store) " has been destroyed"))))
+        (when released? (throw (destroyed store)))
         (when-let [[old new] (engine/shared-update!
                               engine f #(validate! validator %) abort
                               #(when-let [[o n] (reload! store codec engine)]
@@ -96,11 +102,10 @@
         (finally (.unlock lock)))
       (-update-local! this f)))
   (-update-local! [this f]
+    ;; Called holding the lock -update! took; releases it before waiting for
+    ;; durability, so that other swaps can join the group commit.
     (let [accepted (try
-                     (when released?
-                       (throw (IllegalStateException.
-                               (str "duratom: " (name (:backend store)) " " (:resource store)
-                                    " has been destroyed"))))
+                     (when released? (throw (destroyed store)))
                      (engine/propose! engine f #(validate! validator %) abort)
                      (finally (.unlock lock)))]
       (when accepted
