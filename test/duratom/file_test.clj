@@ -224,3 +224,14 @@
       (is (= 1 (deref swapping 60000 ::timed-out)) "the OS dropped the dead holder's lock")
       (is (= 1 (d/backend-snapshot dura))))
     (d/destroy dura)))
+
+(deftest async-states-land-when-the-jvm-exits
+  ;; No flush! in the child: the shutdown hook must write the newest state.
+  (let [p (io/file (ts/temp-dir) "exit.edn")
+        out (ts/child-output (str "(require 'duratom.core)"
+                                  "(let [a (duratom.core/file-atom \"" p "\" nil 0 nil)]"
+                                  "  (dotimes [_ 20000] (swap! a inc))"
+                                  "  (println (:pending? (duratom.core/stats a))))"
+                                  "(System/exit 0)"))]
+    (is (#{"true" "false"} (str/trim out)) "the child ran")
+    (is (= 20000 @(d/file-atom p)))))
