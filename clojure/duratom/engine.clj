@@ -213,8 +213,6 @@
                    (catch Throwable _ nil))) ; the contract: handler exceptions are swallowed
             (recur)))))))
 
-(declare failure-ex)
-
 (defn adopt!
   "Makes `value`, stored as `version`, the newest state (it was read from
   storage). Returns the state it replaces."
@@ -248,8 +246,9 @@
               committed (try (commit-bytes! e ((:encode e) new) (System/nanoTime) (or version :nothing))
                              (catch Throwable x (throw (failure-ex e (failed! e x)))))]
           (if committed
-            (do (adopt! e new committed)
-                (locking (:monitor e)
+            (do (locking (:monitor e) ; commit-bytes! already recorded the version
+                  (.set ^AtomicReference (:latest e) new)
+                  (.set ^AtomicReference (:durable e) new)
                   (.set ^AtomicLong (:written e) (.incrementAndGet ^AtomicLong (:requested e))))
                 [old new])
             (do (.incrementAndGet ^AtomicLong (:conflicts e))
