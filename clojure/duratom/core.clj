@@ -11,8 +11,9 @@
             [duratom.engine :as engine]
             [duratom.rw :as rw]
             [duratom.storage :as storage])
-  (:import (clojure.lang IAtom IAtom2 IRef IDeref IReference IMeta IFn ISeq RT)
+  (:import (clojure.lang IAtom IAtom2 IRef IDeref IReference IMeta IObj IFn ISeq RT)
            (java.io Closeable Writer)
+           (java.util.concurrent.atomic AtomicBoolean AtomicReference)
            (java.util.concurrent.locks Lock ReentrantLock)))
 
 (set! *warn-on-reflection* true)
@@ -34,7 +35,8 @@
   (-memory-value [this] "The in-memory value, never read from storage.")
   (-released? [this])
   (-alter-watches! [this f args] "Replaces the watch map with (apply f watches args), atomically.")
-  (-alter-meta! [this f args] "Replaces the metadata with (apply f meta args), atomically."))
+  (-alter-meta! [this f args] "Replaces the metadata with (apply f meta args), atomically.")
+  (-with-meta [this m] "A Duratom with metadata `m` sharing everything else with this one."))
 
 (def ^:private abort
   "Returned by an update fn to leave the state as it is (failed compare-and-set)."
@@ -82,22 +84,25 @@
   (IllegalStateException.
    (str "duratom: " (name (:backend store)) " " (:resource store) " has been destroyed")))
 
+;; The validator, the watches and the released flag sit in references that
+;; `with-meta` shares with the new Duratom, which differs only in its metadata
+;; (as the original's, which shared its underlying atom and release flag).
 (deftype Duratom [store codec engine ^Lock lock sync? shared? read-from-storage?
-                  ^:volatile-mutable validator
-                  ^:volatile-mutable watches
-                  ^:volatile-mutable meta-map
-                  ^:volatile-mutable released?]
+                  ^AtomicReference validator-ref
+                  ^AtomicReference watches-ref
+                  ^AtomicBoolean released-flag
+                  ^:volatile-mutable meta-map]
   IState
   (-update! [this f]
     (.lock lock)
     (if shared?
       (try
-        (when released? (throw (destroyed store)))
+        (when (.get released-flag) (throw (destroyed store)))
         (when-let [[old new] (engine/shared-update!
-                              engine f #(validate! validator %) abort
+                              engine f #(validate! (.get validator-ref) %) abort
                               #(when-let [[o n] (reload! store codec engine)]
-                                 (when (not= o n) (notify-watches this watches o n))))]
-          (notify-watches this watches old new)
+                                 (when (not= o n) (notify-watches this (.get watches-ref) o n))))]
+          (notify-watches this (.get watches-ref) old new)
           [old new])
         (finally (.unlock lock)))
       (-update-local! this f)))
@@ -105,34 +110,37 @@
     ;; Called holding the lock -update! took; releases it before waiting for
     ;; durability, so that other swaps can join the group commit.
     (let [accepted (try
-                     (when released? (throw (destroyed store)))
-                     (engine/propose! engine f #(validate! validator %) abort)
+                     (when (.get released-flag) (throw (destroyed store)))
+                     (engine/propose! engine f #(validate! (.get validator-ref) %) abort)
                      (finally (.unlock lock)))]
       (when accepted
         (let [[seq old new] accepted]
           (when sync? (engine/await-durable! engine seq))
-          (notify-watches this watches old new)
+          (notify-watches this (.get watches-ref) old new)
           [old new]))))
   (-refresh! [this]
     (.lock lock)
     (try
-      (when-not released?
+      (when-not (.get released-flag)
         (when-let [[old new] (reload! store codec engine)]
-          (when (not= old new) (notify-watches this watches old new))))
+          (when (not= old new) (notify-watches this (.get watches-ref) old new))))
       (engine/current engine)
       (finally (.unlock lock))))
   (-memory-value [_] (engine/current engine))
-  (-released? [_] released?)
+  (-released? [_] (.get released-flag))
   ;; `locking` stays in return position: Clojure wraps a try elsewhere in a
   ;; fn, where a mutable field cannot be set!.
-  (-alter-watches! [this f args]
-    (locking this (set! watches (apply f watches args))))
+  (-alter-watches! [_ f args]
+    (locking watches-ref (.set watches-ref (apply f (.get watches-ref) args))))
   (-alter-meta! [this f args]
     (locking this (set! meta-map (apply f meta-map args))))
+  (-with-meta [_ m]
+    (Duratom. store codec engine lock sync? shared? read-from-storage?
+              validator-ref watches-ref released-flag m))
 
   IDeref
   (deref [this]
-    (if (and read-from-storage? (not released?))
+    (if (and read-from-storage? (not (.get released-flag)))
       (backend-snapshot this)
       (engine/current engine)))
 
@@ -155,9 +163,9 @@
   IRef
   (setValidator [_ vf]
     (validate! vf (engine/current engine))
-    (set! validator vf))
-  (getValidator [_] validator)
-  (getWatches [_] watches)
+    (.set validator-ref vf))
+  (getValidator [_] (.get validator-ref))
+  (getWatches [_] (.get watches-ref))
   (addWatch [this k f]
     (-alter-watches! this assoc [k f])
     this)
@@ -165,6 +173,8 @@
     (-alter-watches! this dissoc [k])
     this)
 
+  IObj
+  (withMeta [this m] (-with-meta this m))
   IMeta
   (meta [_] meta-map)
   IReference
@@ -177,13 +187,13 @@
   (destroy [this]
     (.lock lock)
     (try
-      (when-not released?
+      (when-not (.get released-flag)
         (engine/destroy! engine)
-        (set! released? true))
+        (.set released-flag true))
       nil
       (finally (.unlock lock))))
   (backend-snapshot [_]
-    (when-not released?
+    (when-not (.get released-flag)
       (when-let [stored (storage/load-stored store)]
         ((:decode codec) (:bytes stored)))))
 
@@ -244,7 +254,7 @@
             (let [theirs (storage/load-stored store)]
               (engine/adopt! eng (decode-stored desc (:decode codec) theirs) (:version theirs)))))
         (Duratom. store codec eng (or lock (ReentrantLock.)) sync? shared? (read-from-storage? rw)
-                  nil {} nil false))
+                  (AtomicReference. nil) (AtomicReference. {}) (AtomicBoolean. false) nil))
       (catch Throwable e
         (storage/close! store)
         (throw e)))))

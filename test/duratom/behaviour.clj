@@ -262,6 +262,36 @@
         (is (= 2 (d/backend-snapshot dura)))
         (finally (d/destroy dura))))))
 
+(defn with-meta-shares-everything-but-meta
+  "`with-meta` gives a duratom with that metadata that shares the state, the
+  storage, the validator, the watches and destruction with the original."
+  [backend]
+  (doseq [rw [(:default-rw backend) (sync-rw backend)]]
+    (testing (str (:name backend) " " (:commit-mode rw :async) ": with-meta")
+      (let [[dura loc] (fresh backend {:n 0} rw)
+            _ (reset-meta! dura {:original true})
+            other (with-meta dura {:tag :other})
+            seen (atom [])]
+        (try
+          (is (instance? (class dura) other))
+          (is (= {:tag :other} (meta other)))
+          (is (= {:original true} (meta dura)) "the original keeps its metadata")
+          (add-watch dura :w (fn [_ r o n] (swap! seen conj [(identical? r dura) o n])))
+          (swap! other update :n inc)
+          (is (= {:n 1} @dura @other) "one state")
+          (swap! dura update :n inc)
+          (is (= {:n 2} @other))
+          (is (= [[false {:n 0} {:n 1}] [true {:n 1} {:n 2}]] @seen)
+              "a watch added on one fires for swaps on either")
+          (set-validator! other #(<= (:n %) 2))
+          (is (thrown? IllegalStateException (swap! dura update :n inc)) "one validator")
+          (is (d/flush! other))
+          (is (= {:n 2} (d/backend-snapshot other) @(reopen backend loc rw)) "one storage")
+          (d/destroy other)
+          (is (thrown? IllegalStateException (reset! dura {:n 0})) "destroying one destroys both")
+          (is (= {:n 2} @dura))
+          (finally (d/destroy dura)))))))
+
 (defn run-all
   "Every behaviour above against `backend`."
   [backend]
@@ -270,4 +300,5 @@
   (init-and-storage backend)
   (commit-modes backend)
   (destroy-semantics backend)
-  (concurrency backend))
+  (concurrency backend)
+  (with-meta-shares-everything-but-meta backend))
