@@ -4,14 +4,16 @@
   A duratom behaves as `clojure.core/atom` (IAtom, IAtom2, IRef, IDeref,
   IReference) and persists every new state to a local file, a PostgreSQL row
   or an S3 object through duratom's native storage engine. Construct one with
-  the `duratom` multimethod or `file-atom`, `postgres-atom`, `s3-atom`."
-  (:require [duratom.backend.file :as file-backend]
+  the `duratom` multimethod or `file-atom`, `postgres-atom`, `s3-atom`;
+  `duragent` makes an agent whose every state is persisted."
+  (:require [duratom.agent :as agent]
+            [duratom.backend.file :as file-backend]
             [duratom.backend.postgres :as postgres-backend]
             [duratom.backend.s3 :as s3-backend]
             [duratom.engine :as engine]
             [duratom.rw :as rw]
             [duratom.storage :as storage])
-  (:import (clojure.lang IAtom IAtom2 IRef IDeref IReference IMeta IObj IFn ISeq RT)
+  (:import (clojure.lang Agent IAtom IAtom2 IRef IDeref IReference IMeta IObj IFn ISeq RT)
            (java.io Closeable Writer)
            (java.util.concurrent.atomic AtomicBoolean AtomicReference)
            (java.util.concurrent.locks Lock ReentrantLock)))
@@ -350,17 +352,24 @@
 (defn flush!
   "Blocks until every state set before the call is durable. Returns true;
   false if `timeout-ms` passes first. Throws the last persistence error when
-  the pending state cannot be written."
-  ([^Duratom dura] (engine/flush! (.-engine dura) nil))
-  ([^Duratom dura timeout-ms] (engine/flush! (.-engine dura) timeout-ms)))
+  the pending state cannot be written. On a duragent: waits for the actions
+  sent before the call, then as above for the agent's state (see
+  duratom.agent/flush!)."
+  ([dura] (flush! dura nil))
+  ([dura timeout-ms]
+   (if (instance? Agent dura)
+     (agent/flush! dura timeout-ms)
+     (engine/flush! (.-engine ^Duratom dura) timeout-ms))))
 
 (defn stats
   "Commit figures of `dura`: `:commits`, `:failures`, `:bytes-written`,
   `:pending?` (a state not yet durable), `:last-error` (nil or the last
   persistence exception), `:last-commit-nanos` (duration of the last commit)
-  and `:commit-mode`."
-  [^Duratom dura]
-  (engine/stats (.-engine dura)))
+  and `:commit-mode`. A duragent's also have `:queued` (actions waiting)."
+  [dura]
+  (if (instance? Agent dura)
+    (agent/stats dura)
+    (engine/stats (.-engine ^Duratom dura))))
 
 (defn refresh!
   "Loads the newest stored value now, makes it the state (firing watches if
@@ -368,3 +377,58 @@
   write the same storage; `deref` alone never does I/O."
   [^Duratom dura]
   (-refresh! dura))
+
+;; ------------------------------------------------------------------ duragent
+
+(extend-protocol IDurable
+  Agent
+  ;; As the original: on an agent that is not a duragent both do nothing.
+  (destroy [ag]
+    (when-let [ops (agent/ops-of ag)] ((:destroy! ops)))
+    nil)
+  (backend-snapshot [ag]
+    (when-let [ops (agent/ops-of ag)] ((:snapshot ops)))))
+
+(defn- make-duragent
+  "A duragent over the synchronous duratom `(open rw)` builds: that duratom
+  loads the stored state (or persists `:init`) and writes each agent state."
+  [open rw]
+  (let [^Duratom store (open (-> rw
+                                 (assoc :commit-mode :sync)
+                                 (dissoc :error-handler :shared? :read-from)))
+        desc (str (name (:backend (.-store store))) " " (:resource (.-store store)))]
+    (agent/duragent (-memory-value store)
+                    {:commit! #(reset! store %)
+                     :durable #(-memory-value store)
+                     :released? #(-released? store)
+                     :destroy! #(destroy store)
+                     :snapshot #(backend-snapshot store)
+                     :stats #(engine/stats (.-engine store))
+                     :describe desc}
+                    (:error-handler rw))))
+
+(defmulti duragent
+  "duragent is to agent what duratom is to atom: returns a clojure.lang.Agent
+  whose every state is persisted, in order, on the agent's thread before its
+  next action runs. Takes the keyword arguments of `duratom` for the same
+  `backed-by` (`:init`, `:rw`; `:lock` is accepted and unused: the agent
+  serialises its actions). Storage holding a value makes it the initial
+  state; otherwise `:init` is persisted. Every commit is synchronous
+  (`:commit-mode` and `:shared?` do not apply). `(:error-handler rw)`, as in
+  the original: `(fn [agent e])` for errors of actions, and
+  `(fn [agent e recommit])` for persistence errors, where `(recommit)` stores
+  the agent's current state again. `destroy`, `backend-snapshot`, `flush!`
+  and `stats` work on it."
+  (fn [backed-by & _args] backed-by))
+
+(defmethod duragent :local-file
+  [_ & {:keys [file-path init rw] :or {rw default-file-rw}}]
+  (make-duragent #(file-atom file-path nil init %) (or rw default-file-rw)))
+
+(defmethod duragent :postgres-db
+  [_ & {:keys [db-config table-name row-id init rw] :or {row-id 0 rw default-postgres-rw}}]
+  (make-duragent #(postgres-atom db-config table-name (or row-id 0) nil init %) (or rw default-postgres-rw)))
+
+(defmethod duragent :aws-s3
+  [_ & {:keys [credentials bucket key init rw] :or {rw default-s3-rw}}]
+  (make-duragent #(s3-atom credentials bucket key nil init %) (or rw default-s3-rw)))

@@ -5,6 +5,7 @@
             [clojure.test :refer [deftest is testing]]
             [duratom.behaviour :as behaviour]
             [duratom.core :as d]
+            [duratom.duragent :as duragent]
             [duratom.readers :as readers]
             [duratom.shared :as shared]
             [duratom.test-support :as ts]
@@ -18,6 +19,7 @@
   {:name "local-file"
    :new-location (fn [] (io/file (ts/temp-dir) "state.edn"))
    :open (fn [loc init rw] (d/file-atom loc nil init rw))
+   :open-agent (fn [loc init rw] (d/duragent :local-file :file-path loc :init init :rw rw))
    :default-rw d/default-file-rw})
 
 (defn- move! [^File from ^File to]
@@ -33,6 +35,9 @@
 
 (deftest file-failures-and-recovery
   (behaviour/error-handler-and-recommit backend break! mend!))
+
+(deftest file-duragent
+  (duragent/run-all backend break! mend!))
 
 (deftest keyword-constructor-and-positional-arities
   (let [dir (ts/temp-dir)

@@ -5,6 +5,7 @@
             [clojure.test :refer [deftest is testing]]
             [duratom.behaviour :as behaviour]
             [duratom.core :as d]
+            [duratom.duragent :as duragent]
             [duratom.readers :as readers]
             [duratom.shared :as shared]
             [duratom.test-support :as ts]
@@ -35,6 +36,8 @@
   {:name "postgres-db"
    :new-location (fn [] {:table (str/replace (ts/unique-name "t") "-" "_") :row 0})
    :open (fn [{:keys [table row]} init rw] (d/postgres-atom (db-spec) table row nil init rw))
+   :open-agent (fn [{:keys [table row]} init rw]
+                 (d/duragent :postgres-db :db-config (db-spec) :table-name table :row-id row :init init :rw rw))
    :default-rw d/default-postgres-rw
    :child-open-code (fn [{:keys [table row]}]
                       (str "(duratom.core/postgres-atom " (pr-str (db-spec)) " " (pr-str table) " " row
@@ -52,6 +55,9 @@
   (behaviour/error-handler-and-recommit backend
                                         (fn [_] (server! "stop"))
                                         (fn [_] (server! "start"))))
+
+(deftest postgres-duragent
+  (duragent/run-all backend (fn [_] (server! "stop")) (fn [_] (server! "start"))))
 
 (deftest keyword-constructor-and-db-spec-forms
   (let [{:keys [host port dbname user password]} (db-spec)

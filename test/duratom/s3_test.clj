@@ -5,6 +5,7 @@
             [duratom.backend.s3 :as s3-config]
             [duratom.behaviour :as behaviour]
             [duratom.core :as d]
+            [duratom.duragent :as duragent]
             [duratom.shared :as shared]
             [duratom.storage :as storage]
             [duratom.test-support :as ts]
@@ -34,6 +35,7 @@
   {:name "aws-s3"
    :new-location (fn [] (str "state/" (ts/unique-name "k")))
    :open (fn [k init rw] (d/s3-atom (creds) bucket k nil init rw))
+   :open-agent (fn [k init rw] (d/duragent :aws-s3 :credentials (creds) :bucket bucket :key k :init init :rw rw))
    :default-rw d/default-s3-rw
    :child-open-code (fn [k] (str "(duratom.core/s3-atom " (pr-str (creds)) " " (pr-str bucket) " " (pr-str k)
                                  " nil nil {:shared? true})"))})
@@ -48,6 +50,10 @@
   (behaviour/error-handler-and-recommit backend
                                         (fn [_] (server-signal! "STOP"))
                                         (fn [_] (server-signal! "CONT"))))
+
+(deftest s3-duragent
+  ;; a request the frozen server received is applied when it thaws
+  (duragent/run-all backend (fn [_] (server-signal! "STOP")) (fn [_] (server-signal! "CONT")) true))
 
 (deftest keyword-constructor-and-credentials
   (testing "credentials as a map, with the bucket created when missing"
