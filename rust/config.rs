@@ -1,5 +1,4 @@
-//! The configuration a store is opened with, as the JVM hands it over, and the
-//! choice of backend.
+//! The configuration a store is opened with, as the JVM hands it over.
 //!
 //! On the wire it is UTF-8 text of `key NUL value NUL key NUL value ...`: flat,
 //! with no escaping to get wrong (no path, host, password or bucket name can
@@ -8,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 
 /// A flat map of settings, with the backend name kept for error messages.
 #[derive(Debug, Clone)]
@@ -74,16 +73,6 @@ impl Config {
             Some("false") => Ok(false),
             Some(v) => Err(StoreError::config(&self.backend, format!("`{key}` must be true or false, got `{v}`"))),
         }
-    }
-}
-
-/// Opens the store the config names.
-pub fn open_store(config: &Config) -> Result<Box<dyn Store>, StoreError> {
-    match config.backend.as_str() {
-        "local-file" => Ok(Box::new(crate::file::FileStore::open(config)?)),
-        "postgres-db" => crate::postgres::open(config),
-        "aws-s3" => crate::s3::open(config),
-        other => Err(StoreError::config(other, format!("unknown backend `{other}`"))),
     }
 }
 

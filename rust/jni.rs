@@ -19,7 +19,8 @@ use jni::JNIEnv;
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 
-use crate::config::{open_store, Config};
+use crate::backends::open_store;
+use crate::config::Config;
 use crate::store::{Expect, Store, StoreError, Version};
 
 type SharedStore = Arc<Mutex<Box<dyn Store>>>;

@@ -2,6 +2,7 @@
 //! per store, for every backend, behind the `Store` trait; called from the
 //! JVM through `jni.rs`.
 
+pub mod backends;
 pub mod config;
 pub mod file;
 pub mod jni;

@@ -110,3 +110,58 @@ impl StoreError {
         StoreError::Config { backend: backend.to_string(), detail: detail.into() }
     }
 }
+
+/// An error and the chain of its causes, outermost first.
+pub fn causes<'a>(err: &'a (dyn std::error::Error + 'static)) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |e| e.source())
+}
+
+/// An error and its causes as one line, `outer: inner: ...`, for messages
+/// meant for people. Client libraries' wrappers often repeat their cause's
+/// text in their own; a cause already said is left out. Every backend words
+/// its client's errors through this.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = String::new();
+    for cause in causes(err) {
+        let part = cause.to_string();
+        let part = part.trim_end_matches(':');
+        if text.contains(part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(part);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Wrap(&'static str, Option<Box<Wrap>>);
+
+    impl fmt::Display for Wrap {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Wrap {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|w| w as _)
+        }
+    }
+
+    #[test]
+    fn error_chain_says_each_cause_once() {
+        let inner = Wrap("connection refused", None);
+        let middle = Wrap("io error: connection refused", Some(Box::new(inner)));
+        let outer = Wrap("dispatch failure", Some(Box::new(middle)));
+        assert_eq!(error_chain(&outer), "dispatch failure: io error: connection refused");
+        assert_eq!(causes(&outer).count(), 3);
+        assert_eq!(error_chain(&Wrap("alone", None)), "alone");
+    }
+}

@@ -1,0 +1,129 @@
+//! A connection: connecting (with TLS as configured), creating the table
+//! when it is missing, and preparing the statements once.
+
+use std::error::Error as _;
+use std::io;
+
+use postgres::types::Type;
+use postgres::{Client, NoTls, Statement};
+
+use super::errors::{describe, sqlstate};
+use super::store::PostgresStore;
+use crate::store::StoreError;
+
+/// What the table's `value` column holds, as found on the server (which may
+/// differ from `column-type` for a table that already existed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ValueKind {
+    Text,
+    Bytea,
+}
+
+/// A connection with the statements prepared on it.
+pub(super) struct Conn {
+    pub(super) client: Client,
+    pub(super) value: ValueKind,
+    pub(super) load: Statement,
+    pub(super) update_any: Statement,
+    pub(super) update_if: Statement,
+    pub(super) insert: Statement,
+    pub(super) occupied: Statement,
+    pub(super) lock: Statement,
+    pub(super) delete: Statement,
+    /// The quoted table name, bound as text for the lock statement.
+    pub(super) table: String,
+}
+
+impl PostgresStore {
+    /// A new connection, with the table created if missing and the
+    /// statements prepared.
+    pub(super) fn connect(&self, op: &str) -> Result<Conn, StoreError> {
+        let connected = match &self.tls {
+            Some(tls) => self.pg.connect(tls.clone()),
+            None => self.pg.connect(NoTls),
+        };
+        let mut client = connected.map_err(|e| {
+            StoreError::backend(
+                &self.resource,
+                op,
+                format!("cannot connect to {}: {}", self.endpoint, self.connect_reason(&e)),
+            )
+        })?;
+        let r = &self.resource;
+        let t = &self.table_sql;
+
+        // Look before creating: CREATE TABLE IF NOT EXISTS needs the CREATE
+        // privilege on the schema even when the table exists, and a role that
+        // may only read and write an existing table must still work.
+        let exists: bool = client
+            .query_one("SELECT to_regclass($1::text) IS NOT NULL", &[t])
+            .and_then(|row| row.try_get(0))
+            .map_err(|e| StoreError::backend(r, "looking up the table", describe(&e)))?;
+        if !exists {
+            let create = format!("CREATE TABLE IF NOT EXISTS {t} (id integer, value {})", self.create_type);
+            match client.batch_execute(&create) {
+                Ok(()) => {}
+                // Another process created it at the same moment: the catalog's
+                // unique index, not IF NOT EXISTS, caught the race. It exists.
+                Err(e) if matches!(sqlstate(&e), Some("23505" | "42P07")) => {}
+                Err(e) => return Err(StoreError::backend(r, "creating the table", describe(&e))),
+            }
+        }
+
+        // `$n::bigint` lets one i64 parameter match id columns of any integer
+        // width (the original made `integer`); the cross-type comparison still
+        // uses an index on id.
+        let mut prepare = |sql: String| {
+            client.prepare(&sql).map_err(|e| StoreError::backend(r, "preparing statements", describe(&e)))
+        };
+        let load = prepare(format!("SELECT value, xmin::text FROM {t} WHERE id = $1::bigint LIMIT 1"))?;
+        let update_any = prepare(format!("UPDATE {t} SET value = $1 WHERE id = $2::bigint RETURNING xmin::text"))?;
+        let update_if = prepare(format!(
+            "UPDATE {t} SET value = $1 WHERE id = $2::bigint AND xmin::text = $3 RETURNING xmin::text"
+        ))?;
+        let insert = prepare(format!("INSERT INTO {t} (id, value) VALUES ($1::bigint, $2) RETURNING xmin::text"))?;
+        let occupied = prepare(format!("SELECT 1 FROM {t} WHERE id = $1::bigint AND value IS NOT NULL LIMIT 1"))?;
+        let delete = prepare(format!("DELETE FROM {t} WHERE id = $1::bigint"))?;
+        // Serialises inserts of one row across every client: the original's
+        // tables have no unique key on id, so nothing else stops two writers
+        // from both inserting. Keyed on the table's oid, so "t" and
+        // "public.t" take the same lock.
+        let lock = prepare(
+            "SELECT pg_advisory_xact_lock(hashtextextended('duratom ' || $1::text::regclass::oid::text || ' ' || $2::bigint::text, 0))"
+                .to_string(),
+        )?;
+
+        let value = match load.columns()[0].type_() {
+            &Type::BYTEA => ValueKind::Bytea,
+            ty if <String as postgres::types::FromSql>::accepts(ty) => ValueKind::Text,
+            ty => {
+                return Err(StoreError::backend(
+                    r,
+                    "checking the table",
+                    format!("its `value` column has type {ty}; duratom stores text or bytea"),
+                ))
+            }
+        };
+        Ok(Conn { client, value, load, update_any, update_if, insert, occupied, lock, delete, table: t.clone() })
+    }
+
+    /// A connect error in plain words: refused, timed out, or what the server said.
+    fn connect_reason(&self, e: &postgres::Error) -> String {
+        if let Some(io) = e.source().and_then(|s| s.downcast_ref::<io::Error>()) {
+            return match io.kind() {
+                io::ErrorKind::ConnectionRefused => {
+                    "connection refused (is the server running and listening there?)".into()
+                }
+                io::ErrorKind::TimedOut => {
+                    format!("no answer within {} ms (connect-timeout-ms)", self.connect_timeout.as_millis())
+                }
+                _ => io.to_string(),
+            };
+        }
+        let text = describe(e);
+        if text.ends_with("password missing") {
+            return "the server asks for a password and none was given".into();
+        }
+        text
+    }
+}

@@ -1,0 +1,59 @@
+//! The PostgreSQL backend: one value in one row of one table.
+//!
+//! The table has exactly the shape the original library created,
+//! `(id integer, value text|bytea)` with no key, so tables it wrote keep
+//! working in both directions. A row is found by `id`; several stores may
+//! share a table with different row ids.
+//!
+//! The version token is the row's `xmin` system column: the id of the
+//! transaction that wrote the current row version. Every committed UPDATE
+//! makes a new row version with a new `xmin`, it needs no extra column, and
+//! rows written by the original library have one too.
+//!
+//! The connection is kept open between calls (the original opened one per
+//! commit) with its statements prepared once. When it breaks, the call that
+//! notices reconnects and runs again, provided running again cannot apply a
+//! write twice or report a false conflict (see `PostgresStore::run` in `store.rs`).
+//!
+//! Safe SQL: values travel only as bind parameters; the table name appears
+//! in SQL only as quoted identifiers built by `table_name::quote_table`.
+//!
+//! Configuration keys (made by `clojure/duratom/backend/postgres.clj`):
+//! `host` (default localhost; a path means a Unix socket directory), `port`
+//! (5432), `dbname` (default: the user name), `user`, `password`, `sslmode`
+//! (disable, allow/prefer (default), require, verify-ca, verify-full, as
+//! libpq), `sslrootcert` (PEM file; the only trusted roots when given),
+//! `table` (`name` or `schema.name`), `row-id` (0), `column-type` (text or
+//! bytea, used when creating the table), `connect-timeout-ms` (5000),
+//! `tcp-user-timeout-ms` (30000, 0 = off), `application-name` (duratom).
+//!
+//! The rooms: `settings.rs` reads the configuration, `tls.rs` makes the TLS
+//! connector, `connection.rs` connects and prepares the statements,
+//! `store.rs` runs the operations (and decides when to retry), `errors.rs`
+//! classifies and words the client's errors, `table_name.rs` quotes the
+//! table name. `tests.rs` runs against a real server.
+
+mod connection;
+mod errors;
+mod settings;
+mod store;
+mod table_name;
+mod tls;
+#[cfg(test)]
+mod tests;
+
+use crate::config::Config;
+use crate::store::{Store, StoreError};
+
+pub use store::PostgresStore;
+
+const BACKEND: &str = "postgres-db";
+
+/// Opens the row the config names, connecting and creating the table if it is
+/// missing, so that a wrong host, password or database fails here, at
+/// construction, rather than at the first commit.
+pub fn open(config: &Config) -> Result<Box<dyn Store>, StoreError> {
+    let mut store = PostgresStore::new(config)?;
+    store.conn = Some(store.connect("open")?);
+    Ok(Box::new(store))
+}

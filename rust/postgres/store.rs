@@ -1,0 +1,216 @@
+//! The store: one row of one table, and how each operation runs on the kept
+//! connection.
+
+use std::time::Duration;
+
+use postgres::types::ToSql;
+use postgres_native_tls::MakeTlsConnector;
+
+use super::connection::{Conn, ValueKind};
+use super::errors::{ambiguous, connection_lost, describe, stale_statements, Failure};
+use crate::store::{Expect, Resource, Store, StoreError, Stored, Version};
+
+pub struct PostgresStore {
+    pub(super) resource: Resource,
+    pub(super) pg: postgres::Config,
+    pub(super) tls: Option<MakeTlsConnector>,
+    /// `host:port`, for connection error messages.
+    pub(super) endpoint: String,
+    pub(super) connect_timeout: Duration,
+    /// The table as quoted SQL identifiers, e.g. `"public"."my_table"`.
+    pub(super) table_sql: String,
+    /// The `value` column type used when the table is created.
+    pub(super) create_type: &'static str,
+    pub(super) row_id: i64,
+    pub(super) conn: Option<Conn>,
+}
+
+/// A bound value, as the table's column type wants it.
+enum Param<'a> {
+    Text(&'a str),
+    Bytes(&'a [u8]),
+}
+
+impl Param<'_> {
+    fn sql(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Param::Text(s) => s,
+            Param::Bytes(b) => b,
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Runs one operation on the kept connection, connecting first if there
+    /// is none.
+    ///
+    /// If a kept connection turns out to be dead (the server restarted, an
+    /// administrator ended it, the network dropped it while idle), the
+    /// operation runs once more on a fresh connection, unless the failure hit
+    /// a write while it was being committed (`ambiguous`) and running it
+    /// again is not harmless (`rerun_harmless`): a conditional write that did
+    /// land would then report a false conflict. A fresh connection that fails
+    /// is not retried, so a down server costs one connect attempt per call.
+    pub(super) fn run<T>(
+        &mut self,
+        op: &str,
+        rerun_harmless: bool,
+        mut attempt: impl FnMut(&mut Conn, i64) -> Result<T, Failure>,
+    ) -> Result<T, StoreError> {
+        let mut may_retry = true;
+        loop {
+            if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
+                self.conn = None;
+            }
+            let conn = match self.conn.as_mut() {
+                Some(c) => c,
+                None => {
+                    may_retry = false;
+                    self.conn.insert(self.connect(op)?)
+                }
+            };
+            match attempt(conn, self.row_id) {
+                Ok(v) => return Ok(v),
+                Err(Failure::Conflict) => return Err(StoreError::Conflict { resource: self.resource.clone() }),
+                Err(Failure::Invalid(detail)) => return Err(StoreError::backend(&self.resource, op, detail)),
+                Err(Failure::Pg { error, ambiguous }) => {
+                    let lost = connection_lost(&error) || conn.client.is_closed();
+                    if lost || stale_statements(&error) {
+                        self.conn = None; // the next call reconnects and prepares again
+                    }
+                    if lost && may_retry && (!ambiguous || rerun_harmless) {
+                        may_retry = false;
+                        continue;
+                    }
+                    let detail = if lost {
+                        let mut d = format!("lost the connection to {}: {}", self.endpoint, describe(&error));
+                        if ambiguous {
+                            d.push_str(" (while committing: the write may or may not have taken effect)");
+                        }
+                        d
+                    } else {
+                        describe(&error)
+                    };
+                    return Err(StoreError::backend(&self.resource, op, detail));
+                }
+            }
+        }
+    }
+}
+
+impl Store for PostgresStore {
+    fn load(&mut self) -> Result<Option<Stored>, StoreError> {
+        self.run("load", true, |c, id| {
+            let rows = c.client.query(&c.load, &[&id])?;
+            let Some(row) = rows.first() else { return Ok(None) };
+            let bytes = match c.value {
+                ValueKind::Text => row.try_get::<_, Option<String>>(0)?.map(String::into_bytes),
+                ValueKind::Bytea => row.try_get::<_, Option<Vec<u8>>>(0)?,
+            };
+            let version: String = row.try_get(1)?;
+            // A NULL value counts as nothing stored, as an absent row does.
+            Ok(bytes.map(|bytes| Stored { bytes, version: Version(version) }))
+        })
+    }
+
+    fn commit(&mut self, bytes: &[u8], expect: &Expect) -> Result<Version, StoreError> {
+        // Writing the same bytes twice is harmless for an unconditional write;
+        // for a conditional one a second run could see its own first write.
+        let rerun_harmless = *expect == Expect::Anything;
+        self.run("commit", rerun_harmless, |c, id| {
+            let value = param(c.value, bytes)?;
+            let value = value.sql();
+            match expect {
+                Expect::Anything => {
+                    // The usual case, one round trip: the row is there.
+                    let updated = c.client.query(&c.update_any, &[value, &id]).map_err(ambiguous)?;
+                    if let Some(v) = first_xmin(&updated)? {
+                        return Ok(Version(v));
+                    }
+                    // No row yet: insert under the row's lock, after looking
+                    // again in case another writer inserted while we waited.
+                    let mut tx = c.client.transaction()?;
+                    tx.execute(&c.lock, &[&c.table, &id])?;
+                    let v = match first_xmin(&tx.query(&c.update_any, &[value, &id])?)? {
+                        Some(v) => v,
+                        None => tx.query_one(&c.insert, &[&id, value])?.try_get(0)?,
+                    };
+                    tx.commit().map_err(ambiguous)?;
+                    Ok(Version(v))
+                }
+                Expect::Version(expected) => {
+                    // In a transaction although one statement would do: a dead
+                    // kept connection then fails at BEGIN, where nothing was
+                    // sent, and `run` may safely retry on a fresh one.
+                    let mut tx = c.client.transaction()?;
+                    let updated = tx.query(&c.update_if, &[value, &id, &expected.0])?;
+                    let Some(v) = first_xmin(&updated)? else {
+                        tx.rollback()?;
+                        return Err(Failure::Conflict);
+                    };
+                    tx.commit().map_err(ambiguous)?;
+                    Ok(Version(v))
+                }
+                Expect::Nothing => {
+                    let mut tx = c.client.transaction()?;
+                    tx.execute(&c.lock, &[&c.table, &id])?;
+                    if !tx.query(&c.occupied, &[&id])?.is_empty() {
+                        tx.rollback()?;
+                        return Err(Failure::Conflict);
+                    }
+                    // A row whose value is NULL counts as empty: fill it in.
+                    let v = match first_xmin(&tx.query(&c.update_any, &[value, &id])?)? {
+                        Some(v) => v,
+                        None => tx.query_one(&c.insert, &[&id, value])?.try_get(0)?,
+                    };
+                    tx.commit().map_err(ambiguous)?;
+                    Ok(Version(v))
+                }
+            }
+        })
+    }
+
+    fn delete(&mut self) -> Result<(), StoreError> {
+        // Deleting twice is the same as deleting once, so a rerun is harmless.
+        self.run("delete", true, |c, id| {
+            c.client.execute(&c.delete, &[&id])?;
+            Ok(())
+        })
+    }
+
+    fn resource(&self) -> &Resource {
+        &self.resource
+    }
+}
+
+/// The new `xmin` an `UPDATE ... RETURNING xmin::text` reports, if it hit a row.
+fn first_xmin(rows: &[postgres::Row]) -> Result<Option<String>, Failure> {
+    match rows.first() {
+        Some(row) => Ok(Some(row.try_get(0)?)),
+        None => Ok(None),
+    }
+}
+
+/// `bytes` as the column wants them. A text column takes only UTF-8 without
+/// NUL (PostgreSQL text cannot hold NUL); say so rather than let the server
+/// answer with an encoding error.
+fn param(kind: ValueKind, bytes: &[u8]) -> Result<Param<'_>, Failure> {
+    match kind {
+        ValueKind::Bytea => Ok(Param::Bytes(bytes)),
+        ValueKind::Text => {
+            let text = std::str::from_utf8(bytes).map_err(|e| {
+                Failure::Invalid(format!(
+                    "the value is not UTF-8 text ({e}) but the table's `value` column is text; \
+                     binary values need :column-type :bytea"
+                ))
+            })?;
+            if text.contains('\0') {
+                return Err(Failure::Invalid(
+                    "the value contains a NUL character, which a text column cannot hold; use :column-type :bytea"
+                        .into(),
+                ));
+            }
+            Ok(Param::Text(text))
+        }
+    }
+}

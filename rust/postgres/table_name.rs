@@ -1,0 +1,118 @@
+//! The table name as SQL identifiers.
+
+/// The table name as SQL: each part double-quoted, embedded quotes doubled,
+/// so whatever the name holds it is an identifier and never SQL.
+///
+/// For compatibility with the original library, which pasted the name into
+/// its SQL unquoted, names are read the way PostgreSQL would have read them
+/// there: `schema.table` is schema-qualified, an unquoted plain identifier
+/// folds to lower case (`MyTable` is the table `mytable` it created), and a
+/// part already written in double quotes (`"MyTable"`) is taken as quoted.
+/// Anything else (`t; DROP TABLE x`, `it's`) becomes one literal identifier.
+pub(super) fn quote_table(name: &str) -> Result<String, String> {
+    if name.trim().is_empty() {
+        return Err("is empty".into());
+    }
+    if name.contains('\0') {
+        return Err("contains a NUL character".into());
+    }
+    let parts: Vec<String> = if name.contains('"') {
+        match parse_quoted_name(name) {
+            Some(parts) => parts,
+            // Not valid quoted-name syntax: the whole text is the name.
+            None => vec![name.to_string()],
+        }
+    } else {
+        let parts: Vec<&str> = name.split('.').collect();
+        if parts.len() > 2 {
+            return Err(format!("`{name}` has more than one '.'; write `table` or `schema.table`"));
+        }
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(format!("`{name}` has an empty schema or table part"));
+        }
+        parts.into_iter().map(fold_plain).collect()
+    };
+    Ok(parts.iter().map(|p| format!("\"{}\"", p.replace('"', "\"\""))).collect::<Vec<_>>().join("."))
+}
+
+/// A plain identifier (letters, digits, `_`, `$`, not starting with a digit
+/// or `$`) as PostgreSQL folds it when unquoted: ASCII lower case. Any other
+/// text is kept exactly.
+fn fold_plain(part: &str) -> String {
+    if is_plain(part) {
+        part.to_ascii_lowercase()
+    } else {
+        part.to_string()
+    }
+}
+
+/// Parses `part` or `part.part`, where each part is either `"quoted"` (with
+/// `""` for a quote) or a plain identifier. `None` when the text is not
+/// exactly that.
+fn parse_quoted_name(name: &str) -> Option<Vec<String>> {
+    let mut parts = Vec::new();
+    let mut rest = name;
+    loop {
+        let (part, after) = if let Some(body) = rest.strip_prefix('"') {
+            let mut part = String::new();
+            let mut chars = body.char_indices();
+            let end = loop {
+                match chars.next()? {
+                    (i, '"') if body[i + 1..].starts_with('"') => {
+                        part.push('"');
+                        chars.next();
+                    }
+                    (i, '"') => break i + 1,
+                    (_, c) => part.push(c),
+                }
+            };
+            if part.is_empty() {
+                return None;
+            }
+            (part, &body[end..])
+        } else {
+            let end = rest.find('.').unwrap_or(rest.len());
+            let raw = &rest[..end];
+            if !is_plain(raw) {
+                return None;
+            }
+            (fold_plain(raw), &rest[end..])
+        };
+        parts.push(part);
+        if after.is_empty() {
+            break;
+        }
+        rest = after.strip_prefix('.')?;
+        if parts.len() == 2 {
+            return None;
+        }
+    }
+    Some(parts)
+}
+
+fn is_plain(part: &str) -> bool {
+    let mut chars = part.chars();
+    chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
+        && chars.all(|c| c.is_alphanumeric() || c == '_' || c == '$')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_follows_what_postgresql_did_with_the_unquoted_name() {
+        let q = |n: &str| quote_table(n);
+        assert_eq!(q("my_table").unwrap(), "\"my_table\"");
+        assert_eq!(q("MyTable").unwrap(), "\"mytable\"");
+        assert_eq!(q("Public.MyTable").unwrap(), "\"public\".\"mytable\"");
+        assert_eq!(q("\"MyTable\"").unwrap(), "\"MyTable\"");
+        assert_eq!(q("s.\"My.T\"").unwrap(), "\"s\".\"My.T\"");
+        assert_eq!(q("t; DROP TABLE x").unwrap(), "\"t; DROP TABLE x\"");
+        assert_eq!(q("x\"y").unwrap(), "\"x\"\"y\"");
+        assert_eq!(q("\"a\".\"b\".\"c\"").unwrap(), "\"\"\"a\"\".\"\"b\"\".\"\"c\"\"\"", "not a 2-part name: literal");
+        assert!(q("a.b.c").is_err());
+        assert!(q(".t").is_err());
+        assert!(q("  ").is_err());
+    }
+}

@@ -1,0 +1,461 @@
+//! The PostgreSQL backend against a real server: `scripts/postgres-server start DIR`
+//! starts one and writes DIR/env with its coordinates.
+
+use super::*;
+use crate::store::Expect;
+use postgres::{Client, NoTls};
+use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Instant;
+
+struct Server {
+    host: String,
+    port: String,
+    user: String,
+    password: String,
+    db: String,
+    root_cert: String,
+}
+
+fn server() -> Server {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!(
+                "{name} is not set. The PostgreSQL tests need a real server: run \
+                 `scripts/postgres-server start /tmp/pgtest && . /tmp/pgtest/env` and test again"
+            )
+        })
+    };
+    Server {
+        host: var("DURATOM_TEST_PG_HOST"),
+        port: var("DURATOM_TEST_PG_PORT"),
+        user: var("DURATOM_TEST_PG_USER"),
+        password: var("DURATOM_TEST_PG_PASSWORD"),
+        db: var("DURATOM_TEST_PG_DB"),
+        root_cert: var("DURATOM_TEST_PG_SSLROOTCERT"),
+    }
+}
+
+/// A name no other test or earlier run uses.
+fn unique(label: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("{label}_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The server's settings for `table`, with `extra` added or replacing.
+fn config(table: &str, extra: &[(&str, &str)]) -> Config {
+    let s = server();
+    let mut pairs: Vec<(&str, &str)> = vec![
+        ("host", &s.host),
+        ("port", &s.port),
+        ("user", &s.user),
+        ("password", &s.password),
+        ("dbname", &s.db),
+        ("table", table),
+    ];
+    for (k, v) in extra {
+        pairs.retain(|(pk, _)| pk != k);
+        pairs.push((k, v));
+    }
+    Config::from_pairs("postgres-db", &pairs)
+}
+
+fn open_ok(table: &str, extra: &[(&str, &str)]) -> Box<dyn Store> {
+    open(&config(table, extra)).unwrap_or_else(|e| panic!("opening {table}: {e}"))
+}
+
+fn open_err(table: &str, extra: &[(&str, &str)]) -> StoreError {
+    match open(&config(table, extra)) {
+        Ok(_) => panic!("opening {table} with {extra:?} should fail"),
+        Err(e) => e,
+    }
+}
+
+/// A separate connection to look at and tamper with the server.
+fn admin() -> Client {
+    let s = server();
+    let mut c = postgres::Config::new();
+    c.host(&s.host).port(s.port.parse().unwrap()).user(&s.user).password(&s.password).dbname(&s.db);
+    c.connect(NoTls).expect("admin connection")
+}
+
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn rows_with_id(admin: &mut Client, table_sql: &str, id: i32) -> i64 {
+    admin.query_one(&format!("SELECT count(*) FROM {table_sql} WHERE id = $1"), &[&id]).unwrap().get(0)
+}
+
+fn conflict<T: std::fmt::Debug>(r: Result<T, StoreError>) -> bool {
+    matches!(r, Err(StoreError::Conflict { .. }))
+}
+
+#[test]
+fn text_and_bytea_values_round_trip_through_a_reopen() {
+    let mut admin = admin();
+    let text_table = unique("rt_text");
+    let mut s = open_ok(&text_table, &[]);
+    assert!(s.load().unwrap().is_none(), "a new row holds nothing");
+    let value = "{:x \"\u{1F600}\" :y [1 2 #{:a}]}".as_bytes();
+    let v1 = s.commit(value, &Expect::Anything).unwrap();
+    let got = open_ok(&text_table, &[]).load().unwrap().unwrap();
+    assert_eq!(got.bytes, value);
+    assert_eq!(got.version, v1, "load reports the version commit returned");
+    let v2 = s.commit(b"{:x 2}", &Expect::Anything).unwrap();
+    assert_ne!(v1, v2, "every commit makes a new version");
+    assert_eq!(rows_with_id(&mut admin, &ident(&text_table), 0), 1, "updates, never a second row");
+
+    // Another row of the same table is independent.
+    let mut other = open_ok(&text_table, &[("row-id", "1")]);
+    assert!(other.load().unwrap().is_none());
+    other.commit(b"{:other true}", &Expect::Anything).unwrap();
+    assert_eq!(s.load().unwrap().unwrap().bytes, b"{:x 2}");
+
+    let ty: String = admin
+        .query_one(
+            "SELECT data_type FROM information_schema.columns WHERE table_name = $1 AND column_name = 'value'",
+            &[&text_table],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(ty, "text");
+
+    // A text column cannot take binary; the error says what to do.
+    let e = s.commit(&[0xff, 0xfe, 0x00], &Expect::Anything).unwrap_err();
+    assert!(e.to_string().contains("not UTF-8") && e.to_string().contains(":column-type :bytea"), "{e}");
+    let e = s.commit(b"a\0b", &Expect::Anything).unwrap_err();
+    assert!(e.to_string().contains("NUL"), "{e}");
+    assert_eq!(s.load().unwrap().unwrap().bytes, b"{:x 2}", "a refused value leaves the row as it was");
+
+    // 20 MB of text.
+    let big: Vec<u8> = b"{:k \"0123456789\"} ".repeat(20 * 1024 * 1024 / 18 + 1);
+    s.commit(&big, &Expect::Anything).unwrap();
+    assert_eq!(open_ok(&text_table, &[]).load().unwrap().unwrap().bytes, big);
+
+    let bytea_table = unique("rt_bytea");
+    let mut b = open_ok(&bytea_table, &[("column-type", "bytea"), ("row-id", "7")]);
+    let all_bytes: Vec<u8> = (0..=255u8).chain(0..=255u8).collect();
+    let v = b.commit(&all_bytes, &Expect::Anything).unwrap();
+    let got = open_ok(&bytea_table, &[("column-type", "bytea"), ("row-id", "7")]).load().unwrap().unwrap();
+    assert_eq!((got.bytes, got.version), (all_bytes, v));
+    let ty: String = admin
+        .query_one(
+            "SELECT data_type FROM information_schema.columns WHERE table_name = $1 AND column_name = 'value'",
+            &[&bytea_table],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(ty, "bytea");
+
+    // The table exists; a store configured for bytea uses it as the text table it is.
+    let mut again = open_ok(&text_table, &[("column-type", "bytea")]);
+    assert_eq!(again.load().unwrap().unwrap().bytes, big);
+
+    admin.batch_execute(&format!("DROP TABLE {}; DROP TABLE {}", ident(&text_table), ident(&bytea_table))).unwrap();
+}
+
+#[test]
+fn tables_written_by_the_original_library_work_as_they_are() {
+    let mut admin = admin();
+    // The original pasted the name unquoted, so PostgreSQL folded it.
+    let given = unique("Orig_Table");
+    let folded = given.to_ascii_lowercase();
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {given} (id integer, value text);
+             INSERT INTO {given} (id, value) VALUES (0, '{{:a #sorted/map {{:b 1}}}}');
+             INSERT INTO {given} (id, value) VALUES (3, '[:other :row]');"
+        ))
+        .unwrap();
+    let mut s = open_ok(&given, &[]);
+    let got = s.load().unwrap().expect("the original's row loads");
+    assert_eq!(got.bytes, b"{:a #sorted/map {:b 1}}");
+    assert!(!got.version.0.is_empty());
+
+    s.commit(b"{:a 2}", &Expect::Anything).unwrap();
+    let value: String = admin.query_one(&format!("SELECT value FROM {folded} WHERE id = 0"), &[]).unwrap().get(0);
+    assert_eq!(value, "{:a 2}", "written in place, readable as plain text");
+    assert_eq!(rows_with_id(&mut admin, &folded, 0), 1);
+
+    s.delete().unwrap();
+    s.delete().unwrap(); // deleting what is not there is fine
+    assert_eq!(rows_with_id(&mut admin, &folded, 0), 0, "destroy deletes the row");
+    assert_eq!(rows_with_id(&mut admin, &folded, 3), 1, "and only that row");
+    assert!(s.load().unwrap().is_none());
+    s.commit(b"{:back 1}", &Expect::Anything).unwrap();
+    assert_eq!(rows_with_id(&mut admin, &folded, 0), 1);
+
+    // A NULL value counts as nothing stored.
+    admin.batch_execute(&format!("INSERT INTO {folded} (id, value) VALUES (9, NULL)")).unwrap();
+    let mut n = open_ok(&given, &[("row-id", "9")]);
+    assert!(n.load().unwrap().is_none());
+    n.commit(b"9", &Expect::Nothing).unwrap();
+    assert_eq!(rows_with_id(&mut admin, &folded, 9), 1, "the NULL row was filled in");
+
+    admin.batch_execute(&format!("DROP TABLE {folded}")).unwrap();
+}
+
+#[test]
+fn conditional_commits_refuse_stale_versions() {
+    let mut admin = admin();
+    let table = unique("cond");
+    let mut a = open_ok(&table, &[]);
+    let mut b = open_ok(&table, &[]);
+    let v1 = a.commit(b"1", &Expect::Nothing).unwrap();
+    assert!(conflict(b.commit(b"2", &Expect::Nothing)), "the row exists");
+    assert_eq!(b.load().unwrap().unwrap().version, v1);
+    let v2 = b.commit(b"2", &Expect::Version(v1.clone())).unwrap();
+    assert!(conflict(a.commit(b"3", &Expect::Version(v1))), "b wrote since a read");
+    assert_eq!(a.load().unwrap().unwrap().bytes, b"2");
+
+    // A writer outside duratom (the original library, psql) changes the version too.
+    admin.execute(&format!("UPDATE {} SET value = 'outside' WHERE id = 0", ident(&table)), &[]).unwrap();
+    assert!(conflict(a.commit(b"4", &Expect::Version(v2))));
+    let v3 = a.load().unwrap().unwrap().version;
+    a.commit(b"4", &Expect::Version(v3.clone())).unwrap();
+    assert_eq!(b.load().unwrap().unwrap().bytes, b"4");
+
+    a.delete().unwrap();
+    assert!(conflict(b.commit(b"5", &Expect::Version(v3))), "a deleted row has no version");
+    b.commit(b"5", &Expect::Nothing).unwrap();
+    assert_eq!(rows_with_id(&mut admin, &ident(&table), 0), 1);
+    admin.batch_execute(&format!("DROP TABLE {}", ident(&table))).unwrap();
+}
+
+#[test]
+fn concurrent_first_writes_make_exactly_one_row() {
+    let mut admin = admin();
+    let table = unique("race");
+    open_ok(&table, &[]); // creates the table, so the threads race on the row only
+    for (row, expect) in [("1", Expect::Nothing), ("2", Expect::Anything)] {
+        let barrier = Arc::new(Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let mut s = open_ok(&table, &[("row-id", row)]);
+                let (barrier, expect) = (barrier.clone(), expect.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    s.commit(format!("{i}").as_bytes(), &expect)
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let won = results.iter().filter(|r| r.is_ok()).count();
+        if expect == Expect::Nothing {
+            assert_eq!(won, 1, "exactly one create wins: {results:?}");
+            assert!(results.iter().all(|r| r.is_ok() || matches!(r, Err(StoreError::Conflict { .. }))));
+        } else {
+            assert_eq!(won, 8, "{results:?}");
+        }
+        assert_eq!(rows_with_id(&mut admin, &ident(&table), row.parse().unwrap()), 1, "no duplicate rows");
+    }
+    admin.batch_execute(&format!("DROP TABLE {}", ident(&table))).unwrap();
+}
+
+#[test]
+fn hostile_table_names_are_identifiers_never_sql() {
+    let mut admin = admin();
+    let victim = unique("victim");
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {victim} (id integer, value text); INSERT INTO {victim} VALUES (0, 'safe')"
+        ))
+        .unwrap();
+    let hostile = [
+        format!("{victim}; DROP TABLE {victim}; --"),
+        format!("x\"; DROP TABLE {victim}; --"),
+        format!("\"; DROP TABLE {victim}; --"),
+        format!("it's'; DROP TABLE {victim}; --"),
+        format!("{victim}\" (id int); DROP TABLE {victim}; --"),
+        "Robert'); DROP TABLE students;--".to_string(),
+    ];
+    for name in &hostile {
+        let mut s = open_ok(name, &[]);
+        s.commit(b"{:ok true}", &Expect::Anything).unwrap();
+        assert_eq!(s.load().unwrap().unwrap().bytes, b"{:ok true}");
+        s.delete().unwrap();
+        let value: String = admin
+            .query_one(&format!("SELECT value FROM {victim} WHERE id = 0"), &[])
+            .unwrap_or_else(|e| panic!("victim gone after {name:?}: {e}"))
+            .get(0);
+        assert_eq!(value, "safe");
+        // The whole text became one table of exactly that name.
+        let made: i64 =
+            admin.query_one("SELECT count(*) FROM pg_class WHERE relname = $1", &[name]).unwrap().get(0);
+        assert_eq!(made, 1, "table {name:?} made literally");
+        admin.batch_execute(&format!("DROP TABLE {}", ident(name))).unwrap();
+    }
+
+    // Schema-qualified names, plain and quoted.
+    let schema = unique("sch");
+    admin.batch_execute(&format!("CREATE SCHEMA {schema}")).unwrap();
+    open_ok(&format!("{schema}.plain"), &[]).commit(b"1", &Expect::Anything).unwrap();
+    open_ok(&format!("\"{schema}\".\"Mixed.Case\"\"q\""), &[]).commit(b"2", &Expect::Anything).unwrap();
+    let tables: Vec<String> = admin
+        .query("SELECT tablename FROM pg_tables WHERE schemaname = $1 ORDER BY 1", &[&schema])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(tables, ["Mixed.Case\"q", "plain"]);
+    let e = open_err(&format!("nosuch_{schema}.t"), &[]);
+    assert!(e.to_string().contains(&format!("schema \"nosuch_{schema}\" does not exist")), "{e}");
+    let e = open_err("a.b.c", &[]);
+    assert!(matches!(e, StoreError::Config { .. }) && e.to_string().contains("`table`"), "{e}");
+
+    admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE; DROP TABLE {victim}")).unwrap();
+}
+
+
+/// Ends the server session of the store whose application name is `app`,
+/// waiting until its process is gone.
+fn kill_session(admin: &mut Client, app: &str) {
+    let killed: Vec<bool> = admin
+        .query("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE application_name = $1", &[&app])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(killed, [true], "one session of {app} ended");
+}
+
+#[test]
+fn a_killed_connection_is_replaced_on_the_next_call() {
+    let mut admin = admin();
+    let table = unique("reconnect");
+    let app = unique("app");
+    let mut s = open_ok(&table, &[("application-name", &app)]);
+    let v = s.commit(b"1", &Expect::Anything).unwrap();
+
+    kill_session(&mut admin, &app);
+    assert_eq!(s.load().unwrap().unwrap().version, v, "load reconnects");
+    kill_session(&mut admin, &app);
+    let v = s.commit(b"2", &Expect::Version(v)).unwrap();
+    kill_session(&mut admin, &app);
+    s.commit(b"3", &Expect::Anything).unwrap();
+    kill_session(&mut admin, &app);
+    s.delete().unwrap();
+    kill_session(&mut admin, &app);
+    s.commit(b"4", &Expect::Nothing).unwrap();
+    assert!(conflict(s.commit(b"5", &Expect::Version(v))), "the stale version stays stale");
+    assert_eq!(s.load().unwrap().unwrap().bytes, b"4");
+
+    // The table dropped under a live store comes back on the next call.
+    admin.batch_execute(&format!("DROP TABLE {}", ident(&table))).unwrap();
+    assert!(s.commit(b"6", &Expect::Anything).is_err());
+    s.commit(b"7", &Expect::Anything).unwrap();
+    assert_eq!(s.load().unwrap().unwrap().bytes, b"7");
+    admin.batch_execute(&format!("DROP TABLE {}", ident(&table))).unwrap();
+}
+
+#[test]
+fn bad_credentials_and_unreachable_servers_fail_fast_and_clearly() {
+    let s = server();
+    let table = unique("unreached");
+    let check = |e: &StoreError, wants: &str, started: Instant| {
+        let text = e.to_string();
+        assert!(text.contains(wants), "wanted {wants:?} in: {text}");
+        assert!(text.contains(&table), "names the table: {text}");
+        assert!(!text.contains(&s.password) && !text.contains("Wr0ng-pa55"), "no password in: {text}");
+        assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    };
+
+    let t = Instant::now();
+    let e = open_err(&table, &[("password", "Wr0ng-pa55word")]);
+    check(&e, &format!("password authentication failed for user \"{}\"", s.user), t);
+
+    let t = Instant::now();
+    let e = open(&Config::from_pairs(
+        "postgres-db",
+        &[("host", &s.host), ("port", &s.port), ("user", &s.user), ("dbname", &s.db), ("table", &table)],
+    ))
+    .err()
+    .unwrap();
+    check(&e, "asks for a password and none was given", t);
+
+    let t = Instant::now();
+    let e = open_err(&table, &[("dbname", "no_such_db")]);
+    check(&e, "database \"no_such_db\" does not exist", t);
+
+    // A port nothing listens on: bound and released again.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let t = Instant::now();
+    let e = open_err(&table, &[("port", &port)]);
+    check(&e, &format!("cannot connect to 127.0.0.1:{port}: connection refused"), t);
+
+    // An address that never answers (TEST-NET-1): bounded by connect-timeout-ms.
+    let t = Instant::now();
+    let e = open_err(&table, &[("host", "192.0.2.1"), ("connect-timeout-ms", "300")]);
+    check(&e, "cannot connect to 192.0.2.1:", t);
+}
+
+/// Whether the session of application `app` uses TLS, as the server sees it.
+fn session_uses_tls(admin: &mut Client, app: &str) -> bool {
+    admin
+        .query_one(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = $1",
+            &[&app],
+        )
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn tls_is_used_when_sslmode_asks_for_it() {
+    let mut admin = admin();
+    let s = server();
+    let table = unique("tls");
+    for (mode, root, encrypted) in [
+        ("require", "", true),
+        ("prefer", "", true),
+        ("disable", "", false),
+        ("verify-full", s.root_cert.as_str(), true),
+        ("verify-ca", s.root_cert.as_str(), true),
+    ] {
+        let app = unique("tls_app");
+        let mut store = open_ok(&table, &[("sslmode", mode), ("sslrootcert", root), ("application-name", &app)]);
+        store.commit(mode.as_bytes(), &Expect::Anything).unwrap();
+        assert_eq!(store.load().unwrap().unwrap().bytes, mode.as_bytes());
+        assert_eq!(session_uses_tls(&mut admin, &app), encrypted, "sslmode={mode}");
+    }
+    // verify-full without a root that vouches for the self-signed certificate.
+    let e = open_err(&table, &[("sslmode", "verify-full")]);
+    let text = e.to_string();
+    assert!(text.contains("cannot connect") && text.contains("TLS"), "{text}");
+    assert!(!text.contains(&s.password), "{text}");
+    admin.batch_execute(&format!("DROP TABLE {}", ident(&table))).unwrap();
+}
+
+#[test]
+fn unusable_settings_name_the_key_and_never_the_password() {
+    let base = [("user", "u"), ("password", "s3cret-pw"), ("table", "t")];
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("port", "54x")], "`port`"),
+        (&[("port", "70000")], "`port`"),
+        (&[("sslmode", "sometimes")], "`sslmode`"),
+        (&[("column-type", "jsonb")], "`column-type`"),
+        (&[("row-id", "first")], "`row-id`"),
+        (&[("connect-timeout-ms", "0")], "`connect-timeout-ms`"),
+        (&[("sslrootcert", "/no/such/root.crt")], "`sslrootcert`"),
+        (&[("table", "a.b.c")], "`table`"),
+        (&[("table", "")], "`table`"),
+    ];
+    for (extra, key) in cases {
+        let mut pairs: Vec<(&str, &str)> = base.to_vec();
+        for (k, v) in extra.iter() {
+            pairs.retain(|(pk, _)| pk != k);
+            pairs.push((k, v));
+        }
+        let e = open(&Config::from_pairs("postgres-db", &pairs)).err().unwrap();
+        assert!(matches!(e, StoreError::Config { .. }), "{e}");
+        let text = e.to_string();
+        assert!(text.contains(key) && !text.contains("s3cret-pw"), "{extra:?}: {text}");
+    }
+    for missing in ["user", "table"] {
+        let pairs: Vec<_> = base.iter().copied().filter(|(k, _)| *k != missing).collect();
+        let e = open(&Config::from_pairs("postgres-db", &pairs)).err().unwrap();
+        assert!(e.to_string().contains(&format!("`{missing}` is required")), "{e}");
+    }
+}

@@ -1,0 +1,160 @@
+//! Building the SDK clients, and what open checks before a store is handed
+//! out: that credentials exist and that the bucket is there.
+
+use std::time::Duration;
+
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_credential_types::provider::error::CredentialsError;
+use aws_credential_types::provider::ProvideCredentials;
+use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+use aws_sdk_s3::Client;
+
+use super::errors::status_of;
+use super::settings::Settings;
+use super::store::S3Store;
+use super::{BACKEND, DEFAULT_REGION, MAX_ATTEMPTS};
+use crate::config::Config;
+use crate::store::{error_chain, Resource, StoreError};
+
+impl S3Store {
+    /// Builds the client, checks that credentials exist, and creates the
+    /// bucket when missing. Fails within about `timeout-ms` when the endpoint
+    /// does not answer.
+    pub fn open(config: &Config) -> Result<S3Store, StoreError> {
+        let s = Settings::read(config)?;
+        let resource = Resource { backend: BACKEND, name: format!("{}/{}", s.bucket, s.key) };
+        crate::runtime::block_on(Self::open_async(s, resource.clone()))
+            .map_err(|e| StoreError::backend(&resource, "starting the I/O runtime", e))?
+    }
+
+    async fn open_async(s: Settings, resource: Resource) -> Result<S3Store, StoreError> {
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(s.timeout)
+            .operation_attempt_timeout(s.timeout)
+            .operation_timeout(s.timeout)
+            .build();
+        // Short backoff: the whole operation, retries included, has to fit in
+        // `timeout`, and a retry is only useful for quick failures anyway.
+        let retries = RetryConfig::standard()
+            .with_max_attempts(MAX_ATTEMPTS)
+            .with_initial_backoff(Duration::from_millis(100))
+            .with_max_backoff(Duration::from_secs(1));
+        let region = match (&s.region, &s.endpoint) {
+            (Some(r), _) => Region::new(r.clone()),
+            (None, Some(_)) => Region::from_static(DEFAULT_REGION),
+            // The default chain reads AWS_REGION, the profile, and on EC2 the
+            // instance metadata; bounded like everything else.
+            (None, None) => tokio::time::timeout(
+                s.timeout,
+                RegionProviderChain::default_provider().or_else(Region::from_static(DEFAULT_REGION)).region(),
+            )
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(Region::from_static(DEFAULT_REGION)),
+        };
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(region.clone())
+            .timeout_config(timeouts)
+            .retry_config(retries);
+        if let Some(url) = &s.endpoint {
+            loader = loader.endpoint_url(url);
+        }
+        if let Some(creds) = s.credentials.clone() {
+            loader = loader.credentials_provider(creds);
+        }
+        if let Some(profile) = &s.profile {
+            loader = loader.profile_name(profile);
+        }
+        let shared = loader.load().await;
+        let target = match &s.endpoint {
+            Some(url) => url.clone(),
+            None => format!("AWS S3 in {region}"),
+        };
+
+        check_credentials(&shared, &resource, s.timeout).await?;
+
+        let conf = aws_sdk_s3::config::Builder::from(&shared)
+            // A custom endpoint (MinIO, a test server) rarely has a wildcard DNS
+            // name per bucket; AWS itself wants virtual-hosted style.
+            .force_path_style(s.endpoint.is_some())
+            // Recent SDKs add CRC checksums to every request; several
+            // S3-compatible servers reject them. S3 needs them only where an
+            // operation requires one.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .build();
+        let conditional_conf = conf.to_builder().retry_config(RetryConfig::disabled()).build();
+        let store = S3Store {
+            resource,
+            client: Client::from_conf(conf),
+            conditional_client: Client::from_conf(conditional_conf),
+            bucket: s.bucket,
+            key: s.key,
+            target,
+            timeout: s.timeout,
+            put: s.put,
+        };
+        store.ensure_bucket(region.as_ref()).await?;
+        Ok(store)
+    }
+
+    async fn ensure_bucket(&self, region: &str) -> Result<(), StoreError> {
+        let err = match self.client.head_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        if status_of(&err) != Some(404) {
+            return Err(self.fail("checking that the bucket exists", &err));
+        }
+        let mut create = self.client.create_bucket().bucket(&self.bucket);
+        if region != DEFAULT_REGION {
+            create = create.create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(region))
+                    .build(),
+            );
+        }
+        match create.send().await {
+            Ok(_) => Ok(()),
+            // Another process created it between our check and our create.
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_bucket_already_owned_by_you()) => Ok(()),
+            Err(e) => Err(self.fail("creating the missing bucket", &e)),
+        }
+    }
+}
+
+/// Asks the credential provider once at open, so that "no credentials
+/// anywhere" is a clear error at construction rather than at the first write.
+async fn check_credentials(
+    shared: &aws_config::SdkConfig,
+    resource: &Resource,
+    timeout: Duration,
+) -> Result<(), StoreError> {
+    let none_found = |why: Option<String>| {
+        StoreError::config(
+            BACKEND,
+            format!(
+                "no AWS credentials found for {}: give :access-key and :secret-key in :credentials, \
+                 or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or configure an AWS profile{}",
+                resource.name,
+                why.map(|w| format!(" (the default credential chain said: {w})")).unwrap_or_default()
+            ),
+        )
+    };
+    let provider = shared.credentials_provider().ok_or_else(|| none_found(None))?;
+    match tokio::time::timeout(timeout, provider.provide_credentials()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(CredentialsError::CredentialsNotLoaded(_))) => Err(none_found(None)),
+        // The chain ends with EC2 instance metadata; off EC2 that answers with
+        // an error rather than "not loaded" (e.g. 403 from a proxy), which
+        // still means: no credentials anywhere. Keep what it said.
+        Ok(Err(e)) => Err(none_found(Some(error_chain(&e)))),
+        // Off EC2, the instance metadata address may swallow packets.
+        Err(_) => Err(none_found(Some(format!("no answer within {} ms (timeout-ms)", timeout.as_millis())))),
+    }
+}

@@ -1,0 +1,180 @@
+//! The store: one object in one bucket, and how each operation runs.
+
+use std::error::Error as StdError;
+use std::time::Duration;
+
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::Client;
+
+use super::errors::{describe, is_conflict, retry_kind, status_of, Retry};
+use super::settings::PutOptions;
+use super::MAX_ATTEMPTS;
+use crate::store::{error_chain, Expect, Resource, Store, StoreError, Stored, Version};
+
+/// One object in one bucket.
+pub struct S3Store {
+    pub(super) resource: Resource,
+    pub(super) client: Client,
+    /// The same client without SDK retries, for conditional writes, which
+    /// `commit_async` retries itself (see there).
+    pub(super) conditional_client: Client,
+    pub(super) bucket: String,
+    pub(super) key: String,
+    /// Where requests go, for error messages: the endpoint URL or the region.
+    pub(super) target: String,
+    pub(super) timeout: Duration,
+    pub(super) put: PutOptions,
+}
+
+impl S3Store {
+    /// A backend error whose detail says what the server or the network said.
+    pub(super) fn fail<E>(&self, op: &str, err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StoreError
+    where
+        E: ProvideErrorMetadata + StdError + 'static,
+    {
+        StoreError::backend(&self.resource, op, describe(err, &self.target, self.timeout))
+    }
+
+    async fn load_async(&self) -> Result<Option<Stored>, StoreError> {
+        let out = match self.client.get_object().bucket(&self.bucket).key(&self.key).send().await {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(self.fail("reading the object", &e)),
+        };
+        let etag = out
+            .e_tag()
+            .map(str::to_string)
+            .ok_or_else(|| StoreError::backend(&self.resource, "reading the object", "the server sent no ETag"))?;
+        // The SDK's operation timeout ends when the response headers arrive; the
+        // body of a large value is bounded here.
+        let body = tokio::time::timeout(self.timeout, out.body.collect())
+            .await
+            .map_err(|_| {
+                StoreError::backend(
+                    &self.resource,
+                    "reading the object",
+                    format!("timed out after {} ms reading the body from {}", self.timeout.as_millis(), self.target),
+                )
+            })?
+            .map_err(|e| StoreError::backend(&self.resource, "reading the object", error_chain(&e)))?;
+        Ok(Some(Stored { bytes: body.into_bytes().to_vec(), version: Version(etag) }))
+    }
+
+    /// One PutObject of `bytes` under `expect`, through `client`.
+    fn put_request(
+        &self,
+        client: &Client,
+        bytes: &[u8],
+        expect: &Expect,
+    ) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+        let mut put = client.put_object().bucket(&self.bucket).key(&self.key).body(ByteStream::from(bytes.to_vec()));
+        put = match expect {
+            Expect::Anything => put,
+            Expect::Nothing => put.if_none_match("*"),
+            Expect::Version(v) => put.if_match(&v.0),
+        };
+        if let Some(sse) = &self.put.sse {
+            put = put.server_side_encryption(sse.clone());
+        }
+        if let Some(id) = &self.put.sse_kms_key_id {
+            put = put.ssekms_key_id(id);
+        }
+        if let Some(ct) = &self.put.content_type {
+            put = put.content_type(ct);
+        }
+        for (name, value) in &self.put.user_metadata {
+            put = put.metadata(name, value);
+        }
+        put
+    }
+
+    fn etag_of(&self, out: &aws_sdk_s3::operation::put_object::PutObjectOutput) -> Result<Version, StoreError> {
+        out.e_tag()
+            .map(|t| Version(t.to_string()))
+            .ok_or_else(|| StoreError::backend(&self.resource, "writing the object", "the server sent no ETag"))
+    }
+
+    /// An unconditional write is idempotent and uses the SDK's retries. A
+    /// conditional one retries here, because a retry after a lost response
+    /// (the server stored the object, the answer never came) meets the ETag
+    /// that very attempt created and is refused: reported as a conflict, the
+    /// caller would apply its update a second time on top of itself. So a
+    /// refusal that follows an attempt of unknown outcome is reported as an
+    /// error saying so, never as a conflict.
+    async fn commit_async(&self, bytes: &[u8], expect: &Expect) -> Result<Version, StoreError> {
+        if *expect == Expect::Anything {
+            return match self.put_request(&self.client, bytes, expect).send().await {
+                Ok(out) => self.etag_of(&out),
+                Err(e) => Err(self.fail("writing the object", &e)),
+            };
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut backoff = Duration::from_millis(100);
+        let mut unknown_outcome: Option<String> = None;
+        for attempt in 1..=MAX_ATTEMPTS {
+            let err = match self.put_request(&self.conditional_client, bytes, expect).send().await {
+                Ok(out) => return self.etag_of(&out),
+                Err(e) => e,
+            };
+            if is_conflict(&err, expect) {
+                return Err(match unknown_outcome {
+                    None => StoreError::Conflict { resource: self.resource.clone() },
+                    Some(earlier) => StoreError::backend(
+                        &self.resource,
+                        "writing the object",
+                        format!(
+                            "outcome unknown: an attempt failed ({earlier}) and the retry found the object \
+                             changed, possibly by that attempt; reload before writing again"
+                        ),
+                    ),
+                });
+            }
+            let retry = match retry_kind(&err) {
+                Retry::No => false,
+                Retry::NotSent => true,
+                Retry::MaybeApplied => {
+                    unknown_outcome = Some(describe(&err, &self.target, self.timeout));
+                    true
+                }
+            };
+            if !retry || attempt == MAX_ATTEMPTS || tokio::time::Instant::now() + backoff >= deadline {
+                return Err(self.fail("writing the object", &err));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    async fn delete_async(&self) -> Result<(), StoreError> {
+        match self.client.delete_object().bucket(&self.bucket).key(&self.key).send().await {
+            Ok(_) => Ok(()),
+            // S3 answers 204 for a missing key; some compatible servers say 404.
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            Err(e) => Err(self.fail("deleting the object", &e)),
+        }
+    }
+
+    fn run<T>(&self, op: &str, f: impl std::future::Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        crate::runtime::block_on(f).map_err(|e| StoreError::backend(&self.resource, op, e))?
+    }
+}
+
+impl Store for S3Store {
+    fn load(&mut self) -> Result<Option<Stored>, StoreError> {
+        self.run("reading the object", self.load_async())
+    }
+
+    fn commit(&mut self, bytes: &[u8], expect: &Expect) -> Result<Version, StoreError> {
+        self.run("writing the object", self.commit_async(bytes, expect))
+    }
+
+    fn delete(&mut self) -> Result<(), StoreError> {
+        self.run("deleting the object", self.delete_async())
+    }
+
+    fn resource(&self) -> &Resource {
+        &self.resource
+    }
+}
