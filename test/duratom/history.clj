@@ -1,0 +1,523 @@
+(ns duratom.history
+  "A history checker for the commit engine's promises (issue 14).
+
+  Many threads run random operations on one duratom while faults are
+  injected from outside (the directory moved away and back, the PostgreSQL
+  server stopped and started, threads interrupted). Every operation records
+  when it started and ended (System/nanoTime) and whether it returned (with
+  what) or threw (with what). A watch records every transition. At the end a
+  reopen reads storage, and `check` looks for broken promises.
+
+  The state is `{:n count :ids #{[p t op] ...} :last [kind p t op]}`. Every
+  mutation that takes effect adds exactly one id (process p, thread t,
+  operation number op), increments `:n` and names itself in `:last`, so every
+  state is unique and names the transition that made it, and `:n` always
+  equals the size of `:ids`.
+
+  `reset!` replaces the whole state, so a reset! computed from a stale
+  snapshot would legitimately discard swaps that returned (that is atom
+  semantics, not a lost update) and the id checks would mean nothing. So the
+  driver resets to a value derived from the newest state: it holds the
+  duratom's own `:lock` (a ReentrantLock we supply; swap! takes it
+  reentrantly), which stops any other mutation from being accepted, and in
+  synchronous mode first `flush!`es, so that nothing accepted is still
+  pending and `deref` (the newest durable state) is the newest state. If that
+  flush! does not succeed the reset! is not attempted (outcome :skipped). In
+  shared mode another process may commit at any time, so reset! would
+  overwrite its returned swaps; shared mode leaves reset! out (and uses
+  compare-and-set!, which fails rather than overwrite).
+
+  Seeds choose the operations, their pacing and the fault timings; threads
+  and faults still race for real, so a seed reproduces the workload, not the
+  exact interleaving."
+  (:require [clojure.edn :as edn]
+            [clojure.java.io :as io]
+            [clojure.string :as str]
+            [duratom.core :as d]
+            [duratom.test-support :as ts])
+  (:import (java.io File)
+           (java.util Random)
+           (java.util.concurrent ConcurrentLinkedQueue TimeUnit)
+           (java.util.concurrent.locks LockSupport ReentrantLock)))
+
+(set! *warn-on-reflection* true)
+
+(def init-value {:n 0 :ids #{} :last nil})
+
+(def mutating #{:swap :swap-vals :reset :cas})
+
+;; ------------------------------------------------------------------ config
+
+(defn env-long [k default]
+  (if-let [s (not-empty (System/getenv k))] (Long/parseLong s) default))
+
+(defn settings
+  "Run settings, from the environment where given:
+  DURATOM_HISTORY_SECS  seconds of operations per seed run (default 15);
+  DURATOM_HISTORY_SEED  replay only this seed;
+  DURATOM_HISTORY_THREADS  worker threads per process (default 6);
+  DURATOM_HISTORY_FAULTS  all, interrupts, storage or none (default: the test's choice);
+  DURATOM_HISTORY_WITHOUT  operation kinds to leave out, e.g. refresh,reset;
+  DURATOM_HISTORY_OPS_PER_SEC  the most operations a thread runs per second (default 100)."
+  []
+  {:secs (env-long "DURATOM_HISTORY_SECS" 15)
+   :threads (env-long "DURATOM_HISTORY_THREADS" 6)
+   ;; which faults to inject (to triage a violation): all, interrupts, storage or none
+   :faults (when-let [f (not-empty (System/getenv "DURATOM_HISTORY_FAULTS"))]
+             ({"all" #{:storage :interrupts} "interrupts" #{:interrupts} "storage" #{:storage} "none" #{}} f))
+   ;; operation kinds to leave out, e.g. "refresh,reset" (to triage a violation)
+   :without (when-let [w (System/getenv "DURATOM_HISTORY_WITHOUT")]
+              (set (map keyword (remove empty? (str/split w #",")))))
+   :replay-seed (when-let [s (not-empty (System/getenv "DURATOM_HISTORY_SEED"))] (Long/parseLong s))})
+
+(defn seeds
+  "The seeds to run: `fixed` plus one random seed, or only the replay seed."
+  [fixed]
+  (if-let [s (:replay-seed (settings))]
+    [s]
+    [fixed (.nextLong (Random.))]))
+
+;; ---------------------------------------------------------------- opening
+
+(defn open
+  "A duratom at `loc` ({:backend :file :path ..} or {:backend :pg :db-spec ..
+  :table ..}) with `lock`, `init` and `rw`."
+  [loc ^ReentrantLock lock init rw]
+  (case (:backend loc)
+    :file (d/file-atom (:path loc) lock init rw)
+    :pg (d/postgres-atom (:db-spec loc) (:table loc) 0 lock init rw)))
+
+(defn rw-for [mode]
+  (case mode
+    :sync {:commit-mode :sync}
+    :async {:commit-mode :duratom.core/async}
+    :shared {:shared? true}))
+
+;; ---------------------------------------------------------------- the driver
+
+(defn- tagged
+  "`v` after the mutation `kind` by [p t op]."
+  [v kind p t op]
+  (-> v
+      (update :n inc)
+      (update :ids conj [p t op])
+      (assoc :last [kind p t op])))
+
+(defn- tag-id [tag] (when tag (subvec tag 1)))
+
+(defn summary
+  "What the checker needs of a state (keeps records small and cross-process)."
+  [v]
+  {:last (:last v) :n (:n v) :c (count (:ids v))
+   :has-own (contains? (:ids v) (tag-id (:last v)))})
+
+(defn- pause
+  "Spreads a thread's operations over the run (pacing, not synchronisation)."
+  [^Random rnd ^long mean-nanos]
+  (when (pos? mean-nanos)
+    (LockSupport/parkNanos (long (* 2 mean-nanos (.nextDouble rnd))))))
+
+(defn- pick-op [^Random rnd mode without]
+  (let [x (.nextInt rnd 100)
+        kind (cond (< x 45) :swap
+                   (< x 52) :swap-vals
+                   (< x 60) (if (= mode :shared) :swap :reset)
+                   (< x 72) :cas
+                   (< x 82) :flush
+                   (< x 92) :refresh
+                   :else :deref)]
+    (if (contains? without kind) :deref kind)))
+
+(defn- run-op
+  "Runs operation `kind` number `op` of thread [p t]; returns what it
+  returned, as recorded in the history."
+  [dura ^ReentrantLock lock mode kind p t op]
+  (case kind
+    :swap {:ret (:last (swap! dura tagged :swap p t op))}
+    :swap-vals (let [[o n] (swap-vals! dura tagged :swap-vals p t op)]
+                 {:ret (:last n) :old (:last o)})
+    :reset (do (.lock lock)
+               (try
+                 (let [flushed (if (= mode :sync) (d/flush! dura 2000) true)]
+                   (if flushed
+                     {:ret (:last (reset! dura (tagged @dura :reset p t op)))}
+                     {:skipped "flush! timed out: reset! not attempted"}))
+                 (finally (.unlock lock))))
+    :cas (let [cur @dura]
+           {:ret (compare-and-set! dura cur (tagged cur :cas p t op))})
+    :flush {:ret (d/flush! dura 2000)}
+    :refresh {:ret (:last (d/refresh! dura))}
+    :deref {:ret (:last @dura)}))
+
+(defn worker
+  "Runs random operations until `deadline` (nanoTime) or `max-ops`; returns
+  the history of thread [p t]."
+  [dura lock mode without p t ^Random rnd deadline max-ops mean-nanos op0]
+  (loop [op op0 hist (transient [])]
+    (if (or (>= (- op op0) max-ops) (>= (System/nanoTime) deadline))
+      (persistent! hist)
+      (let [kind (pick-op rnd mode without)
+            _ (pause rnd mean-nanos)
+            _ (Thread/interrupted) ; an interrupt meant for the last op must not hit this one's start
+            start (System/nanoTime)
+            rec (try (let [r (run-op dura lock mode kind p t op)]
+                       (if (contains? r :skipped)
+                         (assoc r :outcome :skipped)
+                         (assoc r :outcome :ok)))
+                     (catch Throwable x
+                       {:outcome :threw
+                        :ex [(.getName (class x)) (ex-message x)]
+                        :ex-causes (mapv #(.getName (class %)) (take 4 (take-while some? (iterate ex-cause (ex-cause x)))))}))
+            end (System/nanoTime)
+            interrupted (Thread/interrupted)]
+        (recur (inc op)
+               (conj! hist (assoc rec :p p :t t :op op :kind kind :start start :end end
+                                  :interrupted-after interrupted))
+               )))))
+
+(defn- watch-recorder
+  "A watch fn that appends a summary of every transition to `q`."
+  [^ConcurrentLinkedQueue q]
+  (fn [_ _ old new]
+    (.add q {:th (.getName (Thread/currentThread)) :at (System/nanoTime)
+             :o (summary old) :n (summary new)})))
+
+(defn interrupter
+  "Interrupts a random one of `threads` every few milliseconds until `stop?`;
+  returns the count."
+  [threads ^Random rnd stop?]
+  (loop [n 0]
+    (if (stop?)
+      n
+      (do (LockSupport/parkNanos (* 1000000 (+ 1 (.nextInt rnd 15))))
+          (let [^Thread th (nth threads (.nextInt rnd (count threads)))]
+            (.interrupt th))
+          (recur (inc n))))))
+
+(defn run-threads
+  "Runs `n` workers of process `p` on `dura` for `secs` while interrupting
+  them at random. Returns {:history [...] :interrupts n :hung [..]}."
+  [dura lock {:keys [mode faults without]} p n secs seed max-ops op0]
+  (let [deadline (+ (System/nanoTime) (long (* secs 1e9)))
+        mean (long (/ (* secs 1e9) (max 1 max-ops)))
+        results (object-array n)
+        threads (vec (for [t (range n)]
+                       (Thread. ^Runnable
+                                (fn []
+                                  (aset results t
+                                        (try (worker dura lock mode without p t (Random. (+ seed (* 7919 (inc t)) (* 104729 p)))
+                                                     deadline max-ops (quot mean 2) op0)
+                                             (catch Throwable x [{:driver-error (str x " at " (first (.getStackTrace x)))}]))))
+                                (str "history-" p "-" t))))
+        stop (volatile! false)
+        intr (future (if (:interrupts faults)
+                       (interrupter threads (Random. (+ seed 31 p)) #(deref stop))
+                       0))]
+    (run! #(.start ^Thread %) threads)
+    (let [hung (vec (for [^Thread th threads
+                          :when (do (.join th (long (+ (* secs 1000) 120000))) (.isAlive th))]
+                      {:thread (.getName th)
+                       :stack (mapv str (.getStackTrace th))}))]
+      (vreset! stop true)
+      (let [interrupts @intr]
+        (Thread/interrupted)
+        {:history (vec (mapcat seq (remove nil? results)))
+         :interrupts interrupts
+         :hung hung}))))
+
+;; ----------------------------------------------------------------- faults
+
+(defn fault-loop
+  "Calls (break!) and, after a while, (mend!) again and again until
+  (stop?); always leaves things mended. Returns the count of faults."
+  [^Random rnd break! mend! stop? up-ms down-ms]
+  (loop [n 0]
+    (LockSupport/parkNanos (* 1000000 (+ (first up-ms) (.nextInt rnd (int (second up-ms))))))
+    (if (stop?)
+      n
+      (do (break!)
+          (try (LockSupport/parkNanos (* 1000000 (+ (first down-ms) (.nextInt rnd (int (second down-ms))))))
+               (finally (mend!)))
+          (recur (inc n))))))
+
+(defn- rename! [^File from ^File to]
+  (when-not (.renameTo from to)
+    (throw (ex-info (str "history: could not move " from " to " to) {}))))
+
+(defn dir-faults
+  "Moves the directory of `path` away and back (a missing directory stops
+  every commit, even for root). Returns [break! mend!]."
+  [path]
+  (let [dir (.getParentFile (io/file path))
+        away (File. (str dir ".away"))]
+    [#(rename! dir away) #(rename! away dir)]))
+
+(defn pg-faults
+  "Stops and starts the test PostgreSQL server (scripts/postgres-server with
+  DURATOM_TEST_PG_DIR, which scripts/test exports). Returns [break! mend!]."
+  []
+  (let [dir (ts/required-env "DURATOM_TEST_PG_DIR" "scripts/postgres-server")]
+    [#(ts/sh! "scripts/postgres-server" "stop" dir)
+     #(ts/sh! "scripts/postgres-server" "start" dir)]))
+
+(defn faults-for
+  "[break! mend! up-ms down-ms] for the backend of `loc`."
+  [loc]
+  (case (:backend loc)
+    :file (conj (dir-faults (:path loc)) [20 300] [5 150])
+    :pg (conj (pg-faults) [300 1500] [100 700])))
+
+(defn start-faults
+  "Starts injecting faults for `loc`; returns a fn that stops them, mends, and
+  returns the count."
+  [loc faults ^long seed]
+  (if-not (:storage faults)
+    (constantly 0)
+    (let [[break! mend! up down] (faults-for loc)
+          stop (volatile! false)
+          f (future (fault-loop (Random. (+ seed 17)) break! mend! #(deref stop) up down))]
+      (fn [] (vreset! stop true) @f))))
+
+;; --------------------------------------------------------------- finishing
+
+(defn flush-until-durable!
+  "flush! until it succeeds (faults are over; a writer may still be backing
+  off); gives up after `secs`. Returns nil or the last error."
+  [dura secs]
+  (let [deadline (+ (System/nanoTime) (long (* secs 1e9)))]
+    (loop []
+      (let [r (try (if (d/flush! dura 5000) nil :timeout) (catch Throwable x x))]
+        (if (and r (< (System/nanoTime) deadline))
+          (recur)
+          r)))))
+
+(defn refresh-until-read
+  "refresh! until storage answers (a PostgreSQL server just restarted)."
+  [dura secs]
+  (let [deadline (+ (System/nanoTime) (long (* secs 1e9)))]
+    (loop []
+      (let [r (try {:value (d/refresh! dura)} (catch Throwable x {:error x}))]
+        (if (and (:error r) (< (System/nanoTime) deadline))
+          (recur)
+          r)))))
+
+(defn reopen-read
+  "The stored value, read by a new duratom opened on `loc` (retried while the
+  server comes back)."
+  [loc secs]
+  (let [deadline (+ (System/nanoTime) (long (* secs 1e9)))]
+    (loop []
+      (let [r (try {:value @(open loc (ReentrantLock.) nil {:commit-mode :sync})}
+                   (catch Throwable x {:error x}))]
+        (if (and (:error r) (< (System/nanoTime) deadline))
+          (recur)
+          r)))))
+
+;; ------------------------------------------------------------------ checks
+
+(defn- op-id [r] [(:p r) (:t r) (:op r)])
+
+(defn- excerpt
+  "The history around op `r`: what its thread did just before and after."
+  [history r]
+  (let [same (filter #(and (= (:p %) (:p r)) (= (:t %) (:t r))
+                           (<= (- (:op r) 3) (:op %) (+ (:op r) 1)))
+                     history)]
+    (mapv #(select-keys % [:p :t :op :kind :outcome :ret :ex :interrupted-after :start :end]) same)))
+
+(defn took-effect?
+  "Whether op record `r` must be in the state: a mutation that returned
+  (compare-and-set! only when it returned true)."
+  [r]
+  (and (mutating (:kind r)) (= :ok (:outcome r))
+       (or (not= :cas (:kind r)) (true? (:ret r)))))
+
+(defn left-no-trace?
+  "Whether op record `r` must be absent from the state: a mutation that
+  threw, was skipped, or a compare-and-set! that returned false."
+  [r]
+  (and (mutating (:kind r))
+       (or (#{:threw :skipped} (:outcome r))
+           (and (= :cas (:kind r)) (= :ok (:outcome r)) (false? (:ret r))))))
+
+(defn check-ids
+  "Ids of ops that took effect must be in `state`'s ids, ids of ops that
+  left no trace must not. `what` names the state (storage, memory)."
+  [history state what]
+  (let [ids (:ids state)]
+    (concat
+     (for [r history :when (and (took-effect? r) (not (contains? ids (op-id r))))]
+       {:check (str "a mutation that returned is in " what)
+        :op (op-id r) :excerpt (excerpt history r)})
+     (for [r history :when (and (left-no-trace? r) (contains? ids (op-id r)))]
+       {:check (str "a mutation that threw (or a failed compare-and-set!) left no trace in " what)
+        :op (op-id r) :excerpt (excerpt history r)}))))
+
+(defn check-chain
+  "The watch calls of one process form one sequence: starting at `start`
+  (the :last of the state the process began with), every call's old is the
+  previous call's new. Every state keeps :n = (count :ids) and holds its own
+  id; a local transition adds exactly one. Returns {:violations .. :pos {tag
+  index}} where :pos orders the states reached."
+  [watches start p]
+  (let [by-old (group-by (comp :last :o) watches)
+        branches (for [[o ws] by-old :when (> (count ws) 1)]
+                   {:check "watch calls form one sequence (no state has two successors)"
+                    :old o :news (mapv (comp :last :n) ws)})
+        [pos seen] (loop [tag start i 0 pos {} seen 0]
+                     (let [ws (get by-old tag)]
+                       (if (and (seq ws) (not (contains? pos (:last (:n (first ws))))))
+                         (let [nt (:last (:n (first ws)))]
+                           (recur nt (inc i) (assoc pos nt i) (inc seen)))
+                         [pos seen])))
+        unreached (when (< seen (count watches))
+                    [{:check "watch calls form one sequence (every call's old is the previous call's new)"
+                      :reached seen :calls (count watches)
+                      :first-unreached (take 3 (for [w watches :when (not (contains? pos (:last (:n w))))]
+                                                 (select-keys w [:th :o :n])))}])
+        shape (for [w watches
+                    :let [{:keys [o n]} w
+                          local? (= p (second (:last n)))]
+                    :when (or (not= (:n o) (:c o)) (not= (:n n) (:c n)) (not (:has-own n))
+                              (and local? (or (not= (:n n) (inc (:n o))) (not= (:c n) (inc (:c o)))))
+                              (and (not local?) (<= (:n n) (:n o))))]
+                {:check "each watched state adds exactly its own id to the one before" :watch w})]
+    {:violations (concat branches unreached shape) :pos pos}))
+
+(defn check-order
+  "Every mutation that took effect appears in the watch sequence, and in
+  real-time order: if A returned before B started, A comes before B."
+  [history pos]
+  (let [effective (filter took-effect? history)
+        tag-of (fn [r] (if (= :cas (:kind r)) [:cas (:p r) (:t r) (:op r)] (:ret r)))
+        missing (for [r effective :when (not (contains? pos (tag-of r)))]
+                  {:check "every returned mutation's new value was seen by the watches"
+                   :op (op-id r) :excerpt (excerpt history r)})
+        placed (->> effective
+                    (keep #(when-let [i (get pos (tag-of %))] (assoc % :pos i)))
+                    (sort-by :end)
+                    vec)
+        ends (long-array (map :end placed))
+        prefix-max (long-array (reductions max -1 (map :pos placed)))
+        before (fn [^long start]
+                 ;; count of placed ops that ended before `start`
+                 (let [i (java.util.Arrays/binarySearch ends start)]
+                   (if (neg? i) (- (inc i)) i)))
+        misordered (for [b placed
+                         :let [k (before (:start b))
+                               m (aget prefix-max k)]
+                         :when (>= m (:pos b))]
+                     {:check "real-time order: a mutation that returned before another began comes first"
+                      :op (op-id b) :pos (:pos b) :an-earlier-op-has-pos m
+                      :earlier (first (for [a placed :when (and (< (:end a) (:start b)) (>= (:pos a) (:pos b)))]
+                                        (op-id a)))})]
+    (concat missing misordered)))
+
+(defn check-destroy
+  "After destroy returned, every mutation threw IllegalStateException."
+  [history destroy-end]
+  (for [r history
+        :when (and (mutating (:kind r)) (> (:start r) destroy-end)
+                   (not (and (= :threw (:outcome r)) (= "java.lang.IllegalStateException" (first (:ex r))))))]
+    {:check "a mutation after destroy throws IllegalStateException" :op (op-id r) :excerpt (excerpt history r)}))
+
+(defn check-driver
+  "The driver itself must not fail: such a run checks nothing."
+  [history]
+  (for [r history :when (:driver-error r)]
+    {:check "the driver ran without error" :error (:driver-error r)}))
+
+(defn tally
+  "Counts of ops by kind and outcome."
+  [history]
+  (frequencies (map (juxt :kind :outcome) history)))
+
+(defn errors
+  "Counts of what the ops that threw threw (class and the start of the message)."
+  [history]
+  (frequencies (for [r history :when (= :threw (:outcome r))]
+                 (let [[c m] (:ex r)] (str c ": " (subs (str m) 0 (min 60 (count (str m)))))))))
+
+;; -------------------------------------------------------------- one process
+
+(def ^:private destroy-phase-secs 1.5)
+
+(defn- max-ops-per-thread [secs]
+  (long (* secs (env-long "DURATOM_HISTORY_OPS_PER_SEC" 100))))
+
+(defn- exception-summary [^Throwable x]
+  (when x [(.getName (class x)) (ex-message x)]))
+
+(defn run-local
+  "One run of the checker in one JVM, `mode` :sync or :async, at `loc`.
+  Phase 1: `secs` of random operations with faults and interrupts; then
+  faults stop, a final flush!, and a reopen reads storage. Phase 2: operations
+  go on (interrupts only) and the duratom is destroyed at a random moment.
+  Returns a report with :violations."
+  [{:keys [loc mode seed secs threads faults] :as opts}]
+  (let [rnd (Random. seed)
+        lock (ReentrantLock.)
+        dura (open loc lock init-value (rw-for mode))
+        q (ConcurrentLinkedQueue.)
+        _ (add-watch dura :history (watch-recorder q))
+        max-ops (max-ops-per-thread secs)
+        t0 (System/nanoTime)
+        [r1 fault-count] (let [stop-faults (start-faults loc faults seed)
+                          r (try (run-threads dura lock opts 0 threads secs seed max-ops 0)
+                                 (catch Throwable x (stop-faults) (throw x)))]
+                      [r (stop-faults)])]
+    (if (seq (:hung r1))
+      {:violations [{:check "no operation hangs" :hung (:hung r1)}]
+       :ops (count (:history r1)) :faults fault-count :interrupts (:interrupts r1)}
+      (let [flush-error (flush-until-durable! dura 60)
+            memory @dura
+            stored (reopen-read loc 60)
+            h1 (:history r1)
+            v1 (concat
+                (when flush-error
+                  [{:check "a final flush! succeeds once faults are over" :error (exception-summary flush-error)}])
+                (when (:error stored)
+                  [{:check "a reopen reads storage" :error (exception-summary (:error stored))}])
+                (when (and (not (:error stored)) (not= (:value stored) memory))
+                  [{:check "storage equals memory after a final flush!"
+                    :stored (summary (:value stored)) :memory (summary memory)}])
+                (when-not (:error stored) (check-ids h1 (:value stored) "storage"))
+                (check-ids h1 memory "memory"))
+            ;; phase 2: destroy while operations run
+            destroy-at (+ 0.3 (* 0.7 (.nextDouble rnd)))
+            destroyed (future
+                        (LockSupport/parkNanos (long (* destroy-at 1e9)))
+                        (let [s (System/nanoTime)
+                              r (try (d/destroy dura) :ok (catch Throwable x (exception-summary x)))]
+                          {:start s :end (System/nanoTime) :outcome r}))
+            r2 (run-threads dura lock (update opts :faults disj :storage) 0 threads destroy-phase-secs (+ seed 1) (max-ops-per-thread destroy-phase-secs)
+                            1000000)
+            {destroy-end :end destroy-outcome :outcome} @destroyed
+            history (into h1 (:history r2))
+            after @dura
+            watches (vec q)
+            {chain-violations :violations pos :pos} (check-chain watches nil 0)
+            last-tag (when (seq pos) (key (apply max-key val pos)))
+            gone (reopen-read loc 30)
+            v2 (concat
+                (when (seq (:hung r2)) [{:check "no operation hangs" :hung (:hung r2)}])
+                (check-driver history)
+                (when (not= :ok destroy-outcome) [{:check "destroy succeeds" :error destroy-outcome}])
+                (check-ids history after "memory after destroy")
+                chain-violations
+                (check-order history pos)
+                (check-destroy history destroy-end)
+                (when (not= last-tag (:last after))
+                  [{:check "deref after destroy gives the last state the watches saw"
+                    :deref (:last after) :last-watched last-tag}])
+                (when-not (and (nil? (:error gone)) (nil? (:value gone)))
+                  [{:check "destroy removed what was stored"
+                    :reopened (if (:error gone) (exception-summary (:error gone)) (summary (:value gone)))}]))]
+        {:violations (vec (concat v1 v2))
+         :ops (count history)
+         :tally (tally history)
+         :errors (errors history)
+         :watches (count watches)
+         :faults fault-count
+         :interrupts (+ (:interrupts r1) (:interrupts r2))
+         :secs (/ (- (System/nanoTime) t0) 1e9)}))))
