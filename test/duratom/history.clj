@@ -348,10 +348,10 @@
     (concat
      (for [r history :when (and (took-effect? r) (not (contains? ids (op-id r))))]
        {:check (str "a mutation that returned is in " what)
-        :op (op-id r) :excerpt (excerpt history r)})
+        :op (op-id r) :record (dissoc r :p :t :op) :excerpt (excerpt history r)})
      (for [r history :when (and (left-no-trace? r) (contains? ids (op-id r)))]
        {:check (str "a mutation that threw (or a failed compare-and-set!) left no trace in " what)
-        :op (op-id r) :excerpt (excerpt history r)}))))
+        :op (op-id r) :record (dissoc r :p :t :op) :excerpt (excerpt history r)}))))
 
 (defn check-chain
   "The watch calls of one process form one sequence: starting at `start`
@@ -392,7 +392,7 @@
         tag-of (fn [r] (if (= :cas (:kind r)) [:cas (:p r) (:t r) (:op r)] (:ret r)))
         missing (for [r effective :when (not (contains? pos (tag-of r)))]
                   {:check "every returned mutation's new value was seen by the watches"
-                   :op (op-id r) :excerpt (excerpt history r)})
+                   :op (op-id r) :record (dissoc r :p :t :op) :excerpt (excerpt history r)})
         placed (->> effective
                     (keep #(when-let [i (get pos (tag-of %))] (assoc % :pos i)))
                     (sort-by :end)
@@ -419,7 +419,7 @@
   (for [r history
         :when (and (mutating (:kind r)) (> (:start r) destroy-end)
                    (not (and (= :threw (:outcome r)) (= "java.lang.IllegalStateException" (first (:ex r))))))]
-    {:check "a mutation after destroy throws IllegalStateException" :op (op-id r) :excerpt (excerpt history r)}))
+    {:check "a mutation after destroy throws IllegalStateException" :op (op-id r) :record (dissoc r :p :t :op) :excerpt (excerpt history r)}))
 
 (defn check-driver
   "The driver itself must not fail: such a run checks nothing."
@@ -521,3 +521,123 @@
          :faults fault-count
          :interrupts (+ (:interrupts r1) (:interrupts r2))
          :secs (/ (- (System/nanoTime) t0) 1e9)}))))
+
+;; ------------------------------------------------------- shared: 3 processes
+
+(defn child-main
+  "Run in each child JVM of `run-shared`: opens the shared duratom, says
+  `ready`, waits for `start`, runs its threads, says `ran`, waits for `go`
+  (the faults are over), refresh!es and writes its history, watches and final
+  state as EDN to `:out`, says `done`."
+  [opts-edn]
+  (let [{:keys [loc p seed secs threads max-ops out] :as opts} (edn/read-string opts-edn)
+        lock (ReentrantLock.)
+        dura (loop [tries 0]
+               ;; the server may be down when a child opens (a fault)
+               (let [r (try (open loc lock nil (rw-for :shared)) (catch Throwable x (if (< tries 100) ::retry (throw x))))]
+                 (if (= ::retry r) (do (Thread/sleep 200) (recur (inc tries))) r)))
+        q (ConcurrentLinkedQueue.)
+        _ (add-watch dura :history (watch-recorder q))
+        start (:last @dura)
+        say (fn [s] (println s) (flush))]
+    (say "ready")
+    (read-line)
+    (let [r (run-threads dura lock opts p threads secs seed max-ops 0)]
+      (say "ran")
+      (read-line)
+      (let [refreshed (refresh-until-read dura 60)]
+        (spit out (pr-str {:history (:history r) :hung (:hung r) :interrupts (:interrupts r)
+                           :watches (vec q) :start start
+                           :final (:value refreshed)
+                           :refresh-error (some-> (:error refreshed) exception-summary)}))
+        (say "done")))))
+
+(defn- read-line-within
+  "The next line of `r`, or :timeout after `secs`."
+  [^java.io.BufferedReader r secs]
+  (deref (future (.readLine r)) (long (* 1000 secs)) :timeout))
+
+(defn run-shared
+  "One run of the checker with 3 child JVMs on one shared duratom at `loc`:
+  each runs `threads` threads of random operations (and interrupts its own
+  threads) for `secs` while this process injects storage faults. Then every
+  child refresh!es; a reopen reads storage and each child's history, watch
+  sequence and final state are checked against it."
+  [{:keys [loc seed secs threads faults] :as opts}]
+  (let [t0 (System/nanoTime)
+        parent (open loc (ReentrantLock.) init-value (rw-for :shared))
+        dir (ts/temp-dir)
+        max-ops (max-ops-per-thread secs)
+        children (vec (for [p (range 1 4)]
+                        (let [out (str (io/file dir (str "child-" p ".edn")))
+                              child-opts (assoc (select-keys opts [:faults :without]) :mode :shared
+                                                :loc loc :p p :seed (+ seed p) :secs secs
+                                                :threads threads :max-ops max-ops :out out)
+                              proc (ts/child-jvm (str "(require 'duratom.history)"
+                                                      "(duratom.history/child-main " (pr-str (pr-str child-opts)) ")"
+                                                      "(shutdown-agents)"))]
+                          {:p p :out out :proc proc
+                           :reader (java.io.BufferedReader. (java.io.InputStreamReader. (.getInputStream ^Process proc)))})))
+        tell! (fn [s] (doseq [{:keys [^Process proc]} children]
+                        (doto (.getOutputStream proc) (.write (.getBytes (str s "\n"))) (.flush))))
+        await! (fn [word secs]
+                 (vec (for [{:keys [p reader]} children
+                            :let [line (read-line-within reader secs)]
+                            :when (not= word line)]
+                        {:check (str "child " p " says " word) :got line})))
+        kill! (fn [] (doseq [{:keys [^Process proc]} children] (.destroyForcibly proc)))]
+    (try
+      (let [not-ready (await! "ready" 300)]
+        (if (seq not-ready)
+          {:violations not-ready}
+          (let [_ (tell! "start")
+                [not-ran fault-count] (let [stop-faults (start-faults loc faults seed)
+                                            r (try (await! "ran" (+ secs 180))
+                                                   (catch Throwable x (stop-faults) (throw x)))]
+                                        [r (stop-faults)])]
+            (if (seq not-ran)
+              {:violations not-ran :faults fault-count}
+              (let [_ (tell! "go")
+                    not-done (await! "done" 120)
+                    results (mapv #(edn/read-string (slurp (:out %))) (remove (fn [c] (some #(= (str "child " (:p c) " says done") (:check %)) not-done)) children))
+                    stored (reopen-read loc 60)
+                    sv (:value stored)
+                    history (vec (mapcat :history results))
+                    violations
+                    (vec (concat
+                          not-done
+                          (when (:error stored)
+                            [{:check "a reopen reads storage" :error (exception-summary (:error stored))}])
+                          (check-driver history)
+                          (check-ids history sv "storage")
+                          (mapcat (fn [{:keys [history watches start final refresh-error hung]}]
+                                    (let [p (:p (first history))
+                                          {cv :violations pos :pos} (check-chain watches start p)]
+                                      (concat
+                                       (when (seq hung) [{:check "no operation hangs" :hung hung}])
+                                       (when refresh-error [{:check "a final refresh! reads storage" :p p :error refresh-error}])
+                                       (when (not= final sv)
+                                         [{:check "storage equals each process's memory after a final refresh!"
+                                           :p p :stored (summary sv) :memory (summary final)}])
+                                       (check-ids history final (str "the memory of process " p))
+                                       cv
+                                       (check-order history pos))))
+                                  results)))]
+                ;; destroy: afterwards every mutation throws and deref keeps the last value
+                (let [last-value @parent
+                      _ (d/destroy parent)
+                      after (try (swap! parent tagged :swap 0 0 0) :returned
+                                 (catch IllegalStateException _ :threw))
+                      gone (reopen-read loc 30)]
+                  {:violations (cond-> violations
+                                 (not= :threw after) (conj {:check "a mutation after destroy throws IllegalStateException"})
+                                 (not= last-value @parent) (conj {:check "deref after destroy gives the last value"})
+                                 (some? (:value gone)) (conj {:check "destroy removed what was stored"}))
+                   :ops (count history)
+                   :tally (tally history)
+                   :errors (errors history)
+                   :watches (reduce + (map (comp count :watches) results))
+                   :faults fault-count
+                   :interrupts (reduce + (map :interrupts results))
+                   :secs (/ (- (System/nanoTime) t0) 1e9)}))))))
+      (finally (kill!)))))
