@@ -12,6 +12,7 @@ pub fn open_store(config: &Config) -> Result<Box<dyn Store>, StoreError> {
         "local-file" => Ok(Box::new(crate::file::FileStore::open(config)?)),
         "postgres-db" => crate::postgres::open(config),
         "aws-s3" => crate::s3::open(config),
+        "sqlite-db" => crate::sqlite::open(config),
         other => Err(StoreError::config(other, format!("unknown backend `{other}`"))),
     }
 }

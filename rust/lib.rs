@@ -9,4 +9,5 @@ pub mod jni;
 pub mod postgres;
 pub mod runtime;
 pub mod s3;
+pub mod sqlite;
 pub mod store;

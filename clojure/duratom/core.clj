@@ -10,6 +10,7 @@
             [duratom.backend.file :as file-backend]
             [duratom.backend.postgres :as postgres-backend]
             [duratom.backend.s3 :as s3-backend]
+            [duratom.backend.sqlite :as sqlite-backend]
             [duratom.engine :as engine]
             [duratom.rw :as rw]
             [duratom.storage :as storage])
@@ -273,6 +274,11 @@
   "The default `:rw` of S3 duratoms: EDN."
   rw/default-s3-rw)
 
+(def default-sqlite-rw
+  "The default `:rw` of SQLite duratoms: EDN in a text column (for a binary
+  codec such as nippy, use `:column-type :blob`)."
+  rw/default-sqlite-rw)
+
 (defn file-atom
   "A duratom stored in the local file `file-path` (String or java.io.File).
   The parent directory must exist; a missing file is created. If the file
@@ -323,10 +329,30 @@
                 desc)]
      (make-duratom desc (rw/s3-codec rw) lock init rw))))
 
+(defn sqlite-atom
+  "A duratom stored in row `row-id` (default 0) of table `table-name` in a
+  SQLite database file; the file and the table are created when missing.
+  `db-config`: a clojure.java.jdbc db-spec for SQLite
+  (`{:dbtype \"sqlite\" :dbname path}`, `{:subprotocol \"sqlite\" :subname
+  path}` or `\"jdbc:sqlite:path\"`). Commits are durable when they return
+  (WAL, synchronous=FULL). Otherwise as `file-atom`; `rw`: see
+  `default-sqlite-rw`."
+  ([db-config table-name]
+   (sqlite-atom db-config table-name 0 (ReentrantLock.) nil))
+  ([db-config table-name row-id]
+   (sqlite-atom db-config table-name row-id (ReentrantLock.) nil))
+  ([db-config table-name row-id lock init]
+   (sqlite-atom db-config table-name row-id lock init default-sqlite-rw))
+  ([db-config table-name row-id lock init rw]
+   (let [rw (or rw default-sqlite-rw)
+         desc (sqlite-backend/store-config db-config table-name (or row-id 0) (:column-type rw :text))]
+     (make-duratom desc (rw/sqlite-codec rw) lock init rw))))
+
 (defmulti duratom
   "Constructs a duratom backed by `backed-by`: `:local-file` (`:file-path`),
-  `:postgres-db` (`:db-config`, `:table-name`, `:row-id`) or `:aws-s3`
-  (`:credentials`, `:bucket`, `:key`). Every backend takes `:init`, `:lock`,
+  `:postgres-db` (`:db-config`, `:table-name`, `:row-id`), `:aws-s3`
+  (`:credentials`, `:bucket`, `:key`) or `:sqlite-db` (`:db-config`,
+  `:table-name`, `:row-id`). Every backend takes `:init`, `:lock`,
   `:rw` and `:shared?` (same as `:shared? true` in `:rw`)."
   (fn [backed-by & _args] backed-by))
 
@@ -342,6 +368,10 @@
 (defmethod duratom :postgres-db
   [_ & {:keys [db-config table-name row-id init lock rw shared?] :or {row-id 0 rw default-postgres-rw}}]
   (postgres-atom db-config table-name row-id (or lock (ReentrantLock.)) init (with-shared rw shared?)))
+
+(defmethod duratom :sqlite-db
+  [_ & {:keys [db-config table-name row-id init lock rw shared?] :or {row-id 0 rw default-sqlite-rw}}]
+  (sqlite-atom db-config table-name row-id (or lock (ReentrantLock.)) init (with-shared rw shared?)))
 
 (defmethod duratom :aws-s3
   [_ & {:keys [credentials bucket key init lock rw shared?] :or {rw default-s3-rw}}]
@@ -432,3 +462,7 @@
 (defmethod duragent :aws-s3
   [_ & {:keys [credentials bucket key init rw] :or {rw default-s3-rw}}]
   (make-duragent #(s3-atom credentials bucket key nil init %) (or rw default-s3-rw)))
+
+(defmethod duragent :sqlite-db
+  [_ & {:keys [db-config table-name row-id init rw] :or {row-id 0 rw default-sqlite-rw}}]
+  (make-duragent #(sqlite-atom db-config table-name (or row-id 0) nil init %) (or rw default-sqlite-rw)))

@@ -55,6 +55,13 @@
    :write pr-str-fully
    :column-type :text})
 
+(def default-sqlite-rw
+  "SQLite `:rw`: as PostgreSQL's, `:write` returns a String (or bytes), `:read`
+  gets what is stored (a String for `:text`, bytes for `:blob`)."
+  {:read read-edn-string
+   :write pr-str-fully
+   :column-type :text})
+
 (def default-s3-rw
   "S3 `:rw`: `:write` returns a String (or bytes), `:read` gets the object size
   and an InputStream of its bytes. `:metadata` is passed on as object metadata."
@@ -107,6 +114,19 @@
     (let [read (:read rw (:read default-postgres-rw))
           write (:write rw (:write default-postgres-rw))
           text? (not= :bytea (:column-type rw :text))]
+      {:encode (fn [value] (to-encoded (write value)))
+       :decode (fn [^bytes stored]
+                 (read (if text? (String. stored StandardCharsets/UTF_8) stored)))})))
+
+(defn sqlite-codec
+  "Codec for a SQLite duratom; `:read` gets a String for a `:text` column and
+  bytes for `:blob`."
+  [rw]
+  (if (default-fns? rw default-sqlite-rw)
+    {:encode (dedn/encoder) :decode dedn/decode}
+    (let [read (:read rw (:read default-sqlite-rw))
+          write (:write rw (:write default-sqlite-rw))
+          text? (not (contains? #{:blob :bytea} (:column-type rw :text)))]
       {:encode (fn [value] (to-encoded (write value)))
        :decode (fn [^bytes stored]
                  (read (if text? (String. stored StandardCharsets/UTF_8) stored)))})))

@@ -1,0 +1,57 @@
+//! The SQLite backend: one value in one row of one table of a database file,
+//! through rusqlite with the SQLite compiled in (users need no system library).
+//!
+//! The table has the shape the original library's tables have,
+//! `(id integer, value text|blob)`: a row is found by `id`, so several stores
+//! may share a table with different row ids, and a table the original wrote
+//! works as it is (no column is added).
+//!
+//! Durability: the connection runs in WAL mode with `synchronous=FULL`, so
+//! the WAL is fsynced at every commit and a commit is durable when it
+//! returns; the database stays consistent whenever the process or machine
+//! dies. WAL mode is a property of the database file: once set it stays, and
+//! other SQLite users of the file (the original library included) keep
+//! working; the file must be on a local file system, as WAL requires.
+//!
+//! Version token: a SHA-256 of the stored bytes. A table of the original's
+//! shape has no column to count versions in, and SQLite no system column like
+//! PostgreSQL's `xmin`; a conditional commit takes the write lock
+//! (`BEGIN IMMEDIATE`), reads the row, and writes only if the bytes are the
+//! ones it last saw. Equal bytes are the same state, so this is exactly the
+//! compare of compare-and-set.
+//!
+//! Another connection holding the write lock makes a call wait up to
+//! `busy-timeout-ms`, then fail saying the database is locked. If the file is
+//! removed or replaced while open, the next call notices (its device and
+//! inode differ) and reopens the path, so writes never go to a file that is
+//! no longer there.
+//!
+//! Safe SQL: values travel only as bind parameters; the table name appears in
+//! SQL only as a quoted identifier.
+//!
+//! Configuration keys (made by `clojure/duratom/backend/sqlite.clj`): `path`
+//! (the database file; its directory must exist), `table`, `row-id` (0),
+//! `column-type` (text or blob, used when creating the table),
+//! `busy-timeout-ms` (5000).
+//!
+//! The rooms: `store.rs` opens the database and runs the operations;
+//! `tests.rs` runs them on real database files.
+
+mod store;
+#[cfg(test)]
+mod tests;
+
+use crate::config::Config;
+use crate::store::{Store, StoreError};
+
+pub use store::SqliteStore;
+
+const BACKEND: &str = "sqlite-db";
+
+/// Opens the row the config names, opening the database and creating the
+/// table if missing, so that a wrong path fails at construction.
+pub fn open(config: &Config) -> Result<Box<dyn Store>, StoreError> {
+    let mut store = SqliteStore::new(config)?;
+    store.conn = Some(store.connect()?);
+    Ok(Box::new(store))
+}

@@ -1,0 +1,205 @@
+//! The SQLite store on real database files in temp directories.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use super::*;
+use crate::config::Config;
+use crate::store::{Expect, StoreError};
+
+fn config(dir: &Path, table: &str, extra: &[(&str, &str)]) -> Config {
+    let path = dir.join("db.sqlite");
+    let mut pairs = vec![("path", path.to_str().unwrap()), ("table", table)];
+    pairs.extend_from_slice(extra);
+    Config::from_pairs(BACKEND, &pairs)
+}
+
+fn conflict<T: std::fmt::Debug>(r: Result<T, StoreError>) -> bool {
+    matches!(r, Err(StoreError::Conflict { .. }))
+}
+
+#[test]
+fn values_round_trip_and_versions_follow_the_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(&config(dir.path(), "t", &[])).unwrap();
+    assert!(s.load().unwrap().is_none());
+    let v1 = s
+        .commit("{:a 1} \u{1F600}".as_bytes(), &Expect::Nothing)
+        .unwrap();
+    let got = s.load().unwrap().unwrap();
+    assert_eq!(got.bytes, "{:a 1} \u{1F600}".as_bytes());
+    assert_eq!(got.version, v1);
+    assert!(conflict(s.commit(b"x", &Expect::Nothing)));
+    let v2 = s.commit(b"{:a 2}", &Expect::Version(v1.clone())).unwrap();
+    assert!(conflict(s.commit(b"{:a 3}", &Expect::Version(v1))));
+    assert_eq!(s.load().unwrap().unwrap().bytes, b"{:a 2}");
+    drop(s);
+    let mut again = open(&config(dir.path(), "t", &[])).unwrap();
+    assert_eq!(again.load().unwrap().unwrap().version, v2);
+    again.delete().unwrap();
+    assert!(again.load().unwrap().is_none());
+    again.delete().unwrap();
+}
+
+#[test]
+fn wal_and_full_sync_are_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(&config(dir.path(), "t", &[])).unwrap();
+    s.commit(b"1", &Expect::Anything).unwrap();
+    let db = Connection::open(dir.path().join("db.sqlite")).unwrap();
+    let mode: String = db
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[test]
+fn tables_of_the_original_shape_work_as_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    let db = Connection::open(&path).unwrap();
+    db.execute_batch(
+        "CREATE TABLE MyTable (id int PRIMARY KEY, value text);
+         INSERT INTO MyTable VALUES (0, '{:x #{1 2}}');
+         INSERT INTO MyTable VALUES (3, '[:other]');",
+    )
+    .unwrap();
+    drop(db);
+    let mut s = open(&config(dir.path(), "MyTable", &[])).unwrap();
+    assert_eq!(s.load().unwrap().unwrap().bytes, b"{:x #{1 2}}");
+    s.commit(b"{:x 2}", &Expect::Anything).unwrap();
+    let db = Connection::open(&path).unwrap();
+    let (n, v0, v3): (i64, String, String) = db
+        .query_row(
+            "SELECT count(*), (SELECT value FROM mytable WHERE id=0), (SELECT value FROM mytable WHERE id=3) FROM mytable",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!((n, v0.as_str(), v3.as_str()), (2, "{:x 2}", "[:other]"));
+    let ty: String = db
+        .query_row("SELECT typeof(value) FROM mytable WHERE id=0", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(
+        ty, "text",
+        "a text column keeps text, readable by the original"
+    );
+}
+
+#[test]
+fn blob_columns_take_bytes_and_text_columns_refuse_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = open(&config(dir.path(), "bin", &[("column-type", "blob")])).unwrap();
+    b.commit(&[0, 159, 146, 150, 255], &Expect::Anything)
+        .unwrap();
+    assert_eq!(
+        b.load().unwrap().unwrap().bytes,
+        vec![0, 159, 146, 150, 255]
+    );
+    let mut t = open(&config(dir.path(), "txt", &[])).unwrap();
+    let e = t
+        .commit(&[0xff, 0xfe], &Expect::Anything)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("not UTF-8") && e.contains(":column-type :blob"),
+        "{e}"
+    );
+}
+
+#[test]
+fn hostile_table_names_are_identifiers_never_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TABLE victim (id int); INSERT INTO victim VALUES (1);")
+        .unwrap();
+    for name in [
+        "victim\"; DROP TABLE victim; --",
+        "it's",
+        "a.b",
+        "x) ; DELETE FROM victim; --",
+        "\u{1F600}",
+    ] {
+        let mut s = open(&config(dir.path(), name, &[])).unwrap();
+        s.commit(b"1", &Expect::Anything).unwrap();
+        assert_eq!(s.load().unwrap().unwrap().bytes, b"1");
+    }
+    let n: i64 = Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM victim", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+    let e = open(&config(dir.path(), "victim", &[]))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("not a duratom table"), "{e}");
+}
+
+#[test]
+fn a_lock_held_elsewhere_is_a_bounded_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(&config(dir.path(), "t", &[("busy-timeout-ms", "300")])).unwrap();
+    s.commit(b"1", &Expect::Anything).unwrap();
+    let other = Connection::open(dir.path().join("db.sqlite")).unwrap();
+    other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let t0 = std::time::Instant::now();
+    let e = s.commit(b"2", &Expect::Anything).unwrap_err().to_string();
+    assert!(e.contains("locked by another connection"), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    other.execute_batch("ROLLBACK").unwrap();
+    s.commit(b"2", &Expect::Anything).unwrap();
+    assert_eq!(s.load().unwrap().unwrap().bytes, b"2");
+}
+
+#[test]
+fn a_removed_database_is_reopened_not_written_into_the_void() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("d");
+    std::fs::create_dir(&sub).unwrap();
+    let mut s = open(&config(&sub, "t", &[])).unwrap();
+    s.commit(b"1", &Expect::Anything).unwrap();
+    std::fs::remove_dir_all(&sub).unwrap();
+    let e = s.commit(b"2", &Expect::Anything).unwrap_err().to_string();
+    assert!(e.contains("does not exist"), "{e}");
+    std::fs::create_dir(&sub).unwrap();
+    assert!(s.load().unwrap().is_none(), "a new, empty database");
+    s.commit(b"3", &Expect::Anything).unwrap();
+    let v: String = Connection::open(sub.join("db.sqlite"))
+        .unwrap()
+        .query_row("SELECT value FROM t WHERE id = 0", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, "3");
+}
+
+#[test]
+fn bad_settings_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(&config(dir.path(), "t", &[("column-type", "bytea")]))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("column-type"), "{e}");
+    let e = open(&config(dir.path(), " ", &[]))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("table name is empty"), "{e}");
+    let e = open(&Config::from_pairs(
+        BACKEND,
+        &[("path", "/no/such/dir/x.db"), ("table", "t")],
+    ))
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("/no/such/dir") && e.contains("does not exist"),
+        "{e}"
+    );
+}

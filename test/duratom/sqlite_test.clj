@@ -1,0 +1,230 @@
+(ns duratom.sqlite-test
+  "The SQLite backend on real database files. Another process's view (a lock
+  held, the table as the original library wrote it, an integrity check) comes
+  from python3's sqlite3 module, a client independent of ours."
+  (:require [clojure.java.io :as io]
+            [clojure.string :as str]
+            [clojure.test :refer [deftest is testing]]
+            [duratom.behaviour :as behaviour]
+            [duratom.core :as d]
+            [duratom.duragent :as duragent]
+            [duratom.readers :as readers]
+            [duratom.shared :as shared]
+            [duratom.test-support :as ts]
+            [taoensso.nippy :as nippy])
+  (:import (java.io BufferedReader File InputStreamReader)
+           (java.util.concurrent TimeUnit)))
+
+(defn- spec [path] {:dbtype "sqlite" :dbname (str path)})
+
+(def backend
+  {:name "sqlite-db"
+   :new-location (fn [] {:path (str (io/file (ts/temp-dir) "state.db")) :table "duratom_state" :row 0})
+   :open (fn [{:keys [path table row]} init rw] (d/sqlite-atom (spec path) table row nil init rw))
+   :open-agent (fn [{:keys [path table row]} init rw]
+                 (d/duragent :sqlite-db :db-config (spec path) :table-name table :row-id row :init init :rw rw))
+   :default-rw d/default-sqlite-rw
+   :child-open-code (fn [{:keys [path table row]}]
+                      (str "(duratom.core/sqlite-atom " (pr-str (spec path)) " " (pr-str table) " " row
+                           " nil nil {:shared? true})"))})
+
+(defn- python
+  "Runs python3 `code` (with `args` as sys.argv[1:]) to the end; returns its stdout."
+  [code & args]
+  (apply ts/sh! "python3" "-c" code (map str args)))
+
+(defn- python-query
+  "The rows of `sql` on the database `path`, read by python3's sqlite3, as EDN-ish strings."
+  [path sql]
+  (str/trim (python "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1])\nfor r in c.execute(sys.argv[2]): print('|'.join(map(str,r)))"
+                    path sql)))
+
+;; Breaking a SQLite store: its directory moved away (the open connection
+;; notices the file is gone from its path), and moved back.
+(defn- away [{:keys [path]}] (File. (str (.getParentFile (io/file path)) ".away")))
+(defn- break! [loc] (is (.renameTo (.getParentFile (io/file (:path loc))) (away loc))))
+(defn- mend! [loc] (is (.renameTo (away loc) (.getParentFile (io/file (:path loc))))))
+
+(deftest sqlite-behaviour
+  (behaviour/run-all backend))
+
+(deftest sqlite-shared-mode
+  (shared/run-all backend))
+
+(deftest sqlite-failures-and-recovery
+  (behaviour/error-handler-and-recommit backend break! mend!))
+
+(deftest sqlite-duragent
+  (duragent/run-all backend break! mend!))
+
+(deftest every-db-spec-form-and-arity
+  (let [dir (ts/temp-dir)
+        path (str (io/file dir "forms.db"))]
+    (let [a (d/duratom :sqlite-db :db-config (spec path) :table-name "forms" :init {:x 1}
+                       :rw (assoc d/default-sqlite-rw :commit-mode :sync))]
+      (swap! a update :x inc)
+      (doseq [form [{:classname "org.sqlite.JDBC" :subprotocol "sqlite" :subname path}
+                    (str "jdbc:sqlite:" path)
+                    (str "jdbc:sqlite:file:" path "?journal_mode=WAL")
+                    {:connection-uri (str "jdbc:sqlite:" path)}
+                    {:dbtype "sqlite" :dbname path :busy-timeout-ms 1000}]]
+        (is (= {:x 2} @(d/sqlite-atom form "forms")) (pr-str form)))
+      (is (= {:x 2} @(d/sqlite-atom (spec path) "forms" 0)))
+      (is (= :other @(d/sqlite-atom (spec path) "forms" 7 nil :other)))
+      (is (= :other @(d/sqlite-atom (spec path) "forms" 7 nil :ignored d/default-sqlite-rw)))
+      (is (= "2" (python-query path "SELECT count(*) FROM forms")) "two rows, ids 0 and 7")
+      (d/destroy a)
+      (is (= "7" (python-query path "SELECT id FROM forms")) "destroy removed row 0 only"))
+    (testing "a relative path is taken from the working directory"
+      (let [rel (str "target/" (ts/unique-name "rel") ".db")
+            a (d/sqlite-atom (str "jdbc:sqlite:" rel) "t" 0 nil 5 {:commit-mode :sync})]
+        (is (.exists (io/file (System/getProperty "user.dir") rel)))
+        (d/destroy a)
+        (.delete (io/file rel))))
+    (testing "bad input is a clear error naming what is wrong"
+      (doseq [[bad re] [[{:dbtype "sqlite" :dbname ":memory:"} #"in-memory"]
+                        ["jdbc:sqlite::memory:" #"in-memory"]
+                        [{:dbtype "sqlite"} #":dbname"]
+                        [{:dbtype "postgresql" :dbname "x"} #":dbtype"]
+                        ["postgresql://h/db" #"jdbc:sqlite:"]
+                        [42 #":db-config"]
+                        [(spec (io/file dir "no-such-dir" "x.db")) #"no-such-dir.*does not exist"]
+                        [{:dbtype "sqlite" :dbname path :busy-timeout-ms -1} #":busy-timeout-ms"]]]
+        (let [e (try (d/sqlite-atom bad "t") nil (catch Exception e e))]
+          (is (some? e) (pr-str bad))
+          (is (re-find re (str (ex-message e))) (str (pr-str bad) " -> " (ex-message e)))
+          (is (= :sqlite-db (:duratom/backend (ex-data e))))))
+      (is (thrown-with-msg? clojure.lang.ExceptionInfo #":table-name" (d/sqlite-atom (spec path) "")))
+      (is (thrown-with-msg? clojure.lang.ExceptionInfo #":row-id" (d/sqlite-atom (spec path) "t" "0")))
+      (is (thrown-with-msg? clojure.lang.ExceptionInfo #":column-type"
+                            (d/sqlite-atom (spec path) "t" 0 nil 1 {:column-type :jsonb}))))))
+
+(deftest compatible-with-tables-of-the-original-library
+  ;; The original created (id, value) tables through clojure.java.jdbc and
+  ;; stored pr-str'd EDN as text; both key shapes must work as they are.
+  (doseq [ddl ["CREATE TABLE orig (id integer, value text)"
+               "CREATE TABLE orig (id INTEGER PRIMARY KEY, value TEXT)"]]
+    (let [path (str (io/file (ts/temp-dir) "orig.db"))]
+      (python (str "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1])\nc.execute(sys.argv[2])\n"
+                   "c.execute(\"INSERT INTO orig VALUES (0, '{:a #sorted/map {:b 1}, :q #queue [1 2]}')\")\n"
+                   "c.execute(\"INSERT INTO orig VALUES (3, '[:other :row]')\")\nc.commit()")
+              path ddl)
+      (let [a (d/sqlite-atom (spec path) "orig" 0 nil :unused {:commit-mode :sync})]
+        (is (= {:a {:b 1} :q [1 2]} @a) ddl)
+        (is (sorted? (:a @a)))
+        (is (instance? clojure.lang.PersistentQueue (:q @a)))
+        (swap! a assoc :c (sorted-set 3 1))
+        (let [[value type] (str/split (python-query path "SELECT value, typeof(value) FROM orig WHERE id = 0") #"\|")]
+          (is (= "text" type) "still text, as the original reads it")
+          (is (= @a (clojure.edn/read-string readers/default value)) "plain EDN with the original's tags"))
+        (is (= "[:other :row]" (python-query path "SELECT value FROM orig WHERE id = 3")) "other rows untouched")
+        (is (= ddl (python-query path "SELECT sql FROM sqlite_master WHERE name = 'orig'")) "the table as it was")))))
+
+(deftest binary-rw-uses-a-blob-column
+  (let [path (str (io/file (ts/temp-dir) "bin.db"))
+        rw {:read nippy/thaw :write nippy/freeze :column-type :blob :commit-mode :sync}
+        a (d/sqlite-atom (spec path) "bin" 0 nil {:bytes (byte-array [0 1 2]) :n 1} rw)]
+    (swap! a update :n inc)
+    (is (= 2 (:n @(d/sqlite-atom (spec path) "bin" 0 nil nil rw))))
+    (is (= "blob" (python-query path "SELECT typeof(value) FROM bin")))
+    (d/destroy a)))
+
+(defn- hold-lock
+  "Starts python3 holding an EXCLUSIVE transaction on `path` until its stdin
+  closes or it is killed; returns the Process once the lock is held."
+  ^Process [path]
+  (let [p (.start (ProcessBuilder. ["python3" "-c"
+                                    (str "import sqlite3,sys\n"
+                                         "c=sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                                         "c.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\n"
+                                         "sys.stdin.read()\nc.execute('ROLLBACK')")
+                                    (str path)]))]
+    (is (= "locked" (.readLine (BufferedReader. (InputStreamReader. (.getInputStream p))))))
+    p))
+
+(deftest a-database-locked-by-another-process
+  (let [loc ((:new-location backend))
+        path (:path loc)
+        db-spec (assoc (spec path) :busy-timeout-ms 500)]
+    (testing "sync: swap! waits the busy timeout, then throws saying so; memory keeps the durable value"
+      (let [dura (d/sqlite-atom db-spec "t" 0 nil 1 {:commit-mode :sync})
+            holder (hold-lock path)
+            t0 (System/nanoTime)
+            e (try (swap! dura inc) nil (catch Exception e e))
+            ms (/ (- (System/nanoTime) t0) 1e6)]
+        (is (some? e))
+        (is (re-find #"locked by another connection" (str (ex-message e))) (ex-message e))
+        (is (re-find #"state\.db table t row 0" (str (ex-message e))) "names the resource")
+        (is (< 400 ms 5000) (str "waited " ms " ms"))
+        (is (= 1 @dura))
+        (.close (.getOutputStream holder))
+        (is (.waitFor holder 1 TimeUnit/MINUTES))
+        (is (= 2 (swap! dura inc)))
+        (is (= 2 (d/backend-snapshot dura)))
+        (d/destroy dura)))
+    (testing "async: flush! reports the lock; the state lands once it is released"
+      (let [dura (d/sqlite-atom db-spec "t" 1 nil 1 nil)
+            _ (is (d/flush! dura 10000))
+            holder (hold-lock path)]
+        (swap! dura inc)
+        (is (thrown-with-msg? Exception #"locked by another connection" (d/flush! dura 30000)))
+        (is (:pending? (d/stats dura)))
+        (.close (.getOutputStream holder))
+        (is (.waitFor holder 1 TimeUnit/MINUTES))
+        (is (true? (d/flush! dura 30000)))
+        (is (= "2" (python-query path "SELECT value FROM t WHERE id = 1")))
+        (d/destroy dura)))
+    (testing "a killed lock holder: the OS drops its lock and the waiting swap! goes through"
+      (let [dura (d/sqlite-atom (spec path) "t" 2 nil 1 {:commit-mode :sync})
+            holder (hold-lock path)
+            swapping (future (swap! dura inc))]
+        (is (= ::still-waiting (deref swapping 300 ::still-waiting)) "swap! waits while another process holds the lock")
+        (.destroyForcibly holder) ; SIGKILL
+        (.waitFor holder 1 TimeUnit/MINUTES)
+        (is (= 2 (deref swapping 60000 ::timed-out)))
+        (is (= 2 (d/backend-snapshot dura)))
+        (d/destroy dura)))))
+
+(deftest the-directory-removed
+  (let [dir (ts/temp-dir)
+        path (io/file dir "gone.db")
+        dura (d/sqlite-atom (spec path) "t" 0 nil {:n 1} {:commit-mode :sync})]
+    (ts/sh! "rm" "-rf" (str dir))
+    (let [e (try (swap! dura update :n inc) nil (catch Exception e e))]
+      (is (some? e) "no commit into a deleted file")
+      (is (re-find #"does not exist" (str (ex-message e))) (ex-message e))
+      (is (str/includes? (str (ex-message e)) (str dir)) "names the directory"))
+    (is (= {:n 1} @dura))
+    (.mkdirs dir)
+    (is (= {:n 2} (swap! dura update :n inc)) "a new database at the path takes the state")
+    (is (= "{:n 2}" (python-query path "SELECT value FROM t WHERE id = 0")))
+    (d/destroy dura)))
+
+(defn- last-acknowledged
+  "Reads `n` lines from the child; the last one is the newest acknowledged value."
+  [^BufferedReader r n]
+  (loop [i 0 last nil]
+    (if (< i n)
+      (if-let [line (.readLine r)]
+        (recur (inc i) (Long/parseLong (str/trim line)))
+        last)
+      last)))
+
+(deftest crash-durability-under-sigkill
+  (let [path (io/file (ts/temp-dir) "crash.db")
+        rnd (java.util.Random. 42)
+        kills 20
+        code (str "(require 'duratom.core)"
+                  "(let [a (duratom.core/sqlite-atom " (pr-str (spec path)) " \"t\" 0 nil {:n 0} {:commit-mode :sync})]"
+                  "  (loop [] (let [v (:n (swap! a update :n inc))] (println v) (flush)) (recur)))")]
+    (dotimes [i kills]
+      (let [child (ts/child-jvm code)
+            reader (BufferedReader. (InputStreamReader. (.getInputStream child)))
+            acked (last-acknowledged reader (inc (.nextInt rnd 200)))]
+        (.destroyForcibly child) ; SIGKILL
+        (.waitFor child 1 TimeUnit/MINUTES)
+        (is (some? acked) "the child acknowledged commits before the kill")
+        (let [stored (:n @(d/sqlite-atom (spec path) "t" 0 nil nil {:commit-mode :sync}))]
+          (is (and (some? stored) (>= stored acked))
+              (str "kill " i ": stored " stored ", last acknowledged " acked)))))
+    (is (= "ok" (python-query path "PRAGMA integrity_check")))))
