@@ -265,7 +265,7 @@
   [loc]
   (case (:backend loc)
     :file (conj (dir-faults (:path loc)) [20 300] [5 150])
-    :pg (conj (pg-faults) [300 1500] [100 700])))
+    :pg (conj (pg-faults) [1000 2000] [100 700])))
 
 (defn start-faults
   "Starts injecting faults for `loc`; returns a fn that stops them, mends, and
@@ -547,59 +547,109 @@
 
 ;; ------------------------------------------------------- shared: 3 processes
 
+(defn- open-retrying
+  "Opens the shared duratom at `loc`, retrying while the server is down."
+  [loc lock]
+  (loop [tries 0]
+    (let [r (try (open loc lock nil (rw-for :shared))
+                 (catch Throwable x (if (< tries 100) ::retry (throw x))))]
+      (if (= ::retry r) (do (Thread/sleep 200) (recur (inc tries))) r))))
+
 (defn child-main
-  "Run in each child JVM of `run-shared`: opens the shared duratom, says
-  `ready`, waits for `start`, runs its threads, says `ran`, waits for `go`
-  (the faults are over), refresh!es and writes its history, watches and final
-  state as EDN to `:out`, says `done`."
+  "Run in each child JVM of `run-shared`, once per run in `:runs` (each
+  {:loc :seed :out}): opens the shared duratom, says `ready`, waits for
+  `start`, runs its threads, says `ran`, waits for `go` (the faults are
+  over), refresh!es and writes its history, watches and final state as EDN to
+  the run's `:out`, says `done`."
   [opts-edn]
-  (let [{:keys [loc p seed secs threads max-ops out] :as opts} (edn/read-string opts-edn)
-        lock (ReentrantLock.)
-        dura (loop [tries 0]
-               ;; the server may be down when a child opens (a fault)
-               (let [r (try (open loc lock nil (rw-for :shared)) (catch Throwable x (if (< tries 100) ::retry (throw x))))]
-                 (if (= ::retry r) (do (Thread/sleep 200) (recur (inc tries))) r)))
-        q (ConcurrentLinkedQueue.)
-        _ (add-watch dura :history (watch-recorder q))
-        start (:last @dura)
+  (let [{:keys [runs p secs threads max-ops] :as opts} (edn/read-string opts-edn)
         say (fn [s] (println s) (flush))]
-    (say "ready")
-    (read-line)
-    (let [r (run-threads dura lock opts p threads secs seed max-ops 0)]
-      (say "ran")
-      (read-line)
-      (let [refreshed (refresh-until-read dura 60)]
-        (spit out (pr-str {:history (:history r) :hung (:hung r) :interrupts (:interrupts r)
-                           :watches (vec q) :start start
-                           :final (:value refreshed)
-                           :refresh-error (some-> (:error refreshed) exception-summary)}))
-        (say "done")))))
+    (doseq [{:keys [loc seed out]} runs]
+      (let [lock (ReentrantLock.)
+            dura (open-retrying loc lock)
+            q (ConcurrentLinkedQueue.)
+            _ (add-watch dura :history (watch-recorder q))
+            start (:last @dura)]
+        (say "ready")
+        (read-line)
+        (let [r (run-threads dura lock opts p threads secs (+ seed p) max-ops 0)]
+          (say "ran")
+          (read-line)
+          (let [refreshed (refresh-until-read dura 60)]
+            (spit out (pr-str {:history (:history r) :hung (:hung r) :interrupts (:interrupts r)
+                               :watches (vec q) :start start
+                               :final (:value refreshed)
+                               :refresh-error (some-> (:error refreshed) exception-summary)}))
+            (say "done")))))))
 
 (defn- read-line-within
   "The next line of `r`, or :timeout after `secs`."
   [^java.io.BufferedReader r secs]
   (deref (future (.readLine r)) (long (* 1000 secs)) :timeout))
 
+(defn- check-shared-run
+  "Checks the results of the children of one shared run against `stored`."
+  [results stored]
+  (let [sv (:value stored)
+        history (vec (mapcat :history results))]
+    (vec (concat
+          (when (:error stored)
+            [{:check "a reopen reads storage" :error (exception-summary (:error stored))}])
+          (check-driver history)
+          (check-ids history sv "storage")
+          (mapcat (fn [{:keys [history watches start final refresh-error hung]}]
+                    (let [p (:p (first history))
+                          {cv :violations pos :pos} (check-chain watches start p)]
+                      (concat
+                       (when (seq hung) [{:check "no operation hangs" :hung hung}])
+                       (when refresh-error [{:check "a final refresh! reads storage" :p p :error refresh-error}])
+                       (when (not= final sv)
+                         [{:check "storage equals each process's memory after a final refresh!"
+                           :p p :stored (summary sv) :memory (summary final)}])
+                       (check-ids history final (str "the memory of process " p))
+                       cv
+                       (check-order history pos))))
+                  results)))))
+
+(defn- destroy-checks
+  "Destroys `parent`: afterwards a mutation throws IllegalStateException,
+  deref keeps the last value and a reopen of `loc` finds nothing."
+  [parent loc]
+  (let [last-value @parent
+        _ (d/destroy parent)
+        after (try (swap! parent tagged :swap 0 0 0) :returned
+                   (catch IllegalStateException _ :threw))
+        gone (reopen-read loc 30)]
+    (cond-> []
+      (not= :threw after) (conj {:check "a mutation after destroy throws IllegalStateException"})
+      (not= last-value @parent) (conj {:check "deref after destroy gives the last value"})
+      (some? (:value gone)) (conj {:check "destroy removed what was stored"}))))
+
 (defn run-shared
-  "One run of the checker with 3 child JVMs on one shared duratom at `loc`:
-  each runs `threads` threads of random operations (and interrupts its own
-  threads) for `secs` while this process injects storage faults. Then every
-  child refresh!es; a reopen reads storage and each child's history, watch
-  sequence and final state are checked against it."
-  [{:keys [loc seed secs threads faults] :as opts}]
-  (let [t0 (System/nanoTime)
-        parent (open loc (ReentrantLock.) init-value (rw-for :shared))
-        dir (ts/temp-dir)
+  "Runs the checker with 3 child JVMs on one shared duratom, once per seed
+  (the same children serve every run, so JVMs start once): each child runs
+  `threads` threads of random operations (and interrupts its own threads) for
+  `secs` while this process injects storage faults. Then every child
+  refresh!es; a reopen reads storage and each child's history, watch sequence
+  and final state are checked against it. `new-loc`: (fn []) a fresh
+  location. Returns one report per seed."
+  [{:keys [new-loc seeds secs threads faults] :as opts}]
+  (let [dir (ts/temp-dir)
         max-ops (max-ops-per-thread secs)
+        runs (vec (for [[i seed] (map-indexed vector seeds)]
+                    (let [loc (new-loc)]
+                      {:loc loc :seed seed
+                       :parent (open loc (ReentrantLock.) init-value (rw-for :shared))})))
         children (vec (for [p (range 1 4)]
-                        (let [out (str (io/file dir (str "child-" p ".edn")))
-                              child-opts (assoc (select-keys opts [:faults :without]) :mode :shared
-                                                :loc loc :p p :seed (+ seed p) :secs secs
-                                                :threads threads :max-ops max-ops :out out)
+                        (let [child-opts (assoc (select-keys opts [:faults :without]) :mode :shared
+                                                :p p :secs secs :threads threads :max-ops max-ops
+                                                :runs (vec (for [[i {:keys [loc seed]}] (map-indexed vector runs)]
+                                                             {:loc loc :seed seed
+                                                              :out (str (io/file dir (str "run-" i "-child-" p ".edn")))})))
                               proc (ts/child-jvm (str "(require 'duratom.history)"
                                                       "(duratom.history/child-main " (pr-str (pr-str child-opts)) ")"
                                                       "(shutdown-agents)"))]
-                          {:p p :out out :proc proc
+                          {:p p :proc proc :runs (:runs child-opts)
                            :reader (java.io.BufferedReader. (java.io.InputStreamReader. (.getInputStream ^Process proc)))})))
         tell! (fn [s] (doseq [{:keys [^Process proc]} children]
                         (doto (.getOutputStream proc) (.write (.getBytes (str s "\n"))) (.flush))))
@@ -607,60 +657,42 @@
                  (vec (for [{:keys [p reader]} children
                             :let [line (read-line-within reader secs)]
                             :when (not= word line)]
-                        {:check (str "child " p " says " word) :got line})))
-        kill! (fn [] (doseq [{:keys [^Process proc]} children] (.destroyForcibly proc)))]
+                        {:check (str "child " p " says " word) :got line})))]
     (try
-      (let [not-ready (await! "ready" 300)]
-        (if (seq not-ready)
-          {:violations not-ready}
-          (let [_ (tell! "start")
-                [not-ran fault-count] (let [stop-faults (start-faults loc faults seed)
-                                            r (try (await! "ran" (+ secs 180))
-                                                   (catch Throwable x (stop-faults) (throw x)))]
-                                        [r (stop-faults)])]
-            (if (seq not-ran)
-              {:violations not-ran :faults fault-count}
-              (let [_ (tell! "go")
-                    not-done (await! "done" 120)
-                    results (mapv #(edn/read-string (slurp (:out %))) (remove (fn [c] (some #(= (str "child " (:p c) " says done") (:check %)) not-done)) children))
-                    stored (reopen-read loc 60)
-                    sv (:value stored)
-                    history (vec (mapcat :history results))
-                    violations
-                    (vec (concat
-                          not-done
-                          (when (:error stored)
-                            [{:check "a reopen reads storage" :error (exception-summary (:error stored))}])
-                          (check-driver history)
-                          (check-ids history sv "storage")
-                          (mapcat (fn [{:keys [history watches start final refresh-error hung]}]
-                                    (let [p (:p (first history))
-                                          {cv :violations pos :pos} (check-chain watches start p)]
-                                      (concat
-                                       (when (seq hung) [{:check "no operation hangs" :hung hung}])
-                                       (when refresh-error [{:check "a final refresh! reads storage" :p p :error refresh-error}])
-                                       (when (not= final sv)
-                                         [{:check "storage equals each process's memory after a final refresh!"
-                                           :p p :stored (summary sv) :memory (summary final)}])
-                                       (check-ids history final (str "the memory of process " p))
-                                       cv
-                                       (check-order history pos))))
-                                  results)))]
-                ;; destroy: afterwards every mutation throws and deref keeps the last value
-                (let [last-value @parent
-                      _ (d/destroy parent)
-                      after (try (swap! parent tagged :swap 0 0 0) :returned
-                                 (catch IllegalStateException _ :threw))
-                      gone (reopen-read loc 30)]
-                  {:violations (cond-> violations
-                                 (not= :threw after) (conj {:check "a mutation after destroy throws IllegalStateException"})
-                                 (not= last-value @parent) (conj {:check "deref after destroy gives the last value"})
-                                 (some? (:value gone)) (conj {:check "destroy removed what was stored"}))
-                   :ops (count history)
-                   :tally (tally history)
-                   :errors (errors history)
-                   :watches (reduce + (map (comp count :watches) results))
-                   :faults fault-count
-                   :interrupts (reduce + (map :interrupts results))
-                   :secs (/ (- (System/nanoTime) t0) 1e9)}))))))
-      (finally (kill!)))))
+      (loop [i 0 reports [] broken nil]
+        (if (or (= i (count runs)) broken)
+          reports
+          (let [{:keys [loc seed parent]} (nth runs i)
+                t0 (System/nanoTime)
+                not-ready (await! "ready" 300)
+                _ (tell! "start")
+                [not-ran fault-count] (if (seq not-ready)
+                                        [nil 0]
+                                        (let [stop-faults (start-faults loc faults seed)
+                                              r (try (await! "ran" (+ secs 180))
+                                                     (catch Throwable x (stop-faults) (throw x)))]
+                                          [r (stop-faults)]))
+                _ (tell! "go")
+                not-done (when-not (or (seq not-ready) (seq not-ran)) (await! "done" 120))
+                failed-handshake (concat not-ready not-ran not-done)
+                results (when (empty? failed-handshake)
+                          (mapv #(edn/read-string (slurp (:out (nth (:runs %) i)))) children))
+                history (vec (mapcat :history results))
+                violations (if (seq failed-handshake)
+                             (vec failed-handshake)
+                             (into (check-shared-run results (reopen-read loc 60))
+                                   (destroy-checks parent loc)))]
+            (recur (inc i)
+                   (conj reports {:seed seed
+                                  :violations violations
+                                  :ops (count history)
+                                  :tally (tally history)
+                                  :errors (errors history)
+                                  :watches (reduce + (map (comp count :watches) results))
+                                  :faults fault-count
+                                  :interrupts (reduce + (map :interrupts results))
+                                  :secs (/ (- (System/nanoTime) t0) 1e9)})
+                   (seq failed-handshake)))))
+      (finally
+        (doseq [{:keys [^Process proc]} children]
+          (when-not (.waitFor proc 30 TimeUnit/SECONDS) (.destroyForcibly proc)))))))

@@ -38,6 +38,21 @@
         (is (zero? (count (:violations report)))
             (str "history " name ": the engine's promises hold (replay with DURATOM_HISTORY_SEED=" seed ")"))))))
 
+(defn- run-shared-seeds
+  "As run-seeds, for h/run-shared, which runs every seed with one set of
+  child JVMs."
+  [name fixed-seed opts new-loc]
+  (let [{:keys [secs threads] :as env} (h/settings)
+        opts (merge {:without #{}} opts (into {} (filter (comp some? val) (select-keys env [:faults :without]))))
+        t0 (System/nanoTime)
+        reports (h/run-shared (assoc opts :seeds (h/seeds fixed-seed) :secs secs :threads threads :new-loc new-loc))]
+    (println (format "history %s: %.1f s in all, child JVM start included" name (/ (- (System/nanoTime) t0) 1e9)))
+    (is (seq reports) (str "history " name ": a run happened"))
+    (doseq [{:keys [seed] :as report} reports]
+      (report! name seed report)
+      (is (zero? (count (:violations report)))
+          (str "history " name ": the engine's promises hold (replay with DURATOM_HISTORY_SEED=" seed ")")))))
+
 (defn- file-loc [] {:backend :file :path (str (io/file (ts/temp-dir) "state.edn"))})
 
 ;; What is left out below waits for engine fixes that the checker showed are
@@ -63,8 +78,7 @@
              #(h/run-local (assoc % :loc (file-loc) :mode :async))))
 
 (deftest history-file-shared
-  (run-seeds "file shared (3 processes)" 1403 {:faults #{:interrupts}}
-             #(h/run-shared (assoc % :loc (file-loc)))))
+  (run-shared-seeds "file shared (3 processes)" 1403 {:faults #{:interrupts}} file-loc))
 
 (defn- pg-loc []
   {:backend :pg :db-spec (pg/db-spec) :table (str/replace (ts/unique-name "history") "-" "_")})
@@ -78,5 +92,4 @@
              #(h/run-local (assoc % :loc (pg-loc) :mode :async))))
 
 (deftest history-postgres-shared
-  (run-seeds "postgres shared (3 processes)" 1413 {:faults #{:storage :interrupts}}
-             #(h/run-shared (assoc % :loc (pg-loc)))))
+  (run-shared-seeds "postgres shared (3 processes)" 1413 {:faults #{:storage :interrupts}} pg-loc))
