@@ -7,6 +7,8 @@
 //! raw_baselines pg BYTES-FILE MILLIS [MIN-OPS]          UPDATE t SET value = $1 WHERE id = $2, one row,
 //!                                                       on a dedicated table (env DURATOM_TEST_PG_*)
 //! raw_baselines s3 BYTES-FILE MILLIS [MIN-OPS]          PutObject of the bytes (env DURATOM_TEST_S3_*)
+//! raw_baselines sqlite PATH BYTES-FILE MILLIS [MIN-OPS] UPDATE t SET value = ?1 WHERE id = 0 through
+//!                                                       rusqlite, WAL + synchronous=FULL as a duratom's
 //! ```
 //!
 //! Each mode sets up, warms up (a few operations, untimed), then repeats the
@@ -26,7 +28,7 @@ use duratom::file::FileStore;
 use duratom::store::{Expect, Store};
 
 fn usage() -> ! {
-    eprintln!("usage: raw_baselines file PATH BYTES-FILE MILLIS [MIN-OPS] | pg BYTES-FILE MILLIS [MIN-OPS] | s3 BYTES-FILE MILLIS [MIN-OPS]");
+    eprintln!("usage: raw_baselines file|sqlite PATH BYTES-FILE MILLIS [MIN-OPS] | pg BYTES-FILE MILLIS [MIN-OPS] | s3 BYTES-FILE MILLIS [MIN-OPS]");
     exit(2)
 }
 
@@ -71,7 +73,7 @@ fn main() {
     let mode = args.first().map(String::as_str).unwrap_or_else(|| usage());
     let rest = &args[1..];
     let (path, rest) = match mode {
-        "file" => (Some(rest.first().unwrap_or_else(|| usage()).clone()), &rest[1..]),
+        "file" | "sqlite" => (Some(rest.first().unwrap_or_else(|| usage()).clone()), &rest[1..]),
         "pg" | "s3" => (None, rest),
         _ => usage(),
     };
@@ -85,6 +87,7 @@ fn main() {
         "file" => file(&path.unwrap(), &bytes, millis, min_ops),
         "pg" => pg(&bytes, millis, min_ops),
         "s3" => s3(&bytes, millis, min_ops),
+        "sqlite" => sqlite(&path.unwrap(), &bytes, millis, min_ops),
         _ => usage(),
     }
 }
@@ -96,6 +99,31 @@ fn file(path: &str, bytes: &[u8], millis: u64, min_ops: u64) {
     let warmup = if bytes.len() > 1 << 20 { 1 } else { 20 };
     measure("file", bytes.len(), millis, min_ops, warmup, || {
         store.commit(bytes, &Expect::Anything).unwrap_or_else(|e| fail("commit", e));
+    });
+}
+
+/// One prepared single-row UPDATE per operation (autocommit, so one
+/// transaction and one WAL fsync each), on a database set up as a SQLite
+/// duratom's: WAL mode, synchronous=FULL.
+fn sqlite(path: &str, bytes: &[u8], millis: u64, min_ops: u64) {
+    let text = std::str::from_utf8(bytes).unwrap_or_else(|e| fail("the bytes are not UTF-8 text", e));
+    let db = rusqlite::Connection::open(path).unwrap_or_else(|e| fail("opening the database", e));
+    db.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))
+        .unwrap_or_else(|e| fail("WAL mode", e));
+    db.pragma_update(None, "synchronous", "FULL").unwrap_or_else(|e| fail("synchronous=FULL", e));
+    db.execute_batch("CREATE TABLE IF NOT EXISTS raw_bench (id INTEGER, value TEXT); DELETE FROM raw_bench; INSERT INTO raw_bench VALUES (0, '');")
+        .unwrap_or_else(|e| fail("creating the table", e));
+    let mut update = db
+        .prepare("UPDATE raw_bench SET value = ?1 WHERE id = 0")
+        .unwrap_or_else(|e| fail("prepare", e));
+    // SQLite writes nothing for an UPDATE that leaves the row as it was, so
+    // alternate between two texts (the same EDN, one with a trailing space),
+    // as every swap! writes a new value.
+    let texts = [text.to_string(), format!("{text} ")];
+    let mut i = 0usize;
+    measure("sqlite", bytes.len(), millis, min_ops, 20, || {
+        i += 1;
+        update.execute([&texts[i % 2]]).unwrap_or_else(|e| fail("UPDATE", e));
     });
 }
 

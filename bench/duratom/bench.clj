@@ -7,8 +7,9 @@
   Baselines are measured here, side by side and interleaved with the scenario
   runs (round by round), because the machine is noisy:
   - `clojure.core/atom`, in this JVM;
-  - a raw durable replace of the same bytes, a raw single-row UPDATE and a
-    raw PutObject: `target/release/examples/raw_baselines` (the same Rust
+  - a raw durable replace of the same bytes, a raw single-row UPDATE
+    (PostgreSQL, SQLite) and a raw PutObject:
+    `target/release/examples/raw_baselines` (the same Rust
     code and client libraries, no JVM), run as a subprocess that times itself
     and prints one `RAW ...` line.
 
@@ -316,6 +317,20 @@
       (catch Throwable e
         (not-available! [[s ">= 0.8x raw PutObject"]] e)))))
 
+(defn sqlite-rows [^File dir]
+  (let [s "SQLite, sync, 10-key map, 1 thread"]
+    (try
+      (let [bfile (bytes-file dir "small.bytes" (.getBytes (print-edn small-map) StandardCharsets/UTF_8))
+            dura (d/duratom :sqlite-db :db-config {:dbtype "sqlite" :dbname (str (io/file dir "bench.db"))}
+                            :table-name "duratom_bench" :init small-map :rw (sync-rw d/default-sqlite-rw))
+            raw-db (.getPath (io/file dir "raw-bench.db"))
+            results (rounds "sqlite"
+                            [[:raw #(:ops-per-sec (raw! "sqlite" raw-db bfile run-ms))]
+                             [:one #(swap-rate (fn [] (swap! dura bump)) run-ms 1)]])]
+        (at-least-row s (median (:one results)) "raw UPDATE (rusqlite, WAL, FULL)" (median (:raw results)) 0.8))
+      (catch Throwable e
+        (not-available! [[s ">= 0.8x raw UPDATE"]] e)))))
+
 ;; --------------------------------------------------------------- large state
 
 (defn- heap-used []
@@ -488,7 +503,7 @@
               (doto (io/file d) (.mkdirs)))]
     (log "files in" (.getPath dir) "; runs" runs "of" run-ms "ms; JVM"
          (System/getProperty "java.version") (vec (.getInputArguments (ManagementFactory/getRuntimeMXBean))))
-    (doseq [f [file-sync-rows file-async-rows postgres-rows s3-rows large-rows large-memory-row]]
+    (doseq [f [file-sync-rows file-async-rows postgres-rows s3-rows sqlite-rows large-rows large-memory-row]]
       (try (f dir)
            (catch Throwable e
              (log "scenario failed:" e)
