@@ -180,7 +180,18 @@ fn writes_carry_user_metadata_encryption_and_content_type() {
 fn run_child(name: &str, env: &[(&str, &str)]) {
     let home = tempfile::tempdir().unwrap();
     let test = format!("{}::{name}", module_path!().split_once("::").unwrap().1);
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    let exe = std::env::current_exe().unwrap();
+    // Under an emulator without binfmt_misc (the release runs the aarch64
+    // tests as `qemu-aarch64 BINARY`) the kernel cannot execute this binary
+    // itself: DURATOM_TEST_RUNNER names the program that runs it.
+    let mut cmd = match std::env::var_os("DURATOM_TEST_RUNNER").filter(|r| !r.is_empty()) {
+        Some(runner) => {
+            let mut c = Command::new(runner);
+            c.arg(&exe);
+            c
+        }
+        None => Command::new(&exe),
+    };
     cmd.args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"]);
     for (k, _) in std::env::vars() {
         if k.starts_with("AWS_") {
