@@ -56,15 +56,19 @@
   DURATOM_HISTORY_SECS  seconds of operations per seed run (default 15);
   DURATOM_HISTORY_SEED  replay only this seed;
   DURATOM_HISTORY_THREADS  worker threads per process (default 6);
-  DURATOM_HISTORY_FAULTS  all, interrupts, storage or none (default: the test's choice);
+  DURATOM_HISTORY_FAULTS  all, none, or a list of storage, refusal, interrupts
+    (default: the test's choice);
   DURATOM_HISTORY_WITHOUT  operation kinds to leave out, e.g. refresh,reset;
   DURATOM_HISTORY_OPS_PER_SEC  the most operations a thread runs per second (default 100)."
   []
   {:secs (env-long "DURATOM_HISTORY_SECS" 15)
    :threads (env-long "DURATOM_HISTORY_THREADS" 6)
-   ;; which faults to inject (to triage a violation): all, interrupts, storage or none
+   ;; which faults to inject (to triage a violation)
    :faults (when-let [f (not-empty (System/getenv "DURATOM_HISTORY_FAULTS"))]
-             ({"all" #{:storage :interrupts} "interrupts" #{:interrupts} "storage" #{:storage} "none" #{}} f))
+             (if (= f "none")
+               #{}
+               (set (mapcat #(if (= % "all") [:storage :refusal :interrupts] [(keyword %)])
+                            (str/split f #",")))))
    ;; operation kinds to leave out, e.g. "refresh,reset" (to triage a violation)
    :without (when-let [w (System/getenv "DURATOM_HISTORY_WITHOUT")]
               (set (map keyword (remove empty? (str/split w #",")))))
@@ -227,19 +231,6 @@
 
 ;; ----------------------------------------------------------------- faults
 
-(defn fault-loop
-  "Calls (break!) and, after a while, (mend!) again and again until
-  (stop?); always leaves things mended. Returns the count of faults."
-  [^Random rnd break! mend! stop? up-ms down-ms]
-  (loop [n 0]
-    (LockSupport/parkNanos (* 1000000 (+ (first up-ms) (.nextInt rnd (int (second up-ms))))))
-    (if (stop?)
-      n
-      (do (break!)
-          (try (LockSupport/parkNanos (* 1000000 (+ (first down-ms) (.nextInt rnd (int (second down-ms))))))
-               (finally (mend!)))
-          (recur (inc n))))))
-
 (defn- rename! [^File from ^File to]
   (when-not (.renameTo from to)
     (throw (ex-info (str "history: could not move " from " to " to) {}))))
@@ -260,23 +251,54 @@
     [#(ts/sh! "scripts/postgres-server" "stop" dir)
      #(ts/sh! "scripts/postgres-server" "start" dir)]))
 
+(defn- psql!
+  "Runs `sql` on the server of `db-spec` with psql, as its user."
+  [{:keys [host port dbname user password]} sql]
+  (ts/sh! "env" (str "PGPASSWORD=" password) "psql" "-X" "-q" "-v" "ON_ERROR_STOP=1"
+          "-h" (str host) "-p" (str port) "-U" user "-d" dbname "-c" sql))
+
+(defn pg-refusals
+  "Takes the right to write the table away from its user and gives it back:
+  every commit is then refused by the server, with no doubt about its
+  outcome. Returns [break! mend!]."
+  [{:keys [db-spec table]}]
+  (let [t (str "\"" table "\"")]
+    [#(psql! db-spec (str "REVOKE UPDATE, INSERT ON " t " FROM " (:user db-spec)))
+     #(psql! db-spec (str "GRANT UPDATE, INSERT ON " t " TO " (:user db-spec)))]))
+
 (defn faults-for
-  "[break! mend! up-ms down-ms] for the backend of `loc`."
-  [loc]
-  (case (:backend loc)
-    :file (conj (dir-faults (:path loc)) [20 300] [5 150])
-    :pg (conj (pg-faults) [1000 2000] [100 700])))
+  "[break! mend! up-ms down-ms] for fault `kind` (:storage: the directory
+  moved away, the server stopped; :refusal: the table's write privilege
+  revoked) on the backend of `loc`."
+  [loc kind]
+  (case [(:backend loc) kind]
+    [:file :storage] (conj (dir-faults (:path loc)) [20 300] [5 150])
+    [:pg :storage] (conj (pg-faults) [1000 2000] [100 700])
+    [:pg :refusal] (conj (pg-refusals loc) [100 400] [20 200])))
+
+(defn- park-ms [^Random rnd [from spread]]
+  (LockSupport/parkNanos (* 1000000 (+ (long from) (.nextInt rnd (int spread))))))
 
 (defn start-faults
-  "Starts injecting faults for `loc`; returns a fn that stops them, mends, and
-  returns the count."
+  "Starts injecting the storage faults among `faults` (:storage, :refusal)
+  for `loc`, one at a time, each of a kind picked at random, until stopped;
+  returns a fn that stops them, leaves things mended, and returns the count."
   [loc faults ^long seed]
-  (if-not (:storage faults)
-    (constantly 0)
-    (let [[break! mend! up down] (faults-for loc)
-          stop (volatile! false)
-          f (future (fault-loop (Random. (+ seed 17)) break! mend! #(deref stop) up down))]
-      (fn [] (vreset! stop true) @f))))
+  (let [kinds (vec (filter faults [:storage :refusal]))]
+    (if (empty? kinds)
+      (constantly 0)
+      (let [stop (volatile! false)
+            rnd (Random. (+ seed 17))
+            f (future
+                (loop [n 0]
+                  (let [[break! mend! up down] (faults-for loc (nth kinds (.nextInt rnd (count kinds))))]
+                    (park-ms rnd up)
+                    (if @stop
+                      n
+                      (do (break!)
+                          (try (park-ms rnd down) (finally (mend!)))
+                          (recur (inc n)))))))]
+        (fn [] (vreset! stop true) @f)))))
 
 ;; --------------------------------------------------------------- finishing
 
