@@ -287,7 +287,8 @@
   (let [kinds (vec (filter faults [:storage :refusal]))]
     (if (empty? kinds)
       (constantly 0)
-      (let [stop (volatile! false)
+      (let [_ (run! #(faults-for loc %) kinds) ; a missing server setting fails here, saying so
+            stop (volatile! false)
             rnd (Random. (+ seed 17))
             f (future
                 (loop [n 0]
