@@ -1,105 +1,216 @@
 //! The local-file backend.
 //!
-//! A commit is crash-durable: the new state goes to a temp file in the same
-//! directory, which is fsynced, renamed over the target, and then the
-//! directory is fsynced. Whenever the process or machine dies, the target
-//! holds either the previous or the new complete state.
+//! A commit is crash-durable: the new state goes to a temp file in the
+//! directory of the file it replaces, which is fsynced, renamed over that
+//! file, and then the directory is fsynced. Whenever the process or machine
+//! dies, the file holds either the previous or the new complete state.
+//!
+//! The backend owns only what it wrote:
+//! - A symlinked path (or a chain of links) is written through: the bytes go
+//!   to the chain's final target, the temp file sits beside that target (so
+//!   the rename stays atomic) and the link stays a link. The chain is followed
+//!   at every operation, so a link pointed elsewhere is followed there.
+//! - A path (or link target) that is a FIFO, device, socket or directory is
+//!   refused, and never opened: opening a FIFO would block, and replacing a
+//!   device would destroy it.
+//! - Temp files are named `.<name>.<pid>-<store>-<n>-<random>.tmp` and their
+//!   writer holds an `flock` on each while it writes. Clean-up at open
+//!   removes only temp files whose lock it can take: their writer closed them
+//!   or died (the OS releases a dead process's locks). A pid proves nothing,
+//!   since pids are reused.
 //!
 //! EDN files start with one comment line that EDN readers skip:
 //!
 //! ```text
-//! ;duratom/v1 version=7 length=1234 crc32=0a1b2c3d
+//! ;duratom/v2 version=7 length=1234 crc32=0a1b2c3d
 //! {:the "value"}
 //! ```
 //!
-//! `length` and `crc32` cover the bytes after the header line and detect a
-//! damaged file; `version` counts commits and is the store's version token.
-//! Files without the line (written by the original library, or by hand) load
-//! as version 0. With `raw=true` (a custom `:rw` encoding such as nippy) no
+//! `version` counts commits and is the store's version token; `length` is the
+//! body's size. `crc32` covers the header's own `version=.. length=..` text
+//! and then the body, so a damaged count or length is caught as well as a
+//! damaged value. Files without the line (written by the original library,
+//! or by hand) load as version 0. A first line one byte away from the tag,
+//! or a file that is a cut-off piece of the tag, is a damaged header rather
+//! than plain EDN. With `raw=true` (a custom `:rw` encoding such as nippy) no
 //! header is written, since the user's reader expects the file as it wrote it.
 
-use std::fs::{self, File, OpenOptions};
+use std::collections::hash_map::RandomState;
+use std::fs::{self, File, Metadata, OpenOptions, Permissions, TryLockError};
+use std::hash::{BuildHasher, Hasher};
 use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::Config;
 use crate::store::{Expect, Resource, Store, StoreError, Stored, Version};
 
-const HEADER_TAG: &[u8] = b";duratom/v1 ";
+const HEADER_TAG: &[u8] = b";duratom/v2 ";
+/// Longer than any header we write (two u64 numbers and the checksum).
+const HEADER_MAX: usize = 128;
+/// Links followed before giving up, as Linux's own limit.
+const MAX_LINKS: usize = 40;
+
+/// Numbers the stores of this process, for temp-file names.
+static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(1);
 
 pub struct FileStore {
     resource: Resource,
+    /// The path as configured; it may be a symlink.
     path: PathBuf,
-    dir: PathBuf,
     /// No header line: the bytes are a custom encoding, stored as given.
     raw: bool,
     /// The version last loaded or committed by this store.
     version: u64,
-    /// Makes temp-file names unique within this process.
+    /// Unique among this process's stores; part of every temp-file name.
+    store_id: u64,
+    /// Makes temp-file names unique within this store.
     temp_counter: u64,
 }
 
+/// Where the state lives now: the final target of the configured path's
+/// symlink chain (the path itself when it is no link).
+struct Target {
+    file: PathBuf,
+    dir: PathBuf,
+    /// The target's file name, as temp-file names start with it.
+    name: String,
+    /// Permission bits of the file there now, given to its replacement.
+    mode: Option<u32>,
+}
+
 impl FileStore {
-    /// Opens `path` from the config. The parent directory must exist; a
-    /// missing file is created empty (empty means "nothing stored").
+    /// Opens `path` from the config. The (target's) directory must exist; a
+    /// missing file is created empty (empty means "nothing stored"). A path
+    /// that is, or links to, anything but a regular file is an error and is
+    /// left untouched.
     pub fn open(config: &Config) -> Result<FileStore, StoreError> {
         let path = PathBuf::from(config.required("path")?);
         let resource = Resource { backend: "local-file", name: path.display().to_string() };
         let raw = config.flag("raw", false)?;
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
         if path.file_name().is_none() {
             return Err(StoreError::config("local-file", format!("`{}` does not name a file", path.display())));
         }
-        if !dir.is_dir() {
-            let why = format!("parent directory {} does not exist", dir.display());
-            return Err(StoreError::backend(&resource, "opening", why));
+        let store = FileStore {
+            resource,
+            path,
+            raw,
+            version: 0,
+            store_id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
+            temp_counter: 0,
+        };
+        let target = store.target("opening")?;
+        if !target.dir.is_dir() {
+            let why = format!("{} directory {} does not exist", store.whose(&target, "parent"), target.dir.display());
+            return Err(StoreError::backend(&store.resource, "opening", why));
         }
-        if path.is_dir() {
-            return Err(StoreError::backend(&resource, "opening", "the path is a directory, not a file"));
-        }
-        OpenOptions::new()
+        // O_NOFOLLOW and O_NONBLOCK: were the target swapped for a link or a
+        // FIFO since it was examined, this fails instead of following or blocking.
+        let file = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&path)
-            .map_err(|e| StoreError::io(&resource, "creating the file", e))?;
-        let store = FileStore { resource, path, dir, raw, version: 0, temp_counter: 0 };
-        store.remove_stale_temp_files();
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&target.file)
+            .map_err(|e| StoreError::io(&store.resource, "creating the file", e))?;
+        let meta = file.metadata().map_err(|e| StoreError::io(&store.resource, "examining the file", e))?;
+        store.refuse_unless_regular(&target.file, &meta, "opening")?;
+        remove_dead_writers_temp_files(&target);
         Ok(store)
     }
 
-    /// Removes temp files that a process killed mid-commit left behind
-    /// (`.<name>.<pid>-<n>.tmp` whose pid is no longer running). A live
-    /// process's temp file may be a commit in flight, so it is left alone.
-    fn remove_stale_temp_files(&self) {
-        let name = self.path.file_name().expect("checked at open").to_string_lossy().into_owned();
-        let prefix = format!(".{name}.");
-        let Ok(entries) = fs::read_dir(&self.dir) else { return };
-        for entry in entries.flatten() {
-            let file_name = entry.file_name().to_string_lossy().into_owned();
-            let Some(middle) = file_name.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".tmp")) else {
-                continue;
-            };
-            let Some(pid) = middle.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
-            // kill(pid, 0) probes without sending: ESRCH means no such process.
-            let gone = unsafe { libc::kill(pid, 0) } == -1
-                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-            if gone {
-                let _ = fs::remove_file(entry.path()); // best effort: it is garbage either way
-            }
+    /// "the" or "the symlink's target's", for messages about `target`.
+    fn whose(&self, target: &Target, what: &str) -> String {
+        if target.file == self.path {
+            format!("the {what}")
+        } else {
+            format!("the symlink's target {}: its {what}", target.file.display())
         }
     }
 
-    /// The version stored on disk now, reading only the header line.
-    fn stored_version(&self) -> Result<Option<u64>, StoreError> {
-        let mut file = match File::open(&self.path) {
+    /// Follows the configured path's symlink chain to its end, and checks that
+    /// what is there (if anything) is a regular file. Reads only metadata.
+    fn target(&self, op: &str) -> Result<Target, StoreError> {
+        let r = &self.resource;
+        let mut file = self.path.clone();
+        let mut links = 0;
+        let meta = loop {
+            match fs::symlink_metadata(&file) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    links += 1;
+                    if links > MAX_LINKS {
+                        let why = format!("more than {MAX_LINKS} symlinks in a row from {} (a loop?)", self.path.display());
+                        return Err(StoreError::backend(r, op, why));
+                    }
+                    let to = fs::read_link(&file)
+                        .map_err(|e| StoreError::io(r, format!("reading the symlink {}", file.display()), e))?;
+                    // A relative link is relative to the directory holding the link.
+                    file = match file.parent() {
+                        Some(dir) if to.is_relative() => dir.join(to),
+                        _ => to,
+                    };
+                }
+                Ok(m) => break Some(m),
+                Err(e) if e.kind() == ErrorKind::NotFound => break None,
+                Err(e) => return Err(StoreError::io(r, format!("examining {}", file.display()), e)),
+            }
+        };
+        if let Some(m) = &meta {
+            self.refuse_unless_regular(&file, m, op)?;
+        }
+        let Some(name) = file.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            let why = format!("the symlink's target {} does not name a file", file.display());
+            return Err(StoreError::backend(r, op, why));
+        };
+        let dir = match file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        Ok(Target { mode: meta.map(|m| m.permissions().mode() & 0o777), file, dir, name })
+    }
+
+    fn refuse_unless_regular(&self, file: &Path, meta: &Metadata, op: &str) -> Result<(), StoreError> {
+        let t = meta.file_type();
+        let what = if t.is_file() {
+            return Ok(());
+        } else if t.is_dir() {
+            "a directory"
+        } else if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_char_device() {
+            "a character device"
+        } else if t.is_block_device() {
+            "a block device"
+        } else if t.is_socket() {
+            "a socket"
+        } else {
+            "a special file"
+        };
+        let whose = if file == self.path { "the path".to_string() } else { format!("the symlink's target {}", file.display()) };
+        let why = format!("{whose} is {what}, not a regular file; duratom stores only in regular files and left it untouched");
+        Err(StoreError::backend(&self.resource, op, why))
+    }
+
+    /// The target opened for reading, or `None` when there is no file.
+    fn open_for_reading(&self, target: &Target, op: &str) -> Result<Option<File>, StoreError> {
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK) // see `open`
+            .open(&target.file)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StoreError::io(&self.resource, "reading the header", e)),
+            Err(e) => return Err(StoreError::io(&self.resource, op, e)),
         };
-        let mut head = [0u8; 128];
+        let meta = file.metadata().map_err(|e| StoreError::io(&self.resource, op, e))?;
+        self.refuse_unless_regular(&target.file, &meta, op)?;
+        Ok(Some(file))
+    }
+
+    /// The version stored on disk now, reading only the header line.
+    fn stored_version(&self, target: &Target) -> Result<Option<u64>, StoreError> {
+        let Some(mut file) = self.open_for_reading(target, "reading the header")? else { return Ok(None) };
+        let mut head = [0u8; HEADER_MAX];
         let mut n = 0;
         while n < head.len() {
             match file.read(&mut head[n..]) {
@@ -109,115 +220,190 @@ impl FileStore {
                 Err(e) => return Err(StoreError::io(&self.resource, "reading the header", e)),
             }
         }
-        if n == 0 {
+        let head = &head[..n];
+        if head.is_empty() {
             return Ok(None);
         }
-        match parse_header(&head[..n]) {
-            Some(h) => Ok(Some(h.version)),
-            None if self.raw || !head.starts_with(HEADER_TAG) => Ok(Some(0)),
-            None => Err(StoreError::Corrupt { resource: self.resource.clone(), detail: "unreadable header line".into() }),
+        if self.raw {
+            return Ok(Some(0));
+        }
+        match lead_of(head) {
+            Lead::Plain => Ok(Some(0)),
+            Lead::Damaged => Err(self.corrupt(DAMAGED_HEADER)),
+            Lead::Header => parse_header(head).map(|h| Some(h.version)).ok_or_else(|| self.corrupt(DAMAGED_HEADER)),
         }
     }
 
-    fn write_durably(&mut self, bytes: &[u8], version: u64) -> Result<(), StoreError> {
-        self.temp_counter += 1;
-        let name = self.path.file_name().expect("checked at open").to_string_lossy();
-        let temp = self.dir.join(format!(".{name}.{}-{}.tmp", std::process::id(), self.temp_counter));
-        let result = self.write_temp_and_rename(&temp, bytes, version);
+    fn corrupt(&self, detail: impl Into<String>) -> StoreError {
+        StoreError::Corrupt { resource: self.resource.clone(), detail: detail.into() }
+    }
+
+    fn write_durably(&mut self, target: &Target, bytes: &[u8], version: u64) -> Result<(), StoreError> {
+        let (file, temp) = self.create_temp(target)?;
+        let result = self.fill_and_rename(file, &temp, target, bytes, version);
         if result.is_err() {
             let _ = fs::remove_file(&temp); // best effort: the error says what went wrong
         }
         result
     }
 
-    fn write_temp_and_rename(&self, temp: &Path, bytes: &[u8], version: u64) -> Result<(), StoreError> {
+    /// A new temp file beside the target, created and locked by this store.
+    fn create_temp(&mut self, target: &Target) -> Result<(File, PathBuf), StoreError> {
         let r = &self.resource;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(temp)
-            .map_err(|e| StoreError::io(r, format!("creating temp file {}", temp.display()), e))?;
-        if !self.raw {
-            let header = format!(
-                ";duratom/v1 version={version} length={} crc32={:08x}\n",
-                bytes.len(),
-                crc32fast::hash(bytes)
+        let mode = target.mode.unwrap_or(0o666);
+        for _ in 0..16 {
+            self.temp_counter += 1;
+            let name = format!(
+                ".{}.{}-{}-{}-{:016x}.tmp",
+                target.name,
+                std::process::id(),
+                self.store_id,
+                self.temp_counter,
+                random_u64()
             );
-            file.write_all(header.as_bytes()).map_err(|e| StoreError::io(r, "writing temp file", e))?;
+            let temp = target.dir.join(name);
+            // Created with the target's permission bits (less the umask), so a
+            // private file never exists with wider ones, then given exactly them.
+            let file = match OpenOptions::new().write(true).create_new(true).mode(mode).open(&temp) {
+                Ok(f) => f,
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(StoreError::io(r, format!("creating temp file {}", temp.display()), e)),
+            };
+            // Held until after the rename: clean-up removes only unlocked temp files.
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => continue, // a clean-up took it first and removes it
+                Err(TryLockError::Error(e)) => {
+                    let _ = fs::remove_file(&temp);
+                    return Err(StoreError::io(r, format!("locking temp file {}", temp.display()), e));
+                }
+            }
+            // A clean-up may have locked, removed and released it before we locked it.
+            if !names_file(&temp, &file) {
+                continue;
+            }
+            if target.mode.is_some() {
+                file.set_permissions(Permissions::from_mode(mode))
+                    .map_err(|e| StoreError::io(r, format!("setting permissions of temp file {}", temp.display()), e))?;
+            }
+            return Ok((file, temp));
+        }
+        let why = format!("could not create a temp file of its own in {}", target.dir.display());
+        Err(StoreError::backend(r, "writing", why))
+    }
+
+    fn fill_and_rename(&self, mut file: File, temp: &Path, target: &Target, bytes: &[u8], version: u64) -> Result<(), StoreError> {
+        let r = &self.resource;
+        if !self.raw {
+            file.write_all(&header(version, bytes)).map_err(|e| StoreError::io(r, "writing temp file", e))?;
         }
         file.write_all(bytes).map_err(|e| StoreError::io(r, "writing temp file", e))?;
         file.sync_data().map_err(|e| StoreError::io(r, "fsync of temp file", e))?;
-        drop(file);
-        fs::rename(temp, &self.path).map_err(|e| StoreError::io(r, "renaming temp file over the target", e))?;
-        File::open(&self.dir)
+        fs::rename(temp, &target.file).map_err(|e| StoreError::io(r, "renaming temp file over the target", e))?;
+        drop(file); // releases the temp file's lock, now that the name is gone
+        File::open(&target.dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| StoreError::io(r, format!("fsync of directory {}", self.dir.display()), e))
+            .map_err(|e| StoreError::io(r, format!("fsync of directory {}", target.dir.display()), e))
     }
 
-    /// Takes the cross-process lock on `<path>.lock`; the OS drops it if the
+    /// Takes the cross-process lock on `<target>.lock`; the OS drops it if the
     /// holder dies, so a crashed process never blocks the others.
-    fn lock_file(&self) -> Result<File, StoreError> {
-        let mut lock_path = self.path.clone().into_os_string();
-        lock_path.push(".lock");
+    fn lock_file(&self, target: &Target) -> Result<File, StoreError> {
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&lock_path)
+            .open(lock_path(target))
             .map_err(|e| StoreError::io(&self.resource, "opening the lock file", e))?;
         file.lock().map_err(|e| StoreError::io(&self.resource, "taking the lock file", e))?;
         Ok(file)
     }
 }
 
+fn lock_path(target: &Target) -> PathBuf {
+    let mut path = target.file.clone().into_os_string();
+    path.push(".lock");
+    PathBuf::from(path)
+}
+
+/// Whether `path` still names the file `file` is open on.
+fn names_file(path: &Path, file: &File) -> bool {
+    match (fs::symlink_metadata(path), file.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Not cryptographic; with the pid and store id it keeps temp names apart
+/// across processes that reuse a crashed process's pid.
+fn random_u64() -> u64 {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.finish()
+}
+
+/// Removes the target's temp files whose writer is provably gone: those
+/// whose flock can be taken. A live writer holds its lock from just after
+/// creating the file until after renaming it; one that finds its fresh file
+/// locked or removed by this clean-up starts over with a new name.
+fn remove_dead_writers_temp_files(target: &Target) {
+    let prefix = format!(".{}.", target.name);
+    let Ok(entries) = fs::read_dir(&target.dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(middle) = name.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".tmp")) else { continue };
+        if middle.is_empty() || !middle.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            continue; // not a name we give
+        }
+        let path = entry.path();
+        // Write access: flock over NFS is emulated with locks that need it.
+        let Ok(file) = OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&path) else {
+            continue;
+        };
+        if !file.metadata().is_ok_and(|m| m.is_file()) || file.try_lock().is_err() {
+            continue; // not ours, or its writer is alive
+        }
+        // It may have been renamed over the target while we opened it.
+        if names_file(&path, &file) {
+            let _ = fs::remove_file(&path); // best effort: it is garbage either way
+        }
+    }
+}
+
 impl Store for FileStore {
     fn load(&mut self) -> Result<Option<Stored>, StoreError> {
-        let bytes = match fs::read(&self.path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StoreError::io(&self.resource, "reading", e)),
-        };
-        if bytes.is_empty() {
-            self.version = 0;
-            return Ok(None);
-        }
-        let (version, body) = if self.raw || !bytes.starts_with(HEADER_TAG) {
-            (0, bytes)
+        let target = self.target("reading")?;
+        let Some(mut file) = self.open_for_reading(&target, "reading")? else { return Ok(None) };
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(|e| StoreError::io(&self.resource, "reading", e))?;
+        let decoded = if self.raw {
+            Ok((!bytes.is_empty()).then_some((0, bytes)))
         } else {
-            let header = parse_header(&bytes).ok_or_else(|| StoreError::Corrupt {
-                resource: self.resource.clone(),
-                detail: "unreadable header line".into(),
-            })?;
-            let body = &bytes[header.body_start..];
-            if body.len() != header.length {
-                return Err(StoreError::Corrupt {
-                    resource: self.resource.clone(),
-                    detail: format!("header says {} bytes, file holds {}", header.length, body.len()),
-                });
-            }
-            let crc = crc32fast::hash(body);
-            if crc != header.crc32 {
-                return Err(StoreError::Corrupt {
-                    resource: self.resource.clone(),
-                    detail: format!("checksum {crc:08x} does not match the header's {:08x}", header.crc32),
-                });
-            }
-            (header.version, body.to_vec())
+            decode(bytes)
         };
-        self.version = version;
-        Ok(Some(Stored { bytes: body, version: Version(version.to_string()) }))
+        match decoded.map_err(|detail| self.corrupt(detail))? {
+            None => {
+                self.version = 0;
+                Ok(None)
+            }
+            Some((version, body)) => {
+                self.version = version;
+                Ok(Some(Stored { bytes: body, version: Version(version.to_string()) }))
+            }
+        }
     }
 
     fn commit(&mut self, bytes: &[u8], expect: &Expect) -> Result<Version, StoreError> {
+        let target = self.target("writing")?;
         let next = match expect {
             Expect::Anything => {
                 let next = self.version + 1;
-                self.write_durably(bytes, next)?;
+                self.write_durably(&target, bytes, next)?;
                 next
             }
             Expect::Nothing | Expect::Version(_) => {
-                let _lock = self.lock_file()?; // released when dropped, also on error
-                let stored = self.stored_version()?;
+                let _lock = self.lock_file(&target)?; // released when dropped, also on error
+                let stored = self.stored_version(&target)?;
                 let holds = match (expect, stored) {
                     (Expect::Nothing, None) => true,
                     (Expect::Version(v), Some(s)) => v.0 == s.to_string(),
@@ -227,7 +413,7 @@ impl Store for FileStore {
                     return Err(StoreError::Conflict { resource: self.resource.clone() });
                 }
                 let next = stored.unwrap_or(0) + 1;
-                self.write_durably(bytes, next)?;
+                self.write_durably(&target, bytes, next)?;
                 next
             }
         };
@@ -235,17 +421,18 @@ impl Store for FileStore {
         Ok(Version(next.to_string()))
     }
 
+    /// Removes the file the path leads to (a symlink stays, dangling: the
+    /// next store there writes through it again) and the lock file beside it.
     fn delete(&mut self) -> Result<(), StoreError> {
-        match fs::remove_file(&self.path) {
+        let target = self.target("deleting")?;
+        match fs::remove_file(&target.file) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(StoreError::io(&self.resource, "deleting", e)),
         }
-        let mut lock_path = self.path.clone().into_os_string();
-        lock_path.push(".lock");
-        let _ = fs::remove_file(lock_path); // only exists after a conditional commit
+        let _ = fs::remove_file(lock_path(&target)); // only exists after a conditional commit
         self.version = 0;
-        File::open(&self.dir)
+        File::open(&target.dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| StoreError::io(&self.resource, "fsync of directory after delete", e))
     }
@@ -255,40 +442,147 @@ impl Store for FileStore {
     }
 }
 
+const DAMAGED_HEADER: &str =
+    "the first line is a damaged duratom header (expected `;duratom/v2 version=N length=N crc32=HEX`)";
+
+/// How a file's first bytes read.
+#[derive(Debug, PartialEq)]
+enum Lead {
+    /// Our header tag.
+    Header,
+    /// No header: plain EDN (the original library's, or hand-written).
+    Plain,
+    /// Our tag with one byte changed, or a file cut off inside the tag.
+    Damaged,
+}
+
+fn lead_of(bytes: &[u8]) -> Lead {
+    if bytes.len() < HEADER_TAG.len() {
+        return if HEADER_TAG.starts_with(bytes) { Lead::Damaged } else { Lead::Plain };
+    }
+    let lead = &bytes[..HEADER_TAG.len()];
+    match lead.iter().zip(HEADER_TAG).filter(|(a, b)| a != b).count() {
+        0 => Lead::Header,
+        1 => Lead::Damaged,
+        _ => Lead::Plain,
+    }
+}
+
+/// The header line for `body` stored as `version`.
+fn header(version: u64, body: &[u8]) -> Vec<u8> {
+    let numbers = format!("version={version} length={}", body.len());
+    let crc = checksum(numbers.as_bytes(), body);
+    let mut line = HEADER_TAG.to_vec();
+    line.extend_from_slice(format!("{numbers} crc32={crc:08x}\n").as_bytes());
+    line
+}
+
+/// CRC-32 of the header's numbers text and the body: any one damaged byte in
+/// either changes it.
+fn checksum(numbers: &[u8], body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(numbers);
+    h.update(body);
+    h.finalize()
+}
+
+/// What a file's bytes hold: `None` when empty, else the version and body.
+/// The error says how the bytes are damaged.
+fn decode(mut bytes: Vec<u8>) -> Result<Option<(u64, Vec<u8>)>, String> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    match lead_of(&bytes) {
+        Lead::Plain => return Ok(Some((0, bytes))),
+        Lead::Damaged => return Err(DAMAGED_HEADER.into()),
+        Lead::Header => {}
+    }
+    let h = parse_header(&bytes).ok_or(DAMAGED_HEADER)?;
+    let body = &bytes[h.body_start..];
+    if body.len() as u64 != h.length {
+        return Err(format!("header says {} bytes, file holds {}", h.length, body.len()));
+    }
+    let crc = checksum(&bytes[h.numbers.clone()], body);
+    if crc != h.crc32 {
+        return Err(format!("checksum {crc:08x} does not match the header's {:08x}", h.crc32));
+    }
+    bytes.drain(..h.body_start);
+    Ok(Some((h.version, bytes)))
+}
+
 struct Header {
     version: u64,
-    length: usize,
+    length: u64,
     crc32: u32,
+    /// Where the `version=.. length=..` text lies in the file.
+    numbers: std::ops::Range<usize>,
     body_start: usize,
 }
 
-/// Parses `;duratom/v1 version=N length=N crc32=HEX\n`; `None` if malformed.
+/// Parses `;duratom/v2 version=N length=N crc32=HEX\n` exactly as `header`
+/// writes it (decimal digits, eight lower-case hex digits, single spaces);
+/// `None` when it is anything else.
 fn parse_header(bytes: &[u8]) -> Option<Header> {
-    let end = bytes.iter().position(|&b| b == b'\n')?;
-    let line = std::str::from_utf8(&bytes[HEADER_TAG.len().min(end)..end]).ok()?;
     if !bytes.starts_with(HEADER_TAG) {
         return None;
     }
-    let (mut version, mut length, mut crc32) = (None, None, None);
-    for field in line.split_ascii_whitespace() {
-        let (k, v) = field.split_once('=')?;
-        match k {
-            "version" => version = v.parse().ok(),
-            "length" => length = v.parse().ok(),
-            "crc32" => crc32 = u32::from_str_radix(v, 16).ok(),
-            _ => {} // fields a later version may add
+    let end = bytes.iter().take(HEADER_MAX).position(|&b| b == b'\n')?;
+    let line = std::str::from_utf8(&bytes[HEADER_TAG.len()..end]).ok()?;
+    let (numbers, crc) = line.split_once(" crc32=")?;
+    let (version, length) = numbers.strip_prefix("version=")?.split_once(" length=")?;
+    let decimal = |s: &str| -> Option<u64> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
         }
+        s.parse().ok()
+    };
+    if crc.len() != 8 || !crc.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
     }
-    Some(Header { version: version?, length: length?, crc32: crc32?, body_start: end + 1 })
+    Some(Header {
+        version: decimal(version)?,
+        length: decimal(length)?,
+        crc32: u32::from_str_radix(crc, 16).ok()?,
+        numbers: HEADER_TAG.len()..HEADER_TAG.len() + numbers.len(),
+        body_start: end + 1,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::sync::mpsc;
+    use std::time::Duration;
 
     fn store(dir: &Path, name: &str) -> FileStore {
-        let path = dir.join(name);
-        FileStore::open(&Config::from_pairs("local-file", &[("path", path.to_str().unwrap())])).unwrap()
+        open_at(&dir.join(name)).unwrap()
+    }
+
+    fn open_at(path: &Path) -> Result<FileStore, StoreError> {
+        FileStore::open(&Config::from_pairs("local-file", &[("path", path.to_str().unwrap())]))
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    fn c_path(p: &Path) -> CString {
+        CString::new(p.as_os_str().as_bytes()).unwrap()
+    }
+
+    /// Opens a store at `path` on another thread: a bug that opened a FIFO
+    /// would block for ever, and must fail the test instead.
+    fn open_within_10s(path: &Path) -> Result<FileStore, StoreError> {
+        let (tx, rx) = mpsc::channel();
+        let path = path.to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(open_at(&path));
+        });
+        rx.recv_timeout(Duration::from_secs(10)).expect("opening the store blocked (did it open a FIFO?)")
     }
 
     #[test]
@@ -302,8 +596,7 @@ mod tests {
         let got = store(dir.path(), "a.edn").load().unwrap().unwrap();
         assert_eq!(got.bytes, "{:x \"\u{1F600}\"}".as_bytes());
         assert_eq!(got.version, v2);
-        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(leftovers.len(), 1, "no temp files left: {leftovers:?}");
+        assert_eq!(names_in(dir.path()), ["a.edn"], "no temp files left");
     }
 
     #[test]
@@ -332,6 +625,22 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_commit_count_is_caught_by_the_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = store(dir.path(), "n.edn");
+        for _ in 0..17 {
+            s.commit(b"{:x 1}", &Expect::Anything).unwrap();
+        }
+        let path = dir.path().join("n.edn");
+        let good = fs::read_to_string(&path).unwrap();
+        assert!(good.starts_with(";duratom/v2 version=17 length=6 crc32="), "{good}");
+        // Self-consistent by themselves: a plausible count, the true length.
+        fs::write(&path, good.replacen("version=17", "version=97", 1)).unwrap();
+        let e = s.load().unwrap_err();
+        assert!(e.to_string().contains("checksum"), "{e}");
+    }
+
+    #[test]
     fn conditional_commits_refuse_a_stale_version() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = store(dir.path(), "c.edn");
@@ -345,31 +654,322 @@ mod tests {
     }
 
     #[test]
-    fn temp_files_of_dead_processes_are_removed_at_open() {
+    fn a_symlink_chain_is_written_through_and_stays_a_chain() {
         let dir = tempfile::tempdir().unwrap();
-        let dead = dir.path().join(".s.edn.999999999-1.tmp"); // no such pid
-        let live = dir.path().join(format!(".s.edn.{}-7.tmp", std::process::id()));
-        let other = dir.path().join(".other.edn.999999999-1.tmp");
-        for p in [&dead, &live, &other] {
+        let real_dir = dir.path().join("real");
+        fs::create_dir(&real_dir).unwrap();
+        let real = real_dir.join("state.edn");
+        fs::write(&real, b"{:old true}").unwrap();
+        fs::set_permissions(&real, Permissions::from_mode(0o640)).unwrap();
+        // link -> middle (absolute) -> real/state.edn (relative to the middle link's directory)
+        let middle = dir.path().join("middle.edn");
+        std::os::unix::fs::symlink("real/state.edn", &middle).unwrap();
+        let link = dir.path().join("link.edn");
+        std::os::unix::fs::symlink(&middle, &link).unwrap();
+
+        let mut s = open_at(&link).unwrap();
+        assert_eq!(s.load().unwrap().unwrap().bytes, b"{:old true}", "loads through the chain");
+        s.commit(b"{:new 1}", &Expect::Anything).unwrap();
+        let v = s.commit(b"{:new 2}", &Expect::Anything).unwrap();
+        s.commit(b"{:new 3}", &Expect::Version(v)).unwrap();
+
+        for l in [&link, &middle] {
+            assert!(fs::symlink_metadata(l).unwrap().file_type().is_symlink(), "{} is still a link", l.display());
+        }
+        assert_eq!(fs::read_link(&middle).unwrap(), Path::new("real/state.edn"));
+        let meta = fs::symlink_metadata(&real).unwrap();
+        assert!(meta.is_file());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o640, "the target keeps its permission bits");
+        assert!(fs::read_to_string(&real).unwrap().ends_with("\n{:new 3}"));
+        assert_eq!(store(&real_dir, "state.edn").load().unwrap().unwrap().bytes, b"{:new 3}");
+        assert_eq!(names_in(dir.path()), ["link.edn", "middle.edn", "real"], "nothing beside the links");
+        assert_eq!(names_in(&real_dir), ["state.edn", "state.edn.lock"], "no temp file left beside the target");
+
+        s.delete().unwrap();
+        assert!(!real.exists() && fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "delete removes the target, not the link");
+        let mut again = open_at(&link).unwrap();
+        assert!(again.load().unwrap().is_none());
+        again.commit(b"{:again 1}", &Expect::Anything).unwrap();
+        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(fs::read_to_string(&real).unwrap().ends_with("{:again 1}"), "a dangling link is written through");
+    }
+
+    #[test]
+    fn a_symlink_loop_is_a_named_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.edn");
+        let b = dir.path().join("b.edn");
+        std::os::unix::fs::symlink(&b, &a).unwrap();
+        std::os::unix::fs::symlink(&a, &b).unwrap();
+        let e = open_at(&a).err().unwrap();
+        assert!(e.to_string().contains("symlinks in a row") && e.to_string().contains("a.edn"), "{e}");
+    }
+
+    /// Every kind of special file, directly and behind a symlink: refused at
+    /// open, left as it was, and nothing created beside it.
+    #[test]
+    fn fifos_devices_and_sockets_are_refused_and_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        assert_eq!(unsafe { libc::mkfifo(c_path(&fifo).as_ptr(), 0o600) }, 0, "mkfifo: {}", std::io::Error::last_os_error());
+        let device = dir.path().join("null-device");
+        // The numbers of /dev/null: a harmless device to refuse.
+        let made = unsafe { libc::mknod(c_path(&device).as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) };
+        assert_eq!(
+            made,
+            0,
+            "mknod of a character device failed ({}); this test needs root or CAP_MKNOD, as CI has",
+            std::io::Error::last_os_error()
+        );
+        let socket = dir.path().join("socket");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let link = dir.path().join("link-to-device");
+        std::os::unix::fs::symlink(&device, &link).unwrap();
+
+        let before = names_in(dir.path());
+        for (path, what) in [(&fifo, "a FIFO"), (&device, "a character device"), (&socket, "a socket"), (&link, "a character device")] {
+            let e = open_within_10s(path).err().unwrap_or_else(|| panic!("{} was accepted", path.display()));
+            let msg = e.to_string();
+            assert!(msg.contains(what) && msg.contains(&*path.to_string_lossy()), "{msg}");
+            assert!(msg.contains("left it untouched"), "{msg}");
+        }
+        assert_eq!(names_in(dir.path()), before, "no temp or lock file was created");
+        assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+        let dev = fs::symlink_metadata(&device).unwrap();
+        assert!(dev.file_type().is_char_device() && dev.rdev() == libc::makedev(1, 3));
+        assert!(fs::symlink_metadata(&socket).unwrap().file_type().is_socket());
+        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    }
+
+    #[test]
+    fn a_file_swapped_for_a_fifo_after_open_is_refused_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.edn");
+        let mut s = open_at(&path).unwrap();
+        s.commit(b"1", &Expect::Anything).unwrap();
+        fs::remove_file(&path).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c_path(&path).as_ptr(), 0o600) }, 0);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let load = s.load().map(|_| ()).map_err(|e| e.to_string());
+            let commit = s.commit(b"2", &Expect::Anything).map(|_| ()).map_err(|e| e.to_string());
+            let _ = tx.send((load, commit));
+        });
+        let (load, commit) = rx.recv_timeout(Duration::from_secs(10)).expect("load or commit blocked on the FIFO");
+        assert!(load.unwrap_err().contains("a FIFO"));
+        assert!(commit.unwrap_err().contains("a FIFO"));
+        assert!(fs::symlink_metadata(&path).unwrap().file_type().is_fifo(), "the FIFO was not replaced");
+    }
+
+    #[test]
+    fn clean_up_removes_temp_files_only_when_no_writer_holds_their_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid = std::process::id();
+        // Named with a live pid (ours), as a reused pid would be: unlocked, so its writer is gone.
+        let stale = dir.path().join(format!(".s.edn.{pid}-1-1-00000000deadbeef.tmp"));
+        // A writer mid-commit holds the lock on its temp file.
+        let in_flight = dir.path().join(format!(".s.edn.{pid}-2-1-00000000cafef00d.tmp"));
+        let other = dir.path().join(".other.edn.999999999-1-1-0.tmp");
+        let users = dir.path().join(".s.edn.backup.tmp");
+        for p in [&stale, &in_flight, &other, &users] {
             fs::write(p, b"partial").unwrap();
         }
+        let writer = OpenOptions::new().write(true).open(&in_flight).unwrap();
+        writer.lock().unwrap();
         store(dir.path(), "s.edn");
-        assert!(!dead.exists(), "a dead writer's temp file is removed");
-        assert!(live.exists(), "a live writer's temp file may be in flight");
+        assert!(!stale.exists(), "a temp file nobody holds is removed, whatever pid its name has");
+        assert!(in_flight.exists(), "a live writer's temp file stays");
         assert!(other.exists(), "another file's temp files are not ours");
+        assert!(users.exists(), "a name we never give is not ours");
+        drop(writer); // as when the writer's process dies
+        store(dir.path(), "s.edn");
+        assert!(!in_flight.exists(), "removed once its writer is gone");
+    }
+
+    /// Stores on one path commit while others open it (and clean up): no
+    /// store ever removes another's temp file or collides with its name.
+    #[test]
+    fn stores_sharing_a_path_in_one_process_never_disturb_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.edn");
+        open_at(&path).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let opener = {
+            let (path, stop) = (path.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut opened = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    open_at(&path).unwrap();
+                    opened += 1;
+                }
+                opened
+            })
+        };
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let mut s = open_at(&path).unwrap();
+                    for i in 0..300 {
+                        s.commit(format!("{{:w {w} :i {i}}}").as_bytes(), &Expect::Anything).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().expect("a commit failed");
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(opener.join().unwrap() > 0);
+        assert!(fs::read_to_string(&path).unwrap().ends_with(":i 299}"));
+        assert_eq!(names_in(dir.path()), ["shared.edn"]);
     }
 
     #[test]
     fn missing_parent_and_directory_paths_are_named_errors() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope/x.edn");
-        let e = FileStore::open(&Config::from_pairs("local-file", &[("path", missing.to_str().unwrap())]))
-            .err()
-            .unwrap();
+        let e = open_at(&missing).err().unwrap();
         assert!(e.to_string().contains("does not exist") && e.to_string().contains("nope"), "{e}");
-        let e = FileStore::open(&Config::from_pairs("local-file", &[("path", dir.path().to_str().unwrap())]))
-            .err()
-            .unwrap();
+        let e = open_at(dir.path()).err().unwrap();
         assert!(e.to_string().contains("is a directory"), "{e}");
+        let dangling = dir.path().join("dangling.edn");
+        std::os::unix::fs::symlink(dir.path().join("gone/x.edn"), &dangling).unwrap();
+        let e = open_at(&dangling).err().unwrap();
+        assert!(e.to_string().contains("symlink's target") && e.to_string().contains("gone"), "{e}");
+    }
+
+    #[test]
+    fn the_header_tag_is_told_apart_from_plain_edn() {
+        assert_eq!(lead_of(b";duratom/v2 version="), Lead::Header);
+        assert_eq!(lead_of(b";duratom/v1 version="), Lead::Damaged, "one byte off");
+        assert_eq!(lead_of(b"{duratom/v2 "), Lead::Damaged, "one byte off");
+        assert_eq!(lead_of(b";dura"), Lead::Damaged, "cut off inside the tag");
+        assert_eq!(lead_of(b"{:a 1}"), Lead::Plain);
+        assert_eq!(lead_of(b"1"), Lead::Plain);
+        assert_eq!(lead_of(b";; a comment\n{:a 1}"), Lead::Plain);
+    }
+}
+
+/// Property tests: whatever bytes the file holds, loading it never panics
+/// and never yields a value other than one that was stored.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn open_at(path: &Path) -> FileStore {
+        FileStore::open(&Config::from_pairs("local-file", &[("path", path.to_str().unwrap())])).unwrap()
+    }
+
+    /// Loads `bytes` as the file's content.
+    fn load_bytes(store: &mut FileStore, path: &Path, bytes: &[u8]) -> Result<Option<Stored>, StoreError> {
+        fs::write(path, bytes).unwrap();
+        store.load()
+    }
+
+    /// What a file we wrote must load as: exactly the stored body and
+    /// version, nothing at all for an empty file (an empty file is what open
+    /// creates, "nothing stored"), or a Corrupt error.
+    fn check_outcome(got: Result<Option<Stored>, StoreError>, len: usize, body: &[u8], version: &Version) -> Result<(), TestCaseError> {
+        match got {
+            Ok(None) => prop_assert_eq!(len, 0, "only an empty file loads as nothing"),
+            Ok(Some(s)) => {
+                prop_assert_eq!(&s.bytes[..], body, "loaded a value that was never stored");
+                prop_assert_eq!(&s.version, version);
+            }
+            Err(StoreError::Corrupt { .. }) => {}
+            Err(e) => prop_assert!(false, "not a Corrupt error: {}", e),
+        }
+        Ok(())
+    }
+
+    /// Arbitrary bytes, some starting with our tag or a whole valid-looking header.
+    fn file_bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..400),
+            proptest::collection::vec(any::<u8>(), 0..400).prop_map(|tail| [HEADER_TAG, &tail[..]].concat()),
+            (any::<u64>(), any::<u64>(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..200)).prop_map(
+                |(v, l, c, tail)| [format!(";duratom/v2 version={v} length={} crc32={c:08x}\n", l % 300).as_bytes(), &tail[..]].concat()
+            ),
+        ]
+    }
+
+    proptest! {
+        // Each case commits (with fsync) and then loads its file hundreds of times.
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Any bytes in place of the file: no panic; the load is either
+        /// the bytes themselves (a header-less file), or a body that our
+        /// writer would have written exactly these bytes for, or Corrupt.
+        #[test]
+        fn arbitrary_bytes_load_as_themselves_or_as_written_or_fail_as_corrupt(bytes in file_bytes()) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("p.edn");
+            let mut store = open_at(&path);
+            match load_bytes(&mut store, &path, &bytes) {
+                Ok(None) => prop_assert!(bytes.is_empty()),
+                Ok(Some(s)) if s.version.0 == "0" && s.bytes == bytes => {}
+                Ok(Some(s)) => {
+                    let version: u64 = s.version.0.parse().unwrap();
+                    prop_assert_eq!([header(version, &s.bytes), s.bytes.clone()].concat(), bytes);
+                }
+                Err(StoreError::Corrupt { .. }) => {}
+                Err(e) => prop_assert!(false, "not a Corrupt error: {}", e),
+            }
+        }
+
+        /// Every truncation, and a single-byte change at every position, of
+        /// a file we wrote: the stored value exactly, or Corrupt.
+        #[test]
+        fn files_we_wrote_survive_every_truncation_and_single_byte_change(
+            body in proptest::collection::vec(any::<u8>(), 0..200),
+            commits in 1u64..4,
+            masks in proptest::collection::vec(1u8..=255, 300),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("w.edn");
+            let mut store = open_at(&path);
+            let mut version = None;
+            for _ in 0..commits {
+                version = Some(store.commit(&body, &Expect::Anything).unwrap());
+            }
+            let version = version.unwrap();
+            let written = fs::read(&path).unwrap();
+            check_outcome(load_bytes(&mut store, &path, &written), written.len(), &body, &version)?;
+            for len in 0..written.len() {
+                check_outcome(load_bytes(&mut store, &path, &written[..len]), len, &body, &version)?;
+            }
+            for i in 0..written.len() {
+                let mut damaged = written.clone();
+                damaged[i] ^= masks[i % masks.len()];
+                check_outcome(load_bytes(&mut store, &path, &damaged), damaged.len(), &body, &version)?;
+            }
+        }
+    }
+
+    /// Every one of the 255 other values at every position of one file.
+    #[test]
+    fn every_single_byte_change_of_a_small_file_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.edn");
+        let mut store = open_at(&path);
+        let body = b"{:n 12345 :s \"x\ny\"}".to_vec();
+        for _ in 0..12 {
+            store.commit(&body, &Expect::Anything).unwrap();
+        }
+        let written = fs::read(&path).unwrap();
+        let mut caught = 0;
+        for i in 0..written.len() {
+            for mask in 1..=255u8 {
+                let mut damaged = written.clone();
+                damaged[i] ^= mask;
+                match load_bytes(&mut store, &path, &damaged) {
+                    Err(StoreError::Corrupt { .. }) => caught += 1,
+                    other => panic!("byte {i} ^ {mask:#04x}: {:?}", other.map(|s| s.map(|s| (String::from_utf8_lossy(&s.bytes).into_owned(), s.version)))),
+                }
+            }
+        }
+        assert_eq!(caught, written.len() * 255);
     }
 }

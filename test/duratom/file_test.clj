@@ -240,3 +240,99 @@
                                   "(System/exit 0)"))]
     (is (#{"true" "false"} (str/trim out)) "the child ran")
     (is (= 20000 @(d/file-atom p)))))
+
+(defn- symlink? [^File f] (Files/isSymbolicLink (.toPath f)))
+
+(deftest a-symlinked-path-is-written-through-to-its-target
+  (let [dir (ts/temp-dir)
+        target-dir (doto (io/file dir "real") (.mkdir))
+        target (io/file target-dir "state.edn")
+        link (io/file dir "link.edn")]
+    (Files/createSymbolicLink (.toPath link) (.toPath (io/file "real" "state.edn"))
+                              (make-array java.nio.file.attribute.FileAttribute 0))
+    (let [a (d/file-atom link nil {:n 0} {:commit-mode :sync})]
+      (dotimes [_ 5] (swap! a update :n inc))
+      (is (symlink? link) "the link stays a link")
+      (is (.isFile target))
+      (is (= {:n 5} (edn/read-string readers/default (slurp target))) "the content lands in the target")
+      (is (= {:n 5} @(d/file-atom target)) "a duratom on the target itself sees it")
+      (is (= #{"link.edn" "real"} (set (.list dir))) "no temp file beside the link")
+      (is (= #{"state.edn"} (set (.list target-dir))) "no temp file left beside the target"))))
+
+(defn- refused-untouched
+  "Opens a duratom on `path` (on another thread: opening a FIFO would block);
+  returns the exception's message, or a description of what went wrong."
+  [^File path]
+  (let [f (future (try (d/file-atom path nil {:x 1} {:commit-mode :sync}) :accepted
+                       (catch Exception e (ex-message e))))]
+    (deref f 10000 :blocked)))
+
+(deftest fifos-and-devices-are-refused-at-construction-and-left-untouched
+  (let [dir (ts/temp-dir)
+        fifo (io/file dir "fifo.edn")
+        device (io/file dir "device.edn")]
+    (ts/sh! "mkfifo" (str fifo))
+    (let [p (-> (ProcessBuilder. ^java.util.List ["mknod" (str device) "c" "1" "3"]) (.redirectErrorStream true) (.start))
+          out (slurp (.getInputStream p))]
+      (is (zero? (.waitFor p))
+          (str "mknod of a character device failed; this test needs root or CAP_MKNOD (CI runs as root): " out)))
+    (doseq [[^File f kind] [[fifo "a FIFO"] [device "a character device"]]]
+      (let [before (ts/sh! "stat" "-c" "%F %t:%T %Y" (str f))
+            msg (refused-untouched f)]
+        (is (string? msg) (str f " was " msg))
+        (when (string? msg)
+          (is (str/includes? msg (str f)))
+          (is (str/includes? msg kind)))
+        (is (= before (ts/sh! "stat" "-c" "%F %t:%T %Y" (str f))) (str f " is unchanged"))))
+    (is (= #{"fifo.edn" "device.edn"} (set (.list dir))) "nothing was created beside them")))
+
+(deftest two-stores-on-one-path-in-one-jvm-never-fail
+  (let [p (io/file (ts/temp-dir) "twice.edn")
+        stores [(d/file-atom p nil 0 {:commit-mode :sync}) (d/file-atom p nil 0 {:commit-mode :sync})]
+        config (.getBytes (str "backend\u0000local-file\u0000path\u0000" p) "UTF-8")
+        done (promise)
+        ;; Opening a store cleans up temp files: keep doing so meanwhile.
+        opener (future (loop [n 0]
+                         (if (realized? done)
+                           n
+                           (do (Native/close (Native/open config)) (recur (inc n))))))
+        pool (Executors/newFixedThreadPool 2)
+        failures (java.util.concurrent.atomic.AtomicLong.)
+        errors (java.util.concurrent.ConcurrentLinkedQueue.)
+        runs (doall (for [a stores]
+                      (.submit pool ^Runnable (fn []
+                                                (dotimes [_ 1000]
+                                                  (try (swap! a inc)
+                                                       (catch Exception e
+                                                         (.incrementAndGet failures)
+                                                         (.add errors (ex-message e)))))))))]
+    (doseq [^java.util.concurrent.Future r runs] (.get r 10 TimeUnit/MINUTES))
+    (deliver done true)
+    (.shutdown pool)
+    (is (pos? @opener) "stores were opened during the swaps")
+    (is (zero? (.get failures)) (str "failures: " (take 3 errors)))
+    (is (= [1000 1000] (mapv deref stores)))
+    (is (= 1000 @(d/file-atom p)) "the file holds the last commit, a complete state")
+    (is (= ["twice.edn"] (vec (.list (.getParentFile p)))) "no temp files left")))
+
+(deftest clean-up-removes-temp-files-only-when-their-writer-is-gone
+  (let [dir (ts/temp-dir)
+        p (io/file dir "state.edn")
+        pid (.pid (java.lang.ProcessHandle/current))
+        ;; Named with a live pid (this JVM's), as a reused pid would be; no writer holds it.
+        stale (doto (io/file dir (str ".state.edn." pid "-1-1-00000000deadbeef.tmp")) (spit "partial"))
+        in-flight (doto (io/file dir (str ".state.edn." pid "-2-1-00000000cafef00d.tmp")) (spit "partial"))
+        ;; A live writer elsewhere holds the flock on its temp file while it writes.
+        holder (.start (ProcessBuilder. ["flock" "--no-fork" (str in-flight) "sh" "-c" "echo locked; exec sleep 600"]))]
+    (try
+      (is (= "locked" (.readLine (BufferedReader. (InputStreamReader. (.getInputStream holder))))))
+      (let [a (d/file-atom p nil 1 {:commit-mode :sync})]
+        (is (not (.exists stale)) "a temp file nobody holds is removed, though its pid is alive")
+        (is (.exists in-flight) "a temp file a live writer holds is kept")
+        (swap! a inc)
+        (is (.exists in-flight) "commits leave it alone too"))
+      (.destroyForcibly holder) ; SIGKILL: the OS releases its lock
+      (.waitFor holder 1 TimeUnit/MINUTES)
+      (is (= 2 @(d/file-atom p)))
+      (is (not (.exists in-flight)) "removed at the next open once its writer is gone")
+      (finally (.destroyForcibly holder)))))
