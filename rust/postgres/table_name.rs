@@ -1,5 +1,8 @@
 //! The table name as SQL identifiers.
 
+/// PostgreSQL's identifier limit (NAMEDATALEN - 1): it truncates longer ones.
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
 /// The table name as SQL: each part double-quoted, embedded quotes doubled,
 /// so whatever the name holds it is an identifier and never SQL.
 ///
@@ -9,6 +12,8 @@
 /// folds to lower case (`MyTable` is the table `mytable` it created), and a
 /// part already written in double quotes (`"MyTable"`) is taken as quoted.
 /// Anything else (`t; DROP TABLE x`, `it's`) becomes one literal identifier.
+/// A part longer than 63 bytes (after folding) is an error, as PostgreSQL
+/// would cut it to 63 bytes and alias it with every name sharing those.
 pub(super) fn quote_table(name: &str) -> Result<String, String> {
     if name.trim().is_empty() {
         return Err("is empty".into());
@@ -32,6 +37,13 @@ pub(super) fn quote_table(name: &str) -> Result<String, String> {
         }
         parts.into_iter().map(fold_plain).collect()
     };
+    if let Some(long) = parts.iter().find(|p| p.len() > MAX_IDENTIFIER_BYTES) {
+        return Err(format!(
+            "`{long}` is {} bytes long; PostgreSQL keeps only the first {MAX_IDENTIFIER_BYTES} bytes of a name, \
+             so two long names would silently share one table: use a shorter name",
+            long.len()
+        ));
+    }
     Ok(parts.iter().map(|p| format!("\"{}\"", p.replace('"', "\"\""))).collect::<Vec<_>>().join("."))
 }
 
@@ -114,5 +126,18 @@ mod tests {
         assert!(q("a.b.c").is_err());
         assert!(q(".t").is_err());
         assert!(q("  ").is_err());
+    }
+
+    #[test]
+    fn names_longer_than_postgresql_keeps_are_refused() {
+        let at_limit = "t".repeat(63);
+        assert_eq!(quote_table(&at_limit).unwrap(), format!("\"{at_limit}\""));
+        assert_eq!(quote_table(&format!("s.{at_limit}")).unwrap(), format!("\"s\".\"{at_limit}\""));
+        let e = quote_table(&"t".repeat(64)).unwrap_err();
+        assert!(e.contains("64 bytes") && e.contains("63"), "{e}");
+        assert!(quote_table(&format!("{}.t", "s".repeat(64))).is_err(), "the schema part too");
+        // Bytes, not characters: 32 two-byte letters are 64 bytes.
+        assert!(quote_table(&"é".repeat(32)).is_err());
+        assert!(quote_table(&format!("\"{}\"", "T".repeat(64))).is_err(), "quoted names too");
     }
 }

@@ -160,3 +160,24 @@
                                           table "' AND column_name = 'value'")))))
       (is (= v @(d/postgres-atom (db-spec) table 0 nil nil rw)))
       (d/destroy dura))))
+
+(deftest table-names-longer-than-postgresql-keeps-are-refused
+  ;; PostgreSQL cuts identifiers to 63 bytes: two longer names sharing those
+  ;; would silently share one row.
+  (let [base (str/replace (ts/unique-name "long") "-" "_")
+        at-limit (str base (apply str (repeat (- 63 (count base)) "x")))
+        too-long (str at-limit "y")
+        rw (assoc d/default-postgres-rw :commit-mode :sync)]
+    (is (= 63 (count (.getBytes ^String at-limit "UTF-8"))))
+    (let [e (try (d/postgres-atom (db-spec) too-long 0 nil {:v 1} rw) nil (catch Exception e e))]
+      (is (some? e) "a 64-byte name is refused")
+      (is (str/includes? (str (ex-message e)) too-long) "the error names the table")
+      (is (str/includes? (str (ex-message e)) "63 bytes"))
+      (is (= :postgres-db (:duratom/backend (ex-data e)))))
+    (is (= "" (str/trim (psql (str "SELECT relname FROM pg_class WHERE relname LIKE '" base "%'"))))
+        "nothing was created")
+    (let [dura (d/postgres-atom (db-spec) at-limit 0 nil {:v 1} rw)]
+      (swap! dura update :v inc)
+      (is (= {:v 2} (d/backend-snapshot dura)) "a 63-byte name works")
+      (is (= at-limit (str/trim (psql (str "SELECT relname FROM pg_class WHERE relname = '" at-limit "'")))))
+      (d/destroy dura))))
