@@ -5,6 +5,7 @@
 pub mod backends;
 pub mod config;
 pub mod file;
+pub mod https;
 pub mod jni;
 pub mod postgres;
 pub mod runtime;

@@ -84,16 +84,9 @@ public final class Native {
         return System.mapLibraryName("duratom");
     }
 
-    /** Platform folder inside the jar, e.g. linux-x86_64. */
+    /** Platform folder inside the jar, e.g. linux-x86_64 (see NativePlatform). */
     static String platform() {
-        String os = System.getProperty("os.name").toLowerCase();
-        String arch = System.getProperty("os.arch").toLowerCase();
-        if (arch.equals("amd64")) arch = "x86_64";
-        if (arch.equals("arm64")) arch = "aarch64";
-        if (os.contains("linux")) os = "linux";
-        else if (os.contains("mac")) os = "macos";
-        else if (os.contains("windows")) os = "windows";
-        return os + "-" + arch;
+        return NativePlatform.current();
     }
 
     /**
@@ -116,13 +109,12 @@ public final class Native {
     }
 
     private static void loadFromJar() {
-        String resource = "duratom/native/" + platform() + "/" + libraryFileName();
+        String platform = platform();
+        String resource = NativePlatform.resource(platform, libraryFileName());
         try (InputStream in = Native.class.getClassLoader().getResourceAsStream(resource)) {
             if (in == null) {
-                throw new UnsatisfiedLinkError(
-                    "duratom: no native library for platform " + platform() + " (looked for resource "
-                    + resource + " in the jar). Build one with `cargo build --release` and point "
-                    + PATH_PROPERTY + " or " + PATH_ENV + " at it.");
+                throw new UnsatisfiedLinkError(NativePlatform.noLibraryMessage(platform, System.getProperty("os.name"),
+                        System.getProperty("os.arch"), NativePlatform.bundled(Native.class.getClassLoader(), libraryFileName())));
             }
             // A private file (owner-only) that nobody else can swap before we load it.
             Path temp = Files.createTempFile("duratom-", "-" + libraryFileName(),

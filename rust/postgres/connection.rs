@@ -109,6 +109,9 @@ impl PostgresStore {
 
     /// A connect error in plain words: refused, timed out, or what the server said.
     fn connect_reason(&self, e: &postgres::Error) -> String {
+        if let Some(why) = super::tls::tls_failure(e) {
+            return why;
+        }
         if let Some(io) = e.source().and_then(|s| s.downcast_ref::<io::Error>()) {
             return match io.kind() {
                 io::ErrorKind::ConnectionRefused => {

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use postgres::types::ToSql;
-use postgres_native_tls::MakeTlsConnector;
 
 use super::connection::{Conn, ValueKind};
+use super::tls::MakeTlsConnector;
 use super::errors::{ambiguous, connection_lost, describe, stale_statements, Failure};
 use crate::store::{Expect, Resource, Store, StoreError, Stored, Version};
 

@@ -3,6 +3,8 @@
 
 use super::*;
 use crate::store::Expect;
+use postgres::config::SslMode;
+use super::settings::TlsMode;
 use postgres::{Client, NoTls};
 use std::time::Duration;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -420,12 +422,92 @@ fn tls_is_used_when_sslmode_asks_for_it() {
         assert_eq!(store.load().unwrap().unwrap().bytes, mode.as_bytes());
         assert_eq!(session_uses_tls(&mut admin, &app), encrypted, "sslmode={mode}");
     }
-    // verify-full without a root that vouches for the self-signed certificate.
+    // verify-full without `sslrootcert` trusts Mozilla's roots only, and
+    // none of them signed the test CA.
     let e = open_err(&table, &[("sslmode", "verify-full")]);
     let text = e.to_string();
     assert!(text.contains("cannot connect") && text.contains("TLS"), "{text}");
     assert!(!text.contains(&s.password), "{text}");
     admin.batch_execute(&format!("DROP TABLE {}", ident(&table))).unwrap();
+}
+
+/// A CA that signed nothing the server has, in a PEM file.
+fn unrelated_root() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("other-root.crt");
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-new", "-x509", "-days", "1", "-nodes", "-subj", "/CN=unrelated CA"])
+        .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .args(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"])
+        .arg("-keyout")
+        .arg(dir.path().join("other-root.key"))
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("the openssl command (Debian package openssl)");
+    assert!(made.status.success(), "openssl req: {}", String::from_utf8_lossy(&made.stderr));
+    let path = cert.to_str().unwrap().to_string();
+    (dir, path)
+}
+
+#[test]
+fn verifying_modes_refuse_a_root_that_did_not_sign_the_server_certificate() {
+    let table = unique("tls_wrong_root");
+    let (_dir, wrong) = unrelated_root();
+    // `require` with a root file checks the chain too, as libpq does.
+    for mode in ["verify-ca", "verify-full", "require"] {
+        let text = open_err(&table, &[("sslmode", mode), ("sslrootcert", &wrong)]).to_string();
+        assert!(
+            text.contains("TLS handshake failed") && text.contains("does not chain to a trusted root"),
+            "sslmode={mode}: {text}"
+        );
+    }
+    // Without a root file, `require` checks nothing: the same server is fine.
+    open_ok(&table, &[("sslmode", "require")]);
+    let mut admin = admin();
+    admin.batch_execute(&format!("DROP TABLE {}", ident(&table))).unwrap();
+}
+
+#[test]
+fn verify_full_checks_the_host_name_and_verify_ca_does_not() {
+    // The server's certificate names 127.0.0.1 and localhost. Connect to
+    // its address under other names (`hostaddr` is where, `host` is the
+    // name TLS checks).
+    let s = server();
+    let root = std::fs::read(&s.root_cert).unwrap();
+    let connect = |mode: TlsMode, name: &str| {
+        let tls = super::tls::tls_connector(mode, Some(&root)).unwrap().expect("a TLS connector");
+        let mut c = postgres::Config::new();
+        c.host(name)
+            .hostaddr(s.host.parse().unwrap())
+            .port(s.port.parse().unwrap())
+            .user(&s.user)
+            .password(&s.password)
+            .dbname(&s.db)
+            .connect_timeout(Duration::from_secs(10))
+            .ssl_mode(SslMode::Require);
+        c.connect(tls)
+    };
+    let encrypted = |client: &mut Client| -> bool {
+        client.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).unwrap().get(0)
+    };
+
+    let mut c = connect(TlsMode::VerifyCa, "db.not-this-server.example").expect("verify-ca ignores the name");
+    assert!(encrypted(&mut c));
+    let mut c = connect(TlsMode::VerifyFull, "localhost").expect("verify-full, a name the certificate has");
+    assert!(encrypted(&mut c));
+    let e = connect(TlsMode::VerifyFull, "db.not-this-server.example").err().expect("verify-full, wrong name");
+    let why = super::tls::tls_failure(&e).unwrap_or_else(|| panic!("not a TLS failure: {e:?}"));
+    assert!(why.contains("not valid for the host name"), "{why}");
+}
+
+#[test]
+fn a_root_file_without_certificates_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.crt");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let text = open_err("t", &[("sslmode", "verify-full"), ("sslrootcert", empty.to_str().unwrap())]).to_string();
+    assert!(text.contains("`sslrootcert` holds no PEM certificate"), "{text}");
 }
 
 #[test]

@@ -1,45 +1,177 @@
-//! The TLS connector a `sslmode` asks for.
+//! The TLS connector a `sslmode` asks for: rustls with the `ring` crypto
+//! provider, so no system OpenSSL (or any other system library) is needed.
 
-use postgres_native_tls::MakeTlsConnector;
+use std::error::Error as _;
+use std::io;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 
 use super::settings::TlsMode;
 use super::BACKEND;
 use crate::store::StoreError;
 
-/// The TLS connector for `mode`, or none when TLS is off.
+/// What `postgres::Config::connect` takes for TLS.
+pub(super) type MakeTlsConnector = tokio_postgres_rustls::MakeRustlsConnect;
+
+/// The TLS connector for `mode`, or none when TLS is off. rustls with the
+/// `ring` provider: no system OpenSSL.
+///
+/// Trust, as libpq: `prefer` and `require` encrypt without checking the
+/// certificate; `verify-ca` checks the chain, `verify-full` the chain and the
+/// host name. The roots are the `sslrootcert` file when given (then the only
+/// ones), else Mozilla's list compiled in (`webpki-roots`; libpq would read
+/// ~/.postgresql/root.crt, or the system store with `sslrootcert=system`).
 pub(super) fn tls_connector(mode: TlsMode, root_cert: Option<&[u8]>) -> Result<Option<MakeTlsConnector>, StoreError> {
-    let mut builder = native_tls::TlsConnector::builder();
-    match mode {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::config(BACKEND, format!("cannot set up TLS for `sslmode`: {e}")))?;
+    let verifier: Arc<dyn ServerCertVerifier> = match mode {
         TlsMode::Disable => return Ok(None),
-        // libpq encrypts without checking who answers in these modes; a
-        // self-signed server certificate is the common case.
-        TlsMode::Prefer | TlsMode::Require => {
-            // Loading the system's trusted roots costs tens of milliseconds
-            // per store and nothing is checked against them here.
-            builder
-                .danger_accept_invalid_certs(true)
-                .danger_accept_invalid_hostnames(true)
-                .disable_built_in_roots(true);
+        TlsMode::Prefer | TlsMode::Require => Arc::new(AnyCertificate(provider)),
+        TlsMode::VerifyCa | TlsMode::VerifyFull => {
+            let roots = match root_cert {
+                Some(pem) => roots_from_pem(pem)?,
+                None => rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() },
+            };
+            let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| StoreError::config(BACKEND, format!("cannot set up TLS for `sslmode`: {e}")))?;
+            if mode == TlsMode::VerifyCa {
+                Arc::new(ChainOnly(chain))
+            } else {
+                chain
+            }
         }
-        TlsMode::VerifyCa => {
-            builder.danger_accept_invalid_hostnames(true);
-        }
-        TlsMode::VerifyFull => {}
+    };
+    let config = builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth();
+    Ok(Some(MakeTlsConnector::new(config)))
+}
+
+/// The certificates of an `sslrootcert` PEM file as trust roots.
+fn roots_from_pem(pem: &[u8]) -> Result<rustls::RootCertStore, StoreError> {
+    let bad = |what: String| StoreError::config(BACKEND, format!("`sslrootcert` {what}"));
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, cert) in CertificateDer::pem_slice_iter(pem).enumerate() {
+        let cert = cert.map_err(|e| bad(format!("holds no usable PEM certificate: {e}")))?;
+        roots.add(cert).map_err(|e| bad(format!("certificate {} is not usable as a root: {e}", i + 1)))?;
     }
-    if let Some(pem) = root_cert {
-        let certs = native_tls::Certificate::stack_from_pem(pem)
-            .map_err(|e| StoreError::config(BACKEND, format!("`sslrootcert` holds no usable PEM certificate: {e}")))?;
-        if certs.is_empty() {
-            return Err(StoreError::config(BACKEND, "`sslrootcert` holds no PEM certificate"));
+    if roots.is_empty() {
+        return Err(bad("holds no PEM certificate".to_string()));
+    }
+    Ok(roots)
+}
+
+/// What a failed TLS handshake means, in words: the rustls error travels
+/// inside an `io::Error` (whose `source()` skips it), so look there.
+pub(super) fn tls_failure(e: &postgres::Error) -> Option<String> {
+    let io = e.source()?.downcast_ref::<io::Error>()?;
+    let tls = io.get_ref()?.downcast_ref::<rustls::Error>()?;
+    let why = match tls {
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            "the server's certificate does not chain to a trusted root (the `sslrootcert` file, or Mozilla's \
+             roots when none is given)"
+                .to_string()
         }
-        // As libpq: a given root file is the whole trust, not an addition
-        // to the system's roots.
-        builder.disable_built_in_roots(true);
-        for cert in certs {
-            builder.add_root_certificate(cert);
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => "the server's certificate is not valid for the host name connected to (sslmode=verify-full \
+              checks it; verify-ca does not)"
+            .to_string(),
+        other => other.to_string(),
+    };
+    Some(format!("TLS handshake failed: {why} ({tls})"))
+}
+
+/// `sslmode=prefer/require`: any certificate is accepted (libpq checks none
+/// in these modes), but the handshake signatures are still verified with the
+/// key it holds.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `sslmode=verify-ca`: the chain must lead to a trusted root; the host name
+/// is not checked. The web PKI verifier checks the name only after the chain,
+/// so a name mismatch from it means the chain was good.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
         }
     }
-    let connector =
-        builder.build().map_err(|e| StoreError::config(BACKEND, format!("cannot set up TLS for `sslmode`: {e}")))?;
-    Ok(Some(MakeTlsConnector::new(connector)))
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }

@@ -58,6 +58,7 @@ impl S3Store {
             .unwrap_or(Region::from_static(DEFAULT_REGION)),
         };
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(crate::https::client())
             .region(region.clone())
             .timeout_config(timeouts)
             .retry_config(retries);

@@ -28,7 +28,7 @@
 //! |                  | path-style addressing is used with it                           |
 //! | `access-key`     | with `secret-key` (and optional `session-token`): static        |
 //! |                  | credentials; absent = the AWS default credential chain          |
-//! |                  | (environment, profile files, SSO, web identity, ECS, EC2 IMDS)  |
+//! |                  | (environment, profile files, web identity, ECS, EC2 IMDS)       |
 //! | `secret-key`     | never appears in any error message                              |
 //! | `session-token`  | optional                                                        |
 //! | `profile`        | a named profile of the AWS config files, for the default chain  |
