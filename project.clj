@@ -13,7 +13,10 @@
   ;; duratom/native/<platform>/libduratom.so, so `lein jar` carries it.
   :resource-paths ["native-resources"]
   :jvm-opts ["-Xss4m"]
-  :profiles {:dev {:dependencies [[com.taoensso/nippy "3.1.3" :exclusions [org.clojure/clojure]]]}
+  ;; tools.logging only for the test that async failures are logged through it
+  ;; when present (duratom resolves it at run time and needs no logging library).
+  :profiles {:dev {:dependencies [[com.taoensso/nippy "3.1.3" :exclusions [org.clojure/clojure]]
+                                  [org.clojure/tools.logging "1.2.4" :exclusions [org.clojure/clojure]]]}
              :demo {:source-paths ["demo"]}
              :bench {:source-paths ["bench"] :jvm-opts ["-Xms2g" "-Xmx2g"]}}
   :test-selectors {:default (complement :bench)

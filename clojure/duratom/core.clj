@@ -71,16 +71,6 @@
   (doseq [[k w] watches]
     (w k ref old new)))
 
-(defn- reload!
-  "Reads what storage holds now; if it is not the state the engine last saw,
-  adopts it. Returns [old new] when the state changed, else nil."
-  [store codec engine]
-  (when-let [stored (storage/load-stored store)]
-    (when (not= (:version stored) (engine/stored-version engine))
-      (let [new ((:decode codec) (:bytes stored))
-            old (engine/adopt! engine new (:version stored))]
-        [old new]))))
-
 (defn- destroyed
   "The exception every mutation of a destroyed duratom throws."
   [store]
@@ -103,8 +93,10 @@
         (when (.get released-flag) (throw (destroyed store)))
         (when-let [[old new] (engine/shared-update!
                               engine f #(validate! (.get validator-ref) %) abort
-                              #(when-let [[o n] (reload! store codec engine)]
-                                 (when (not= o n) (notify-watches this (.get watches-ref) o n))))]
+                              ;; storage moved: its state is a new one, fire watches
+                              ;; (states are never compared: equals may throw)
+                              #(when-let [[o n] (engine/reload! engine (:decode codec))]
+                                 (notify-watches this (.get watches-ref) o n)))]
           (notify-watches this (.get watches-ref) old new)
           [old new])
         (finally (.unlock lock)))
@@ -117,16 +109,16 @@
                      (engine/propose! engine f #(validate! (.get validator-ref) %) abort)
                      (finally (.unlock lock)))]
       (when accepted
-        (let [[seq old new] accepted]
-          (when sync? (engine/await-durable! engine seq))
+        (let [[ticket old new] accepted]
+          (when sync? (engine/await-durable! engine ticket))
           (notify-watches this (.get watches-ref) old new)
           [old new]))))
   (-refresh! [this]
     (.lock lock)
     (try
       (when-not (.get released-flag)
-        (when-let [[old new] (reload! store codec engine)]
-          (when (not= old new) (notify-watches this (.get watches-ref) old new))))
+        (when-let [[old new] (engine/reload! engine (:decode codec))]
+          (notify-watches this (.get watches-ref) old new)))
       (engine/current engine)
       (finally (.unlock lock))))
   (-memory-value [_] (engine/current engine))
@@ -197,7 +189,7 @@
       (finally (.unlock lock))))
   (backend-snapshot [_]
     (when-not (.get released-flag)
-      (when-let [stored (storage/load-stored store)]
+      (when-let [stored (engine/load-stored engine)]
         ((:decode codec) (:bytes stored)))))
 
   Closeable
@@ -231,6 +223,14 @@
       (throw (IllegalArgumentException.
               "duratom: :shared? true commits synchronously; it cannot be combined with :commit-mode :duratom.core/async")))
     shared?))
+
+(defn- check-rw!
+  "`:rw` must be a map or nil: anything else (`\"sync\"`, `:sync`) would be
+  silently ignored."
+  [rw]
+  (when-not (or (nil? rw) (map? rw))
+    (throw (IllegalArgumentException.
+            (str "duratom: :rw must be a map or nil, got " (pr-str rw) " (a " (.getName (class rw)) ")")))))
 
 (defn- read-from-storage? [rw]
   (contains? #{:storage ::storage} (:read-from rw)))
@@ -291,6 +291,7 @@
   ([file-path lock init]
    (file-atom file-path lock init default-file-rw))
   ([file-path lock init rw]
+   (check-rw! rw)
    (let [rw (or rw default-file-rw)
          path (file-backend/->file file-path)
          codec (rw/file-codec rw path)]
@@ -308,6 +309,7 @@
   ([db-config table-name row-id lock init]
    (postgres-atom db-config table-name row-id lock init default-postgres-rw))
   ([db-config table-name row-id lock init rw]
+   (check-rw! rw)
    (let [rw (or rw default-postgres-rw)
          desc (postgres-backend/store-config db-config table-name (or row-id 0) (:column-type rw :text))]
      (make-duratom desc (rw/postgres-codec rw) lock init rw))))
@@ -322,6 +324,7 @@
   ([creds bucket k lock init]
    (s3-atom creds bucket k lock init default-s3-rw))
   ([creds bucket k lock init rw]
+   (check-rw! rw)
    (let [rw (or rw default-s3-rw)
          desc (s3-backend/store-config creds bucket k (:metadata rw))
          desc (if (fn? creds)
@@ -344,6 +347,7 @@
   ([db-config table-name row-id lock init]
    (sqlite-atom db-config table-name row-id lock init default-sqlite-rw))
   ([db-config table-name row-id lock init rw]
+   (check-rw! rw)
    (let [rw (or rw default-sqlite-rw)
          desc (sqlite-backend/store-config db-config table-name (or row-id 0) (:column-type rw :text))]
      (make-duratom desc (rw/sqlite-codec rw) lock init rw))))
@@ -359,6 +363,7 @@
 (defn- with-shared
   "The `:shared?` constructor keyword, carried in the `:rw` map."
   [rw shared?]
+  (check-rw! rw)
   (cond-> rw (some? shared?) (assoc :shared? shared?)))
 
 (defmethod duratom :local-file
@@ -423,6 +428,7 @@
   "A duragent over the synchronous duratom `(open rw)` builds: that duratom
   loads the stored state (or persists `:init`) and writes each agent state."
   [open rw]
+  (check-rw! rw)
   (let [^Duratom store (open (-> rw
                                  (assoc :commit-mode :sync)
                                  (dissoc :error-handler :shared? :read-from)))

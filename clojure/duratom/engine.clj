@@ -5,26 +5,43 @@
   computes the new state from the newest accepted one and queues it with a
   sequence number.
 
-  Synchronous: the caller then waits in `await-durable!`. The first waiter
-  becomes the leader and writes the newest queued state; every state queued up
-  to then is a prefix of that snapshot, so one durable write acknowledges them
-  all (group commit). If the write fails, every state queued since the last
-  durable one is dropped and their callers throw: memory never runs ahead of
-  storage, and a swap! that threw leaves no trace.
+  Every write goes through `write-newest!`: under `io-lock` it takes the
+  newest accepted state, encodes it and commits it. Because the snapshot is
+  taken under the same lock as the write, storage never goes back to an older
+  state, whichever thread writes (a leader, the asynchronous writer, a
+  recommit). A hook that must run before each commit belongs there.
+
+  Synchronous: a state joins the open *group*; the caller then waits in
+  `await-durable!` for its own group's outcome. The first waiter becomes the
+  leader and writes the newest state, which closes the open group: every state
+  in it is a prefix of that snapshot, so one durable write acknowledges them
+  all (group commit). If the write fails, that group and every state accepted
+  since are dropped and their callers throw: memory never runs ahead of
+  storage, and a swap! that threw leaves no trace. With an `:error-handler`
+  the leader instead calls it (inside the leader's turn, so a `recommit` it
+  makes is durable before any swap! of the group returns) and the states are
+  kept, as the original library did.
 
   Asynchronous: `propose!` makes sure a writer is running; it never encodes
-  or writes on the caller's thread. The writer, on a shared pool of daemon
-  threads, writes only the newest state each time round, so the last state
-  always lands however fast states come. When a write fails and there is no
-  `:error-handler`, the writer keeps the newest state and retries with
-  backoff; `flush!` and `stats` show the failure.
+  or writes on the caller's thread, nor takes the monitor. The writer, on a
+  shared pool of daemon threads, writes only the newest state each time round,
+  so the last state always lands however fast states come. When a write fails
+  and there is no `:error-handler`, the writer keeps the newest state, retries
+  with backoff and logs the start and the end of the failure streak; `flush!`
+  and `stats` show the failure. With an `:error-handler`, the writer calls it
+  and stops unless it recommits or newer states arrive.
+
+  Nothing here hashes or compares states: a state whose hashCode or equals
+  throws is just a state. Every Throwable of a write is caught and becomes
+  that write's outcome, so no failure leaves a leader or a writer behind.
 
   A JVM shutdown hook flushes every engine with pending states (bounded)."
   (:require [duratom.storage :as storage])
   (:import (java.util.concurrent Executors ExecutorService ThreadFactory ConcurrentHashMap)
            (java.util.concurrent.atomic AtomicLong AtomicBoolean AtomicReference)
            (java.util.concurrent.locks ReentrantLock)
-           (java.util Set)))
+           (java.util Set)
+           (java.lang System$Logger System$Logger$Level)))
 
 (set! *warn-on-reflection* true)
 
@@ -41,50 +58,112 @@
 
 (def ^:private max-backoff-ms 1000)
 
+;; A handler that recommits, whose recommit fails and calls it again, and so
+;; on: the original recursed without bound; past this depth a failed
+;; recommit throws to the handler instead.
+(def ^:private max-handler-depth 16)
+
+;; ------------------------------------------------------------------ logging
+
+(def ^:private tools-logging
+  "(fn [level throwable message]) through clojure.tools.logging when it is on
+  the classpath, else nil. Resolved once, at first use: no dependency."
+  (delay
+    (try
+      (let [factory (requiring-resolve 'clojure.tools.logging/*logger-factory*)
+            get-logger (requiring-resolve 'clojure.tools.logging.impl/get-logger)
+            log* (requiring-resolve 'clojure.tools.logging/log*)]
+        (fn [level x msg]
+          (log* (get-logger @factory "duratom.engine") level x msg)))
+      (catch Throwable _ nil))))
+
+(defn- log!
+  "Logs `msg` (and `x`, a Throwable or nil) at `level` (:warn or :info) as
+  logger `duratom.engine`: through clojure.tools.logging when present, else
+  System.Logger (java.util.logging unless configured otherwise). Never throws."
+  [level ^String msg x]
+  (try
+    (if-let [tl @tools-logging]
+      (tl level x msg)
+      (let [^System$Logger logger (System/getLogger "duratom.engine")
+            lvl (if (= level :warn) System$Logger$Level/WARNING System$Logger$Level/INFO)]
+        (if x
+          (.log logger lvl msg ^Throwable x)
+          (.log logger lvl msg))))
+    (catch Throwable _ nil)))
+
+;; ------------------------------------------------------------------- engine
+
 ;; All mutable state sits in atomics and is changed while holding `monitor`,
 ;; so every step sees one consistent picture; `io-lock` is held around each
-;; commit, so that destroy! waits for one in flight.
+;; write (snapshot, encode, commit, record), so writes are ordered and
+;; destroy! waits for one in flight. Lock order: io-lock, then monitor.
 (defrecord Engine [store encode sync? error-handler
                    ^Object monitor ^ReentrantLock io-lock
                    ^AtomicLong commits ^AtomicLong failures
                    ^AtomicLong bytes-written ^AtomicLong last-commit-nanos
                    ^AtomicReference last-error
-                   ^AtomicReference latest    ; newest accepted state
-                   ^AtomicReference durable   ; newest state known durable (sync mode's deref)
-                   ^AtomicLong requested      ; count of states accepted
-                   ^AtomicLong written        ; count of those known durable
-                   ^AtomicLong acked          ; sync: count whose callers may return
-                   ^AtomicLong failed         ; sync: count whose callers must throw
-                   ^AtomicBoolean leading     ; sync: a caller is writing for the group
-                   ^AtomicBoolean scheduled   ; async: a writer is running or will run
+                   ^AtomicReference latest     ; newest accepted state
+                   ^AtomicReference visible    ; sync deref: newest durable state (or one an :error-handler kept)
+                   ^AtomicLong requested       ; count of states accepted
+                   ^AtomicLong written         ; count of those durable (or given up)
+                   ^AtomicLong attempts        ; writes begun
+                   ^AtomicLong failed-attempt  ; the last failed write (its number among attempts)
+                   ^AtomicLong failed-target   ; count of states the last failed write covered
+                   ^AtomicReference open-group ; sync: outcome cell the states accepted now share
+                   ^AtomicReference leader     ; sync: the thread writing for the groups, or nil
+                   ^AtomicLong depth           ; sync: nesting of the leader's handler calls
+                   ^AtomicBoolean scheduled    ; async: a writer is running or will run
+                   ^AtomicReference handling   ; async: the writer thread while it runs the :error-handler
+                   ^AtomicBoolean failing      ; async: in a logged failure streak
                    ^AtomicBoolean closed
-                   ^AtomicReference version   ; shared: version of the durable state as last seen
-                   ^AtomicLong conflicts])    ; shared: commits refused because storage moved
+                   ^AtomicReference version    ; version of the durable state as last seen
+                   ^AtomicLong conflicts])     ; shared: commits refused because storage moved
+
+(defn- new-group
+  "A group's outcome cell: nil while pending, then ::ok or the Throwable its
+  write failed with."
+  ^AtomicReference []
+  (AtomicReference.))
 
 (defn engine
   "An engine committing to `store` (duratom.storage) with `encode` (value ->
-  bytes), starting from `value`, which is stored already. `sync?`: callers
-  wait until their state is durable. `error-handler`: the `:rw` option,
-  `(fn [exception recommit])`."
+  bytes), starting from `value`, which is stored already as `version`.
+  `sync?`: callers wait until their state is durable. `error-handler`: the
+  `:rw` option, `(fn [exception recommit])`."
   [store encode sync? error-handler value version]
   (->Engine store encode (boolean sync?) error-handler
             (Object.) (ReentrantLock.)
             (AtomicLong.) (AtomicLong.) (AtomicLong.) (AtomicLong.)
             (AtomicReference.) (AtomicReference. value) (AtomicReference. value)
-            (AtomicLong.) (AtomicLong.) (AtomicLong.) (AtomicLong.)
-            (AtomicBoolean.) (AtomicBoolean.) (AtomicBoolean.)
+            (AtomicLong.) (AtomicLong.) (AtomicLong.) (AtomicLong.) (AtomicLong.)
+            (AtomicReference. (new-group)) (AtomicReference.) (AtomicLong.)
+            (AtomicBoolean.) (AtomicReference.) (AtomicBoolean.) (AtomicBoolean.)
             (AtomicReference. version) (AtomicLong.)))
 
+(defn- describe
+  "A Throwable's message, or its class when it has none (StackOverflowError)."
+  ^String [^Throwable x]
+  (or (.getMessage x) (str x)))
+
+(defn- where
+  "`backend resource` of the engine's store, for messages."
+  ^String [^Engine e]
+  (str (some-> (:backend (:store e)) name) " " (:resource (:store e))))
+
+(defn- destroyed-ex [^Engine e]
+  (IllegalStateException. (str "duratom: " (where e) " has been destroyed")))
+
 (defn- commit-bytes!
-  "Commits `encoded` (a duratom.edn.Encoded) unless the engine is closed, keeping the figures; returns
-  the new version, or nil when `expected` (see duratom.storage/commit!) did
-  not hold. Holds io-lock."
+  "Commits `encoded` (a duratom.edn.Encoded) unless the engine is closed,
+  keeping the figures; returns the new version, or nil when `expected` (see
+  duratom.storage/commit!) did not hold. Holds io-lock."
   [^Engine e encoded ^long t0 expected]
   (let [^ReentrantLock io-lock (:io-lock e)]
     (.lock io-lock)
     (try
       (when (.get ^AtomicBoolean (:closed e))
-        (throw (IllegalStateException. "duratom: the duratom has been destroyed")))
+        (throw (destroyed-ex e)))
       (when-let [version (storage/commit! (:store e) encoded expected)]
         (.set ^AtomicReference (:version e) version)
         (.incrementAndGet ^AtomicLong (:commits e))
@@ -100,13 +179,106 @@
   (.set ^AtomicReference (:last-error e) x)
   x)
 
-(defn- encode-and-commit!
-  "Encodes and commits `value` unconditionally; returns nil, or the Throwable
-  it failed with (counted and kept as the last error)."
-  [^Engine e value]
-  (try (commit-bytes! e ((:encode e) value) (System/nanoTime) nil)
-       nil
-       (catch Throwable x (failed! e x))))
+(defn- failure-ex
+  "The exception a caller sees for a state that could not be written."
+  [^Engine e ^Throwable x]
+  (if (instance? IllegalStateException x)
+    x
+    (ex-info (str "duratom: the state could not be written: " (describe x))
+             (merge {:duratom/backend (:backend (:store e))
+                     :duratom/resource (:resource (:store e))}
+                    (ex-data x))
+             x)))
+
+(defn- drop-unwritten!
+  "Sync without :error-handler, after a failed write of `group`: that group,
+  and every state accepted since (computed from the failed state), fail with
+  `x`; memory goes back to the last durable state. Call holding the monitor."
+  [^Engine e ^AtomicReference group x]
+  (let [^AtomicReference open (:open-group e)]
+    (.set group x)
+    (.set ^AtomicReference (.get open) x)
+    (.set open (new-group))
+    (.set ^AtomicReference (:latest e) (.get ^AtomicReference (:visible e)))
+    (.set ^AtomicLong (:written e) (.get ^AtomicLong (:requested e)))))
+
+(defn- settle!
+  "Records the outcome `x` (nil: it landed) of the write of `value`, the
+  snapshot of the first `target` states, which closed `group`. Sync without
+  :error-handler (or once destroyed), a failure drops the group's states
+  (see drop-unwritten!); with one, they are kept and the group's outcome is
+  left to the leader, which tells the handler first. Call holding the monitor."
+  [^Engine e attempt target value ^AtomicReference group x]
+  (if (nil? x)
+    (let [^AtomicLong written (:written e)]
+      (when (> (long target) (.get written)) (.set written (long target)))
+      (.set ^AtomicReference (:visible e) value)
+      (.set ^AtomicReference (:last-error e) nil)
+      (.set group ::ok))
+    (do (failed! e x)
+        (.set ^AtomicLong (:failed-attempt e) (long attempt))
+        (.set ^AtomicLong (:failed-target e) (long target))
+        (when (:sync? e)
+          (if (or (nil? (:error-handler e)) (.get ^AtomicBoolean (:closed e)))
+            (drop-unwritten! e group x)
+            (.set ^AtomicReference (:visible e) value)))))) ; kept, as the original did
+
+(defn- streak-begins!
+  "Logs the start of a failure streak of the asynchronous writer (at most
+  once per streak); `x`: the failure."
+  [^Engine e ^Throwable x]
+  (when (.compareAndSet ^AtomicBoolean (:failing e) false true)
+    (log! :warn (str "duratom: asynchronous writes to " (where e) " fail; the newest state is kept"
+                     " in memory and retried with backoff: " (describe x))
+          x)))
+
+(defn- streak-ends!
+  "Logs the end of a failure streak (at most once per streak)."
+  [^Engine e]
+  (when (.compareAndSet ^AtomicBoolean (:failing e) true false)
+    (log! :info (str "duratom: asynchronous writes to " (where e) " work again; the newest state is stored")
+          nil)))
+
+(defn- write-newest!
+  "Writes the newest accepted state; returns [x group target]: x is nil when
+  it landed, else the Throwable the write failed with (counted, kept as the
+  last error); group is the sync group the write closed, target the count of
+  states it covers. Snapshot, encode, commit and settle! all happen under
+  io-lock, so writes land in the order of their snapshots, whichever thread
+  writes. Every Throwable of the write is its outcome; this throws only when
+  even the snapshot cannot be taken (nothing was closed or written then)."
+  [^Engine e]
+  (let [^ReentrantLock io-lock (:io-lock e)
+        ^Object monitor (:monitor e)]
+    (.lock io-lock)
+    (try
+      (let [snapshot (locking monitor
+                       (let [^AtomicReference open (:open-group e)
+                             group (.get open)]
+                         (.set open (new-group))
+                         [(.get ^AtomicLong (:requested e)) (.get ^AtomicReference (:latest e)) group
+                          (.incrementAndGet ^AtomicLong (:attempts e))]))
+            target (long (nth snapshot 0))
+            value (nth snapshot 1)
+            ^AtomicReference group (nth snapshot 2)
+            attempt (nth snapshot 3)
+            x (try (commit-bytes! e ((:encode e) value) (System/nanoTime) nil)
+                   nil
+                   (catch Throwable x x))
+            ;; before flush! hears of it, so that the log says it first
+            _ (when (and (nil? x) (.get ^AtomicBoolean (:failing e))) (streak-ends! e))
+            x (try (locking monitor
+                     (settle! e attempt target value group x)
+                     (.notifyAll monitor))
+                   x
+                   (catch Throwable y ; bookkeeping failed (OutOfMemoryError): settle as a failure
+                     (locking monitor
+                       (try (settle! e attempt target value group y)
+                            (catch Throwable _ (.set group y)))
+                       (.notifyAll monitor))
+                     y))]
+        [x group target])
+      (finally (.unlock io-lock)))))
 
 (defn commit-initial!
   "Durably stores `value` before the duratom exists (its `:init`); throws on
@@ -120,16 +292,17 @@
 
 (defn current
   "The value deref gives from memory: the newest durable state in synchronous
-  mode, the newest state in asynchronous mode."
+  mode (or one an :error-handler kept), the newest state in asynchronous mode."
   [^Engine e]
-  (let [^AtomicReference r (if (:sync? e) (:durable e) (:latest e))]
+  (let [^AtomicReference r (if (:sync? e) (:visible e) (:latest e))]
     (.get r)))
 
 (declare wake-writer!)
 
 (defn- accept!
-  "(f newest), validated and made the newest state: [seq old new], or nil
-  when `f` returns `abort`."
+  "(f newest), validated and made the newest state: [ticket old new], or nil
+  when `f` returns `abort`. The ticket is the open group (sync) or the
+  sequence number (async)."
   [^Engine e f validate! abort]
   (let [^AtomicReference latest (:latest e)
         old (.get latest)
@@ -138,16 +311,17 @@
       (validate! new)
       ;; `latest` before `requested`: a writer that sees the count sees the state
       (.set latest new)
-      [(.incrementAndGet ^AtomicLong (:requested e)) old new])))
+      (let [n (.incrementAndGet ^AtomicLong (:requested e))]
+        [(if (:sync? e) (.get ^AtomicReference (:open-group e)) n) old new]))))
 
 (defn propose!
   "Computes `(f newest)` from the newest accepted state, validates it with
-  `validate!` and accepts it. Returns `[seq old new]`, or nil (nothing
-  changes) when `f` returns `abort`. Call under the duratom's lock.
-  Synchronous mode holds the monitor throughout, so that a failed group
-  commit cannot drop states while one is being computed from them;
-  asynchronous mode needs no more than the duratom's lock and a wake-up of
-  the writer, which keeps swap! close to an atom's cost."
+  `validate!` and accepts it. Returns `[ticket old new]` (pass the ticket to
+  `await-durable!`), or nil (nothing changes) when `f` returns `abort`. Call
+  under the duratom's lock. Synchronous mode holds the monitor throughout, so
+  that a failed group commit cannot drop states while one is being computed
+  from them; asynchronous mode needs no more than the duratom's lock and a
+  wake-up of the writer, which keeps swap! close to an atom's cost."
   [^Engine e f validate! abort]
   (if (:sync? e)
     (locking (:monitor e)
@@ -156,71 +330,96 @@
       (when accepted (wake-writer! e))
       accepted)))
 
-(defn- failure-ex
-  "The exception a caller sees for a state that could not be written."
-  [^Engine e ^Throwable x]
-  (if (instance? IllegalStateException x)
-    x
-    (ex-info (str "duratom: the state could not be written: " (.getMessage x))
-             (merge {:duratom/backend (:backend (:store e))
-                     :duratom/resource (:resource (:store e))}
-                    (ex-data x))
-             x)))
+;; ------------------------------------------------------- synchronous mode
+
+(declare recommit-fn)
+
+(defn- lead!
+  "Sync, holding the leadership: writes the newest state for the waiting
+  groups. On failure with an :error-handler, calls it here, inside the
+  leader's turn (a recommit it makes commits at once), then lets the group's
+  swaps return with their states kept, as the original library did. Never
+  throws, except past max-handler-depth of nested recommits: then the failure
+  is thrown to the handler that recommitted."
+  [^Engine e]
+  (let [[x ^AtomicReference group] (write-newest! e)
+        handler (:error-handler e)
+        ^Object monitor (:monitor e)
+        ^AtomicLong depth (:depth e)]
+    (when (and x handler (nil? (.get group))) ; not when it was dropped (destroyed)
+      (let [d (.incrementAndGet depth)]
+        (try
+          (if (> d max-handler-depth)
+            (throw (failure-ex e x))
+            (try (handler x (recommit-fn e))
+                 (catch Throwable _ nil))) ; the contract: handler exceptions are swallowed
+          (finally
+            (.decrementAndGet depth)
+            (locking monitor
+              (.compareAndSet group nil ::ok)
+              (.notifyAll monitor))))))))
+
+(defn- with-leadership
+  "Sync: leads (see lead!) until `(done?)`, checked under the monitor,
+  returns non-nil, and returns that; with `once?`, returns nil after leading
+  once. Waits while another thread leads. Interrupts do not cut the wait
+  short; the interrupt status is set again on return. When the calling
+  thread leads already (a swap! or recommit from inside the :error-handler),
+  it writes at once, nested."
+  [^Engine e done? once?]
+  (let [^Object monitor (:monitor e)
+        ^AtomicReference leader (:leader e)
+        me (Thread/currentThread)]
+    (loop [interrupted? false]
+      (let [step (locking monitor
+                   (let [outcome (done?)]
+                     (cond (some? outcome) outcome
+                           (nil? (.get leader)) (do (.set leader me) ::lead)
+                           (identical? me (.get leader)) ::nested
+                           :else (try (.wait monitor) ::again
+                                      (catch InterruptedException _ ::interrupted)))))]
+        (cond
+          (identical? step ::again) (recur interrupted?)
+          (identical? step ::interrupted) (recur true)
+          (identical? step ::nested)
+          (do (lead! e)
+              (if once?
+                (when interrupted? (.interrupt me))
+                (recur interrupted?)))
+          (identical? step ::lead)
+          (do (let [was-interrupted? (Thread/interrupted)] ; keep interruptible I/O of a custom :write working
+                (try (lead! e)
+                     (finally
+                       (locking monitor
+                         (.set leader nil)
+                         (.notifyAll monitor))
+                       (when was-interrupted? (.interrupt me)))))
+              (if once?
+                (when interrupted? (.interrupt me))
+                (recur interrupted?)))
+          :else (do (when interrupted? (.interrupt me))
+                    step))))))
 
 (defn await-durable!
-  "Synchronous mode: returns once state `seq` is durable; throws when it
-  cannot be written (then it is dropped from memory too). With an
-  :error-handler the state is kept instead and the handler told, as the
-  original library did."
-  [^Engine e ^long seq]
-  (let [^Object monitor (:monitor e)
-        ^AtomicLong requested (:requested e)
-        ^AtomicLong written (:written e)
-        ^AtomicLong acked (:acked e)
-        ^AtomicLong failed (:failed e)
-        ^AtomicBoolean leading (:leading e)
-        ^AtomicReference latest (:latest e)
-        ^AtomicReference durable (:durable e)]
-    (loop []
-      (let [step (locking monitor
-                   (cond (>= (.get acked) seq) :done
-                         (>= (.get failed) seq) :failed
-                         (.get leading) (do (.wait monitor) :again)
-                         :else (do (.set leading true) [(.get requested) (.get latest)])))]
-        (case step
-          :done nil
-          :failed (throw (failure-ex e (.get ^AtomicReference (:last-error e))))
-          :again (recur)
-          (let [[target value] step
-                x (encode-and-commit! e value)
-                handler (:error-handler e)]
-            (locking monitor
-              (.set leading false)
-              (cond
-                (nil? x) (do (.set written (max (.get written) (long target)))
-                             (.set acked (max (.get acked) (long target)))
-                             (.set durable value))
-                handler (do (.set acked (max (.get acked) (long target))) ; kept, pending
-                            (.set durable value))
-                ;; Drop every state accepted since the last durable one: they
-                ;; were computed from the state that failed.
-                :else (do (.set failed (.get requested))
-                          (.set written (.get requested)) ; dropped: no longer pending
-                          (.set latest (.get durable))))
-              (.notifyAll monitor))
-            (when (and x handler)
-              (try (handler x #(wake-writer! e))
-                   (catch Throwable _ nil))) ; the contract: handler exceptions are swallowed
-            (recur)))))))
+  "Synchronous mode: returns once the state that `propose!` gave `ticket`
+  for is durable; throws when it could not be written (it is then dropped
+  from memory too). With an :error-handler the state is kept instead and the
+  handler told, as the original library did. An interrupt does not cut the
+  wait short: the call returns (or throws) on the state's outcome, with the
+  thread's interrupt status set again."
+  [^Engine e ^AtomicReference ticket]
+  (let [outcome (with-leadership e #(.get ticket) false)]
+    (when-not (identical? outcome ::ok)
+      (throw (failure-ex e outcome)))))
 
 (defn adopt!
   "Makes `value`, stored as `version`, the newest state (it was read from
   storage). Returns the state it replaces."
   [^Engine e value version]
   (locking (:monitor e)
-    (let [old (.get ^AtomicReference (:durable e))]
+    (let [old (.get ^AtomicReference (:visible e))]
       (.set ^AtomicReference (:latest e) value)
-      (.set ^AtomicReference (:durable e) value)
+      (.set ^AtomicReference (:visible e) value)
       (.set ^AtomicReference (:version e) version)
       old)))
 
@@ -228,6 +427,32 @@
   "The version of the durable state as this engine last saw it."
   [^Engine e]
   (.get ^AtomicReference (:version e)))
+
+(defn load-stored
+  "What the store holds now (see duratom.storage/load-stored), read while no
+  commit is in flight. Throws when the engine is destroyed."
+  [^Engine e]
+  (let [^ReentrantLock io-lock (:io-lock e)]
+    (.lock io-lock)
+    (try
+      (when (.get ^AtomicBoolean (:closed e)) (throw (destroyed-ex e)))
+      (storage/load-stored (:store e))
+      (finally (.unlock io-lock)))))
+
+(defn reload!
+  "Reads what storage holds now, while no commit is in flight; when its
+  version is not the one this engine last saw, decodes it with `decode` and
+  adopts it. Returns [old new] when the state changed, else nil."
+  [^Engine e decode]
+  (let [^ReentrantLock io-lock (:io-lock e)]
+    (.lock io-lock)
+    (try
+      (when-not (.get ^AtomicBoolean (:closed e))
+        (when-let [stored (storage/load-stored (:store e))]
+          (when (not= (:version stored) (stored-version e))
+            (let [new (decode (:bytes stored))]
+              [(adopt! e new (:version stored)) new]))))
+      (finally (.unlock io-lock)))))
 
 (defn shared-update!
   "Shared mode: a compare-and-set loop whose register is the storage itself.
@@ -238,7 +463,7 @@
   `abort`. Call under the duratom's lock."
   [^Engine e f validate! abort reload!]
   (loop []
-    (let [old (.get ^AtomicReference (:durable e))
+    (let [old (.get ^AtomicReference (:visible e))
           new (f old)]
       (when-not (identical? new abort)
         (validate! new)
@@ -248,12 +473,15 @@
           (if committed
             (do (locking (:monitor e) ; commit-bytes! already recorded the version
                   (.set ^AtomicReference (:latest e) new)
-                  (.set ^AtomicReference (:durable e) new)
+                  (.set ^AtomicReference (:visible e) new)
+                  (.set ^AtomicReference (:last-error e) nil)
                   (.set ^AtomicLong (:written e) (.incrementAndGet ^AtomicLong (:requested e))))
                 [old new])
             (do (.incrementAndGet ^AtomicLong (:conflicts e))
                 (reload!)
                 (recur))))))))
+
+;; ------------------------------------------------------ asynchronous mode
 
 (declare write-loop)
 
@@ -265,12 +493,14 @@
                (not (.get ^AtomicBoolean (:closed e)))
                (.compareAndSet scheduled false true))
       (.add writing e)
-      (.execute writers ^Runnable (fn [] (write-loop e))))))
-
-(defn recommit!
-  "Schedules a write of the newest state: the `recommit` an :error-handler gets."
-  [^Engine e]
-  (wake-writer! e))
+      (try
+        (.execute writers ^Runnable (fn [] (write-loop e)))
+        (catch Throwable x ; no thread to be had: say so rather than leave `scheduled` set
+          (locking (:monitor e)
+            (failed! e x)
+            (.set scheduled false)
+            (.remove writing e)
+            (.notifyAll ^Object (:monitor e))))))))
 
 (defn- stop-writer!
   "Marks the writer stopped. Call holding the monitor."
@@ -279,74 +509,149 @@
   (.remove writing e)
   (.notifyAll ^Object (:monitor e)))
 
+(defn- go-on?
+  "Whether the writer goes round again: a state is pending, the engine is
+  open, and (after a failure the :error-handler did not repair) a state
+  newer than the failed one arrived. Otherwise stops the writer, and takes
+  it up again if a state arrived just after: a swap! that saw the writer
+  still scheduled did not wake one."
+  [^Engine e ^long newer-than]
+  (let [^AtomicLong requested (:requested e)
+        ^AtomicLong written (:written e)
+        ^AtomicBoolean closed (:closed e)
+        more? #(and (> (.get requested) (.get written))
+                    (> (.get requested) newer-than)
+                    (not (.get closed)))]
+    (locking (:monitor e)
+      (or (more?)
+          (do (stop-writer! e)
+              (and (more?)
+                   (.compareAndSet ^AtomicBoolean (:scheduled e) false true)
+                   (do (.add writing e) true)))))))
+
+(defn- handle-async-failure!
+  "Calls the :error-handler with `x` on the writer thread, which stays
+  scheduled meanwhile (flush! waits); a recommit from inside commits at once,
+  on this thread."
+  [^Engine e x]
+  (let [^AtomicReference handling (:handling e)]
+    (.set handling (Thread/currentThread))
+    (try ((:error-handler e) x (recommit-fn e))
+         (catch Throwable _ nil) ; the contract: handler exceptions are swallowed
+         (finally (.set handling nil)))))
+
 (defn- write-loop
-  "The writer: writes the newest state until none is pending; on failure calls
-  the :error-handler and stops, or (without one) backs off and retries."
+  "The writer: writes the newest state until none is pending. On failure
+  calls the :error-handler and stops unless it recommitted or newer states
+  came; without one, logs, backs off and retries."
   [^Engine e]
   (let [^Object monitor (:monitor e)
-        ^AtomicLong requested (:requested e)
-        ^AtomicLong written (:written e)
         ^AtomicBoolean closed (:closed e)]
-    (loop [attempt 0]
-      (let [[target value] (locking monitor [(.get requested) (.get ^AtomicReference (:latest e))])
-            failure (encode-and-commit! e value)]
-        (cond
-          (nil? failure)
-          (when (locking monitor
-                  (when (> (long target) (.get written)) (.set written target))
-                  (.set ^AtomicReference (:durable e) value)
-                  (.notifyAll monitor)
-                  (or (and (> (.get requested) (.get written)) (not (.get closed)))
-                      (do (stop-writer! e)
-                          ;; a swap! may have accepted a state after the check
-                          ;; and seen the writer still scheduled: take it on
-                          (and (> (.get requested) (.get written))
-                               (not (.get closed))
-                               (.compareAndSet ^AtomicBoolean (:scheduled e) false true)
-                               (do (.add writing e) true)))))
-            (recur 0))
+    (try
+      (loop [attempt 0]
+        (let [[x _ failed-target] (write-newest! e)]
+          (cond
+            (nil? x)
+            (when (go-on? e 0) (recur 0))
 
-          (:error-handler e)
-          (do (locking monitor (stop-writer! e))
-              (when-not (.get closed)
-                (try ((:error-handler e) failure #(recommit! e))
-                     (catch Throwable _ nil)))) ; the contract: handler exceptions are swallowed
+            (:error-handler e)
+            (do (when-not (.get closed) (handle-async-failure! e x))
+                ;; states up to failed-target are written only if it recommitted
+                (when (go-on? e (long failed-target)) (recur 0)))
 
-          :else
-          (when (locking monitor
-                  (.notifyAll monitor)
-                  (when-not (.get closed)
-                    ;; back off; flush! and destroy! wake us early
-                    (.wait monitor (long (min max-backoff-ms (bit-shift-left 10 (min attempt 10))))))
-                  (if (.get closed)
-                    (do (stop-writer! e) false)
-                    true))
-            (recur (inc attempt))))))))
+            :else
+            (do (streak-begins! e x)
+                (when (locking monitor
+                        (.notifyAll monitor)
+                        (when-not (.get closed)
+                          ;; back off; flush! and destroy! wake us early
+                          (.wait monitor (long (min max-backoff-ms (bit-shift-left 10 (min attempt 10))))))
+                        (if (.get closed)
+                          (do (stop-writer! e) false)
+                          true))
+                  (recur (inc attempt)))))))
+      (catch Throwable x ; our own bookkeeping failed: never die silently, never stay scheduled
+        (try (failed! e x) (catch Throwable _ nil))
+        (log! :warn (str "duratom: the asynchronous writer of " (where e) " stopped: " (describe x)) x)
+        (locking monitor (stop-writer! e))))))
+
+(defn- async-recommit!
+  "Async recommit from outside the writer: waits for a running writer to
+  stop, then starts one that writes the newest state, and waits for it.
+  Returns once every state accepted before the call is durable; throws the
+  failure when that writer stopped short of it."
+  [^Engine e]
+  (let [^Object monitor (:monitor e)
+        ^AtomicBoolean scheduled (:scheduled e)]
+    (locking monitor
+      (let [target (.get ^AtomicLong (:requested e))]
+        (loop [started? false]
+          (cond
+            (or (>= (.get ^AtomicLong (:written e)) target) (.get ^AtomicBoolean (:closed e))) nil
+            (.get scheduled) (do (.notifyAll monitor) (.wait monitor) (recur started?))
+            started? (throw (failure-ex e (or (.get ^AtomicReference (:last-error e))
+                                             (IllegalStateException. "duratom: the recommit did not land"))))
+            (.compareAndSet scheduled false true)
+            (do (.add writing e)
+                (.execute writers ^Runnable (fn [] (write-loop e)))
+                (recur true))
+            :else (recur started?))))))) ; a swap! started one just now
+
+(defn- recommit-fn
+  "The `recommit` an :error-handler gets: writes the current state at once,
+  as the original library did. Synchronous: as the leader (inside the
+  handler's call, nested; elsewhere after waiting for the leadership); a
+  failure calls the handler again. Asynchronous: on the writer thread inside
+  the handler, else through the writer; a failure is thrown. Does nothing
+  once the duratom is destroyed."
+  [^Engine e]
+  (fn recommit []
+    (when-not (.get ^AtomicBoolean (:closed e))
+      (cond
+        (:sync? e)
+        (with-leadership e (constantly nil) true)
+
+        (identical? (Thread/currentThread) (.get ^AtomicReference (:handling e)))
+        (let [[x] (write-newest! e)]
+          (when x (throw (failure-ex e x))))
+
+        :else (async-recommit! e)))))
+
+(defn recommit!
+  "Writes the newest state now, as an :error-handler's `recommit` does."
+  [^Engine e]
+  ((recommit-fn e)))
 
 (defn flush!
   "Waits until every state requested before the call is durable. Returns
   true; false when `timeout-ms` (nil: no limit) passes first. Throws the last
-  persistence error when a write of the pending state fails meanwhile, or
-  failed and nothing is retrying it."
+  persistence error when the pending state will not be written: the writer
+  stopped after a failure (the :error-handler did not repair it), or, with no
+  :error-handler, a write of the newest state it waits for, begun after the
+  call, failed (the writer retries on). While an :error-handler runs, and for a recommit it makes, it waits.
+  An interrupt throws InterruptedException and changes nothing."
   [^Engine e timeout-ms]
   (let [deadline (when timeout-ms (+ (System/nanoTime) (* 1000000 (long timeout-ms))))
         ^Object monitor (:monitor e)
-        ^AtomicLong failures (:failures e)]
+        ^AtomicLong failed-attempt (:failed-attempt e)
+        handler? (some? (:error-handler e))]
     (locking monitor
       (let [target (.get ^AtomicLong (:requested e))
-            failures-before (.get failures)]
+            attempts-before (.get ^AtomicLong (:attempts e))]
         (.notifyAll monitor) ; cut a writer's backoff short
         (loop []
           (cond
             (or (>= (.get ^AtomicLong (:written e)) target) (.get ^AtomicBoolean (:closed e)))
             true
 
-            (or (> (.get failures) failures-before)
+            (or (and (not handler?)
+                     (> (.get failed-attempt) attempts-before)
+                     (>= (.get ^AtomicLong (:failed-target e)) target))
                 (and (not (.get ^AtomicBoolean (:scheduled e)))
-                     (not (.get ^AtomicBoolean (:leading e)))
+                     (nil? (.get ^AtomicReference (:leader e)))
                      (some? (.get ^AtomicReference (:last-error e)))))
             (let [^Throwable x (.get ^AtomicReference (:last-error e))]
-              (throw (ex-info (str "duratom: the pending state cannot be written: " (.getMessage x))
+              (throw (ex-info (str "duratom: the pending state cannot be written: " (describe x))
                               (merge {:duratom/backend (:backend (:store e))
                                       :duratom/resource (:resource (:store e))}
                                      (ex-data x))
