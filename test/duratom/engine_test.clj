@@ -7,6 +7,7 @@
             [clojure.string :as str]
             [clojure.test :refer [deftest is testing]]
             [duratom.core :as d]
+            [duratom.rw :as rw]
             [duratom.test-support :as ts])
   (:import (java.io File)
            (java.util.concurrent CountDownLatch CyclicBarrier Executors Future TimeUnit)
@@ -77,6 +78,31 @@
                                 :done))))
       (is (= {:n 100} (stored path)))
       (d/destroy dura)))
+  (testing "sync and async: an OutOfMemoryError from the encoder, and a state whose equals throws"
+    (let [oom-rw (assoc d/default-file-rw
+                        :write (fn [file value]
+                                 (if (:oom value)
+                                   (throw (OutOfMemoryError. "test: the encoder ran out of memory"))
+                                   (rw/write-edn-file file value))))
+          odd (reify Object
+                (equals [_ _] (throw (IllegalStateException. "equals throws")))
+                (hashCode [_] (throw (IllegalStateException. "hashCode throws")))
+                (toString [_] "odd"))]
+      (doseq [rw [(assoc oom-rw :commit-mode :sync) oom-rw]]
+        (let [path (fresh-path)
+              sync? (= :sync (:commit-mode rw))
+              dura (open path {:n 0} rw)]
+          (is (= :done (within 60 (fn []
+                                    (if sync?
+                                      (is (thrown? Exception (swap! dura assoc :oom true)))
+                                      (swap! dura assoc :oom true))
+                                    ;; whether the encoder takes it or refuses it, nothing may hang
+                                    (try (swap! dura assoc :odd odd) (catch Exception _ nil))
+                                    (dotimes [_ 100] (swap! dura #(-> % (dissoc :oom :odd) (update :n inc))))
+                                    (is (true? (d/flush! dura 30000)))
+                                    :done))))
+          (is (= {:n 100} (stored path)) (str "mode " (:commit-mode rw :async)))
+          (d/destroy dura)))))
   (testing "sync: 4 threads swap while one poisons now and then; every call ends"
     (let [path (fresh-path)
           dura (open path {:n 0} sync-rw)
