@@ -55,14 +55,15 @@
   "Run settings, from the environment where given:
   DURATOM_HISTORY_SECS  seconds of operations per seed run (default 15);
   DURATOM_HISTORY_SEED  replay only this seed;
-  DURATOM_HISTORY_THREADS  worker threads per process (default 6);
+  DURATOM_HISTORY_THREADS  worker threads per process (default: the test's
+    choice, else 6);
   DURATOM_HISTORY_FAULTS  all, none, or a list of storage, refusal, interrupts
     (default: the test's choice);
   DURATOM_HISTORY_WITHOUT  operation kinds to leave out, e.g. refresh,reset;
   DURATOM_HISTORY_OPS_PER_SEC  the most operations a thread runs per second (default 100)."
   []
   {:secs (env-long "DURATOM_HISTORY_SECS" 15)
-   :threads (env-long "DURATOM_HISTORY_THREADS" 6)
+   :threads (env-long "DURATOM_HISTORY_THREADS" nil)
    ;; which faults to inject (to triage a violation)
    :faults (when-let [f (not-empty (System/getenv "DURATOM_HISTORY_FAULTS"))]
              (if (= f "none")
