@@ -12,7 +12,6 @@
   ;; `scripts/build-native` puts the library in native-resources/ as
   ;; duratom/native/<platform>/libduratom.so, so `lein jar` carries it.
   :resource-paths ["native-resources"]
-  :jvm-opts ["-Xss4m"]
   ;; tools.logging only for the test that async failures are logged through it
   ;; when present (duratom resolves it at run time and needs no logging library).
   :profiles {:dev {:dependencies [[com.taoensso/nippy "3.1.3" :exclusions [org.clojure/clojure]]

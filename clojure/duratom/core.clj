@@ -312,7 +312,7 @@
    (check-rw! rw)
    (let [rw (or rw default-postgres-rw)
          desc (postgres-backend/store-config db-config table-name (or row-id 0) (:column-type rw :text))]
-     (make-duratom desc (rw/postgres-codec rw) lock init rw))))
+     (make-duratom desc (rw/postgres-codec rw desc) lock init rw))))
 
 (defn s3-atom
   "A duratom stored in object `k` of `bucket` (created when missing).
@@ -330,7 +330,7 @@
          desc (if (fn? creds)
                 (assoc desc :refresh #(s3-backend/store-config creds bucket k (:metadata rw)))
                 desc)]
-     (make-duratom desc (rw/s3-codec rw) lock init rw))))
+     (make-duratom desc (rw/s3-codec rw desc) lock init rw))))
 
 (defn sqlite-atom
   "A duratom stored in row `row-id` (default 0) of table `table-name` in a

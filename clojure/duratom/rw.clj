@@ -5,8 +5,11 @@
   `decode` (bytes -> value).
 
   With a default `:rw` the value is encoded straight to EDN bytes
-  (`duratom.edn`). A custom `:read`/`:write` is called exactly as the original
-  library called it, so nippy and friends keep working unchanged."
+  (`duratom.edn`), which refuses, before anything is written, a value that
+  would not read back equal and of the same type, and an encoding longer than
+  `:max-bytes`. A custom `:read`/`:write` is called exactly as the original
+  library called it, so nippy and friends keep working unchanged; what it
+  writes is the user's own, unchecked."
   (:require [clojure.java.io :as io]
             [duratom.edn :as dedn])
   (:import (java.io ByteArrayInputStream File PushbackReader InputStream)
@@ -70,6 +73,23 @@
 
 ;; ------------------------------------------------------------------- codecs
 
+(defn max-bytes
+  "The `:max-bytes` of `rw`: the longest encoding the default codec writes.
+  Absent: `duratom.edn/default-max-bytes` (1/64 of the maximum heap).
+  Anything but a positive integer is an IllegalArgumentException."
+  ^long [rw]
+  (let [m (:max-bytes rw)]
+    (cond (nil? m) (dedn/default-max-bytes)
+          (and (integer? m) (pos? m) (<= m Long/MAX_VALUE)) (long m)
+          :else (throw (IllegalArgumentException.
+                        (str "duratom: :max-bytes must be a positive integer (bytes), got " (pr-str m)))))))
+
+(defn- default-codec
+  "The EDN codec; `where` ({:backend :resource}) is named by its refusals."
+  [rw where]
+  {:encode (dedn/encoder (assoc (select-keys where [:backend :resource]) :max-bytes (max-bytes rw)))
+   :decode dedn/decode})
+
 (defn- to-encoded
   "What a custom `:write` returned, as an Encoded."
   [x]
@@ -89,7 +109,7 @@
   custom `:read` is given a temp file holding the stored bytes."
   [rw ^File path]
   (if (default-fns? rw default-file-rw)
-    {:encode (dedn/encoder) :decode dedn/decode :raw? false}
+    (assoc (default-codec rw {:backend :local-file :resource (.getPath (.getAbsoluteFile path))}) :raw? false)
     (let [dir (.getAbsoluteFile (or (.getParentFile (.getAbsoluteFile path)) (File. ".")))
           with-temp (fn [f]
                       (let [tmp (File/createTempFile ".duratom-" ".rw" dir)]
@@ -107,10 +127,11 @@
 
 (defn postgres-codec
   "Codec for a PostgreSQL duratom; `:read` gets a String for a `:text` column
-  and bytes for `:bytea`."
-  [rw]
+  and bytes for `:bytea`. `where`: the store description (its `:backend` and
+  `:resource` are named by refusals)."
+  [rw where]
   (if (default-fns? rw default-postgres-rw)
-    {:encode (dedn/encoder) :decode dedn/decode}
+    (default-codec rw where)
     (let [read (:read rw (:read default-postgres-rw))
           write (:write rw (:write default-postgres-rw))
           text? (not= :bytea (:column-type rw :text))]
@@ -133,10 +154,10 @@
 
 (defn s3-codec
   "Codec for an S3 duratom; `:read` gets the size and an InputStream, as the
-  original library gave it."
-  [rw]
+  original library gave it. `where`: as for `postgres-codec`."
+  [rw where]
   (if (default-fns? rw default-s3-rw)
-    {:encode (dedn/encoder) :decode dedn/decode}
+    (default-codec rw where)
     (let [read (:read rw (:read default-s3-rw))
           write (:write rw (:write default-s3-rw))]
       {:encode (fn [value] (to-encoded (write value)))
