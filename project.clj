@@ -15,7 +15,9 @@
   ;; tools.logging only for the test that async failures are logged through it
   ;; when present (duratom resolves it at run time and needs no logging library).
   :profiles {:dev {:dependencies [[com.taoensso/nippy "3.1.3" :exclusions [org.clojure/clojure]]
-                                  [org.clojure/tools.logging "1.2.4" :exclusions [org.clojure/clojure]]]}
+                                  [org.clojure/tools.logging "1.2.4" :exclusions [org.clojure/clojure]]
+                                  ;; Debian's libtest-check-clojure (scripts/setup installs it)
+                                  [org.clojure/test.check "1.1.0" :exclusions [org.clojure/clojure]]]}
              :demo {:source-paths ["demo"]}
              :bench {:source-paths ["bench"] :jvm-opts ["-Xms2g" "-Xmx2g"]}}
   :test-selectors {:default (complement :bench)

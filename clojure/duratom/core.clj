@@ -350,7 +350,7 @@
    (check-rw! rw)
    (let [rw (or rw default-sqlite-rw)
          desc (sqlite-backend/store-config db-config table-name (or row-id 0) (:column-type rw :text))]
-     (make-duratom desc (rw/sqlite-codec rw) lock init rw))))
+     (make-duratom desc (rw/sqlite-codec rw desc) lock init rw))))
 
 (defmulti duratom
   "Constructs a duratom backed by `backed-by`: `:local-file` (`:file-path`),

@@ -73,12 +73,13 @@
 (def ^:private medium-depth 16384)
 
 (defn default-max-bytes
-  "The default `:max-bytes`: 1/64 of the JVM's maximum heap. An infinite lazy
-  seq in an asynchronous duratom is realised until its encoding reaches this
-  size, and its realised cells are held by the state (a few to about 25 bytes
-  of heap per encoded byte), so the default keeps that well below the heap."
+  "The default `:max-bytes`: 32 MiB, or 1/64 of the JVM's maximum heap when
+  that is less. An infinite lazy seq in an asynchronous duratom is realised
+  until its encoding reaches this size, and the state holds on to what was
+  realised (from a few to about 30 bytes of heap per encoded byte), so the
+  default keeps that well below the heap, and small in absolute terms."
   ^long []
-  (max 65536 (quot (.maxMemory (Runtime/getRuntime)) 64)))
+  (max 65536 (min (* 32 1024 1024) (quot (.maxMemory (Runtime/getRuntime)) 64))))
 
 ;; ---------------------------------------------------------------- refusals
 
@@ -358,6 +359,11 @@
 (def ^:private ^DateTimeFormatter year-format
   (-> (DateTimeFormatterBuilder.) (.appendValue ChronoField/YEAR 4 10 SignStyle/EXCEEDS_PAD) (.toFormatter)))
 
+;; The same for YearMonth, whose toString writes no sign past 9999 either.
+(def ^:private ^DateTimeFormatter year-month-format
+  (-> (DateTimeFormatterBuilder.) (.appendValue ChronoField/YEAR 4 10 SignStyle/EXCEEDS_PAD)
+      (.appendLiteral "-") (.appendValue ChronoField/MONTH_OF_YEAR 2) (.toFormatter)))
+
 (defn- tagged-string
   "A writer of `#tag \"(f x)\"`."
   [^String tag f]
@@ -388,7 +394,7 @@
     (.put m ZonedDateTime (time "zoned-date-time"))
     (.put m Duration (time "duration"))
     (.put m Period (time "period"))
-    (.put m YearMonth (time "year-month"))
+    (.put m YearMonth (tagged-string "#time/year-month " #(.format year-month-format ^YearMonth %)))
     (.put m MonthDay (time "month-day"))
     (.put m Month (time "month"))
     (.put m DayOfWeek (time "day-of-week"))
@@ -609,7 +615,7 @@
                           :duratom/refused (::kind d)
                           :duratom/class (if (nil? x) "nil" (.getName (class x)))
                           :duratom/path plain}
-                   key-at (assoc :duratom/in-map-key plain)
+                   key-at (assoc :duratom/in-map-key (subvec plain 0 (inc key-at)))
                    (:backend where) (assoc :duratom/backend (:backend where))
                    (:resource where) (assoc :duratom/resource (:resource where)))))
       e)))

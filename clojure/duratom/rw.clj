@@ -75,7 +75,7 @@
 
 (defn max-bytes
   "The `:max-bytes` of `rw`: the longest encoding the default codec writes.
-  Absent: `duratom.edn/default-max-bytes` (1/64 of the maximum heap).
+  Absent: `duratom.edn/default-max-bytes` (32 MiB, less on heaps under 2 GiB).
   Anything but a positive integer is an IllegalArgumentException."
   ^long [rw]
   (let [m (:max-bytes rw)]
@@ -129,37 +129,40 @@
   "Codec for a PostgreSQL duratom; `:read` gets a String for a `:text` column
   and bytes for `:bytea`. `where`: the store description (its `:backend` and
   `:resource` are named by refusals)."
-  [rw where]
-  (if (default-fns? rw default-postgres-rw)
-    (default-codec rw where)
-    (let [read (:read rw (:read default-postgres-rw))
-          write (:write rw (:write default-postgres-rw))
-          text? (not= :bytea (:column-type rw :text))]
-      {:encode (fn [value] (to-encoded (write value)))
-       :decode (fn [^bytes stored]
-                 (read (if text? (String. stored StandardCharsets/UTF_8) stored)))})))
+  ([rw] (postgres-codec rw nil))
+  ([rw where]
+   (if (default-fns? rw default-postgres-rw)
+     (default-codec rw where)
+     (let [read (:read rw (:read default-postgres-rw))
+           write (:write rw (:write default-postgres-rw))
+           text? (not= :bytea (:column-type rw :text))]
+       {:encode (fn [value] (to-encoded (write value)))
+        :decode (fn [^bytes stored]
+                  (read (if text? (String. stored StandardCharsets/UTF_8) stored)))}))))
 
 (defn sqlite-codec
   "Codec for a SQLite duratom; `:read` gets a String for a `:text` column and
-  bytes for `:blob`."
-  [rw]
-  (if (default-fns? rw default-sqlite-rw)
-    {:encode (dedn/encoder) :decode dedn/decode}
-    (let [read (:read rw (:read default-sqlite-rw))
-          write (:write rw (:write default-sqlite-rw))
-          text? (not (contains? #{:blob :bytea} (:column-type rw :text)))]
-      {:encode (fn [value] (to-encoded (write value)))
-       :decode (fn [^bytes stored]
-                 (read (if text? (String. stored StandardCharsets/UTF_8) stored)))})))
+  bytes for `:blob`. `where`: as for `postgres-codec`."
+  ([rw] (sqlite-codec rw nil))
+  ([rw where]
+   (if (default-fns? rw default-sqlite-rw)
+     (default-codec rw where)
+     (let [read (:read rw (:read default-sqlite-rw))
+           write (:write rw (:write default-sqlite-rw))
+           text? (not (contains? #{:blob :bytea} (:column-type rw :text)))]
+       {:encode (fn [value] (to-encoded (write value)))
+        :decode (fn [^bytes stored]
+                  (read (if text? (String. stored StandardCharsets/UTF_8) stored)))}))))
 
 (defn s3-codec
   "Codec for an S3 duratom; `:read` gets the size and an InputStream, as the
   original library gave it. `where`: as for `postgres-codec`."
-  [rw where]
-  (if (default-fns? rw default-s3-rw)
-    (default-codec rw where)
-    (let [read (:read rw (:read default-s3-rw))
-          write (:write rw (:write default-s3-rw))]
-      {:encode (fn [value] (to-encoded (write value)))
-       :decode (fn [^bytes stored]
-                 (read (alength stored) (ByteArrayInputStream. stored)))})))
+  ([rw] (s3-codec rw nil))
+  ([rw where]
+   (if (default-fns? rw default-s3-rw)
+     (default-codec rw where)
+     (let [read (:read rw (:read default-s3-rw))
+           write (:write rw (:write default-s3-rw))]
+       {:encode (fn [value] (to-encoded (write value)))
+        :decode (fn [^bytes stored]
+                  (read (alength stored) (ByteArrayInputStream. stored)))}))))

@@ -234,3 +234,68 @@
         (is (= [Long Long Long clojure.lang.BigInt] (map (comp class back) [:int :short :byte :biginteger])))))
     (testing "a Float is refused: it would read back as a Double, which hashes differently"
       (refused! mode [:users 42 :ratio] (float 1.5) "java.lang.Float"))))
+
+;; ------------------------------------- child JVMs with default options (Why 3)
+
+(defn- child
+  "Runs `(duratom.values-child/<call>)` in a child JVM started with default
+  options (no -Xss, no -Xmx); returns its stdout lines."
+  [call & opts]
+  (str/split-lines (apply ts/child-output (str "(require 'duratom.values-child) (duratom.values-child/" call ")"
+                                               " (shutdown-agents) (System/exit 0)")
+                          opts)))
+
+(defn- deep-round-trip! [mode kind n]
+  (let [f (io/file (ts/temp-dir) "deep.edn")
+        written (child (str "write-deep \"" f "\" " mode " " kind " " n))]
+    (is (= ["OK"] written) (str n " deep, " mode ": written"))
+    (is (= ["EQUAL"] (child (str "read-deep \"" f "\" " kind " " n)))
+        (str n " deep, " mode ": loads in a fresh JVM and is equal, kind for kind"))))
+
+(deftest a-state-5000-deep-loads-in-a-jvm-with-default-options
+  (doseq [mode modes]
+    (deep-round-trip! mode :vector 5000)))
+
+(deftest a-state-50000-deep-is-written-by-a-sync-swap-and-loads
+  (doseq [mode modes]
+    (deep-round-trip! mode :vector 50000)))
+
+(deftest deep-mixed-states-round-trip
+  (doseq [mode modes]
+    (deep-round-trip! mode :mixed 10000)
+    (deep-round-trip! mode :mixed 30000)))
+
+(deftest deeper-than-the-limit-is-refused
+  (doseq [mode modes]
+    (let [f (io/file (ts/temp-dir) "too-deep.edn")
+          [line] (child (str "write-deep \"" f "\" " mode " :vector " (inc dedn/max-depth)))]
+      (is (str/starts-with? line "REFUSED") line)
+      (is (str/includes? line (str "deeper than " dedn/max-depth " levels")) line)
+      (is (str/includes? line (str f)) line)
+      (is (= {:start 1} (edn/read-string readers/default (slurp f))) "the file keeps the last good state"))))
+
+(deftest a-file-nested-deeper-than-the-limit-is-an-error-naming-file-and-depth
+  (let [f (io/file (ts/temp-dir) "deep-file.edn")
+        depth (+ dedn/max-depth 5)
+        text (str (apply str (repeat depth "[")) (apply str (repeat depth "]")))]
+    (spit f text)
+    (let [[line] (child (str "read-deep \"" f "\" :vector 0"))]
+      (is (str/starts-with? line "ERROR clojure.lang.ExceptionInfo") line)
+      (is (str/includes? line (str f)) line)
+      (is (str/includes? line (str "nested " depth " deep")) line))
+    (is (= text (slurp f)) "the file is left untouched")
+    (testing "in this JVM too, with the depth in the data"
+      (let [e (try (d/file-atom f) nil (catch Exception e e))]
+        (is (= depth (:duratom/depth (ex-data (.getCause ^Exception e)))))))))
+
+(deftest an-infinite-lazy-seq-leaves-the-application-running
+  (let [dir (ts/temp-dir)
+        lines (child (str "infinite-seqs \"" dir "\""))
+        runs (remove #(str/starts-with? % "APP") lines)
+        [_ rounds status] (str/split (last lines) #" " 3)]
+    (is (= 10 (count runs)) (str "every seq, both modes, ran: " (pr-str lines)))
+    (doseq [line runs]
+      (is (re-find #"\| REFUSED clojure.lang.ExceptionInfo .*\[:events \d+\]: .*:max-bytes" line) line)
+      (is (str/includes? line "| next: true {:ok 1}") line))
+    (is (= "ok" status) (str "the rest of the application ran without an error: " (last lines)))
+    (is (pos? (Long/parseLong rounds)))))
