@@ -109,7 +109,12 @@
                          (catch Throwable e
                            (str "REFUSED " (.getName (class e)) " " (.getMessage e))))
             _ (swap! a (fn [m] (-> m (dissoc :events) (update :ok inc))))
-            next-ok (try (d/flush! a 600000) (catch Throwable e (str "ERROR " e)))]
+            ;; flush! also throws when a retry of the refused state, begun
+            ;; before the good state was set, fails while it waits: the writer
+            ;; then goes on to the good state, so a later flush! succeeds
+            next-ok (loop [tries 5]
+                      (let [r (try (d/flush! a 600000) (catch Throwable e (str "ERROR " e)))]
+                        (if (and (string? r) (pos? tries)) (recur (dec tries)) r)))]
         (println label (name mode) "|" outcome "| next:" next-ok (pr-str (d/backend-snapshot a)))
         (flush)))
     (stop!)
