@@ -343,7 +343,7 @@
   [xmx-mb & args]
   (let [java (str (System/getProperty "java.home") "/bin/java")
         native (System/getProperty "duratom.native.path")
-        cmd (cond-> [java (str "-Xmx" xmx-mb "m") "-Xss4m" "-Dclojure.main.report=stderr"]
+        cmd (cond-> [java (str "-Xmx" xmx-mb "m") "-Dclojure.main.report=stderr"]
               native (conj (str "-Dduratom.native.path=" native))
               true (into ["-cp" (System/getProperty "java.class.path") "clojure.main" "-m" "duratom.bench" "child"])
               true (into (map str args)))
@@ -465,6 +465,11 @@
            :value (fmt-ms load) :baseline (str "clojure.edn/read-string " (fmt-ms read))
            :ratio (fmt-x (/ load read)) :target "<= 1.2x" :met (<= (/ load read) 1.2)})))
 
+(def ^:private child-rw
+  "The child's :rw: its heap is sized to the state, far below the 64 x
+  `:max-bytes` that the default limit assumes, so the limit is given."
+  (assoc (sync-rw d/default-file-rw) :max-bytes (* 64 1024 1024)))
+
 (defn- child-main
   "The child JVM of `large-memory-row`."
   [mode path]
@@ -472,13 +477,13 @@
     "probe" (let [base (heap-used)
                   big (large-map)
                   live (- (heap-used) base)
-                  dura (file-duratom path (sync-rw d/default-file-rw) {})
+                  dura (file-duratom path child-rw {})
                   before (:bytes-written (d/stats dura))]
               (reset! dura big)
               (println (str "PROBE base=" base " live=" live
                             " encoded=" (- (:bytes-written (d/stats dura)) before))))
     "commit" (let [big (large-map)
-                   dura (file-duratom path (sync-rw d/default-file-rw) {})]
+                   dura (file-duratom path child-rw {})]
                (reset! dura big)
                (println (str "COMMIT bytes=" (:bytes-written (d/stats dura)))))))
 
