@@ -140,14 +140,9 @@ fn pg(bytes: &[u8], millis: u64, min_ops: u64) {
         .password(env_var("DURATOM_TEST_PG_PASSWORD"))
         .dbname(&env_var("DURATOM_TEST_PG_DB"))
         .ssl_mode(postgres::config::SslMode::Prefer);
-    let tls = native_tls::TlsConnector::builder()
-        .danger_accept_invalid_certs(true)
-        .danger_accept_invalid_hostnames(true)
-        .disable_built_in_roots(true)
-        .build()
-        .unwrap_or_else(|e| fail("TLS setup", e));
+    let tls = duratom::postgres::prefer_tls_connector().unwrap_or_else(|e| fail("TLS setup", e));
     let mut client = config
-        .connect(postgres_native_tls::MakeTlsConnector::new(tls))
+        .connect(tls)
         .unwrap_or_else(|e| fail("connecting", e));
     client
         .batch_execute(

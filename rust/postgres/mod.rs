@@ -49,6 +49,14 @@ pub use store::PostgresStore;
 
 const BACKEND: &str = "postgres-db";
 
+/// The TLS connector a duratom uses for `sslmode=prefer` (encrypt when the
+/// server offers it, certificate not checked), so that the raw baseline of
+/// the benchmark (examples/raw_baselines.rs) connects exactly as a duratom does.
+pub fn prefer_tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    tls::tls_connector(settings::TlsMode::Prefer, None)?
+        .ok_or_else(|| StoreError::config(BACKEND, "sslmode=prefer made no TLS connector"))
+}
+
 /// Opens the row the config names, connecting and creating the table if it is
 /// missing, so that a wrong host, password or database fails here, at
 /// construction, rather than at the first commit.
