@@ -32,7 +32,7 @@
 //! damaged value. Files without the line (written by the original library,
 //! or by hand) load as version 0. A first line one byte away from the tag,
 //! or a file that is a cut-off piece of the tag, is a damaged header rather
-//! than plain EDN. With `raw=true` (a custom `:rw` encoding such as nippy) no
+//! than plain EDN. With `:raw true` (a custom `:rw` encoding such as nippy) no
 //! header is written, since the user's reader expects the file as it wrote it.
 
 use std::collections::hash_map::RandomState;
@@ -54,6 +54,18 @@ const MAX_LINKS: usize = 40;
 
 /// Numbers the stores of this process, for temp-file names.
 static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The keys a file store is configured with (made by
+/// `clojure/duratom/backend/file.clj`); any other key is an error at open.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    /// The file. Its parent directory must exist.
+    path: String,
+    /// A custom `:rw` encoding: the bytes are stored without the header line.
+    #[serde(default)]
+    raw: bool,
+}
 
 pub struct FileStore {
     resource: Resource,
@@ -86,9 +98,9 @@ impl FileStore {
     /// that is, or links to, anything but a regular file is an error and is
     /// left untouched.
     pub fn open(config: &Config) -> Result<FileStore, StoreError> {
-        let path = PathBuf::from(config.required("path")?);
+        let Settings { path, raw } = config.settings()?;
+        let path = PathBuf::from(path);
         let resource = Resource { backend: "local-file", name: path.display().to_string() };
-        let raw = config.flag("raw", false)?;
         if path.file_name().is_none() {
             return Err(StoreError::config("local-file", format!("`{}` does not name a file", path.display())));
         }

@@ -186,6 +186,17 @@ pub extern "system" fn Java_duratom_Native_delete<'l>(mut env: JNIEnv<'l>, _: JC
     door(&mut env, (), |_| Ok(store_for(handle)?.lock().delete()?))
 }
 
+/// The door fingerprint of this build: the `native` signatures of
+/// `Native.java` and the crate version, as `build.rs` computed them.
+pub const FINGERPRINT: &str = env!("DURATOM_DOOR_FINGERPRINT");
+
+/// `static native byte[] fingerprint()`: [`FINGERPRINT`], which `Native`
+/// compares with its own right after loading the library.
+#[no_mangle]
+pub extern "system" fn Java_duratom_Native_fingerprint<'l>(mut env: JNIEnv<'l>, _: JClass<'l>) -> jbyteArray {
+    door(&mut env, std::ptr::null_mut(), |env| Ok(env.byte_array_from_slice(FINGERPRINT.as_bytes())?.into_raw()))
+}
+
 /// `static native void close(long handle)`: forgets the handle and releases
 /// the store's resources (connections, files). Closing twice is harmless.
 #[no_mangle]

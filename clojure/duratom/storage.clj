@@ -3,30 +3,42 @@
   (`duratom.Native`). Nothing else calls `duratom.Native`.
 
   A store is opened from a backend description
-  `{:backend kw, :resource str, :native-config {str str}, :refresh (fn [] desc)}`
+  `{:backend kw, :resource str, :native-config {str value}, :refresh (fn [] desc)}`
   as the `duratom.backend.*` namespaces build it. Every failure comes out as
   `ex-info` whose message names backend and resource and whose data holds
   `:duratom/backend`, `:duratom/resource` and `:duratom/op`."
-  (:require [duratom.edn :as dedn])
+  (:require [clojure.string :as str]
+            [duratom.edn :as dedn])
   (:import (duratom Native Native$StorageException Native$ConflictException)
            (duratom.edn Encoded)
-           (java.nio.charset StandardCharsets)
-           (java.io ByteArrayOutputStream)))
+           (java.nio.charset StandardCharsets)))
 
 (set! *warn-on-reflection* true)
 
+(defn- edn-text
+  "`v` as EDN text for the native configuration: strings, whole numbers,
+  booleans, keywords and vectors of them. Only `\\` and `\"` are escaped in
+  strings; every other character is written as it is, which EDN allows and
+  which the Rust reader (edn-rs, whose escapes are few) reads back exactly."
+  [k v]
+  (cond
+    (string? v) (str \" (-> ^String v (.replace "\\" "\\\\") (.replace "\"" "\\\"")) \")
+    (or (instance? Long v) (instance? Integer v) (boolean? v)) (str v)
+    (keyword? v) (str v)
+    (vector? v) (str "[" (str/join " " (map #(edn-text k %) v)) "]")
+    :else (throw (IllegalArgumentException.
+                  (str "duratom: configuration `" (name k) "` has a value of type "
+                       (if (nil? v) "nil" (.getName (class v))) ", which the native side does not read")))))
+
 (defn- wire
-  "The native config as `key NUL value NUL ...` UTF-8 bytes (see rust/config.rs)."
+  "The native config as the UTF-8 text of one EDN map with keyword keys, the
+  backend as a keyword: `{:backend :local-file :path \"...\" :raw false}`
+  (read by rust/config.rs)."
   ^bytes [native-config]
-  (let [out (ByteArrayOutputStream.)]
-    (doseq [[k v] native-config
-            ^String s [(name k) (str v)]]
-      (when-not (neg? (.indexOf s (int 0)))
-        (throw (IllegalArgumentException.
-                (str "duratom: configuration `" (name k) "` contains a NUL character"))))
-      (.write out (.getBytes s StandardCharsets/UTF_8))
-      (.write out (int 0)))
-    (.toByteArray out)))
+  (let [entries (for [[k v] (sort-by (comp name key) native-config)]
+                  (str (keyword (name k)) " "
+                       (if (= "backend" (name k)) (keyword (name v)) (edn-text k v))))]
+    (.getBytes (str "{" (str/join ", " entries) "}") StandardCharsets/UTF_8)))
 
 (defn- failure
   "Wraps a native or JVM exception as the ex-info callers see."

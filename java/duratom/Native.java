@@ -3,11 +3,17 @@ package duratom;
 import java.io.File;
 import java.io.IOException;
 import java.io.InputStream;
+import java.lang.reflect.Method;
+import java.lang.reflect.Modifier;
 import java.net.URL;
+import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.nio.file.attribute.PosixFilePermissions;
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.List;
 
 /**
  * The one door between the JVM and duratom's Rust storage engine
@@ -33,7 +39,11 @@ public final class Native {
     /** Pass as {@code expected} to {@link #commit}: write only if nothing is stored. */
     public static final byte[] EXPECT_NOTHING = new byte[0];
 
-    /** Opens a store; {@code config} is UTF-8 "key NUL value NUL ..." with a "backend" key. */
+    /**
+     * Opens a store; {@code config} is the UTF-8 text of one EDN map with keyword keys and a
+     * {@code :backend}, e.g. {@code {:backend :local-file :path "/tmp/s.edn"}} (rust/config.rs).
+     * An unusable configuration, or a key the backend does not read, throws IllegalArgumentException.
+     */
     public static native long open(byte[] config);
 
     /** {value, version} as stored now, or null when nothing is stored. */
@@ -54,6 +64,83 @@ public final class Native {
     /** Forgets the handle and releases its resources; harmless twice. */
     public static native void close(long handle);
 
+    /** The door fingerprint the loaded library was built with (ASCII hex; see build.rs). */
+    public static native byte[] fingerprint();
+
+    // ------------------------------------------------------------ the door check
+
+    /**
+     * The crate version the door fingerprint includes; it must equal the version in
+     * Cargo.toml, which build.rs checks.
+     */
+    static final String CRATE_VERSION = "0.1.0";
+
+    /** Where the library was loaded from, for error messages. */
+    private static String loadedFrom = "(not loaded)";
+
+    /**
+     * The fingerprint a library matching this class carries: FNV-1a (64 bits) of this
+     * class's native signatures and {@link #CRATE_VERSION}, computed exactly as
+     * build/door.rs computes it from the source (each method {@code name(type,type)type}
+     * with simple type names, sorted, joined by ';', then '|' and the version).
+     */
+    public static String doorFingerprint() {
+        List<String> signatures = new ArrayList<>();
+        for (Method m : Native.class.getDeclaredMethods()) {
+            if (!Modifier.isNative(m.getModifiers())) continue;
+            StringBuilder s = new StringBuilder(m.getName()).append('(');
+            Class<?>[] params = m.getParameterTypes();
+            for (int i = 0; i < params.length; i++) {
+                if (i > 0) s.append(',');
+                s.append(params[i].getSimpleName());
+            }
+            signatures.add(s.append(')').append(m.getReturnType().getSimpleName()).toString());
+        }
+        Collections.sort(signatures);
+        byte[] text = (String.join(";", signatures) + "|" + CRATE_VERSION).getBytes(StandardCharsets.UTF_8);
+        long hash = 0xcbf29ce484222325L;
+        for (byte b : text) {
+            hash ^= (b & 0xff);
+            hash *= 0x100000001b3L;
+        }
+        return String.format("%016x", hash);
+    }
+
+    /** Where the loaded library came from. */
+    public static String loadedFrom() {
+        return loadedFrom;
+    }
+
+    /**
+     * The error for a library whose fingerprint is {@code found} (null: it has none) where
+     * this class expects {@code expected}; null when they match.
+     */
+    public static UnsatisfiedLinkError doorMismatch(String where, String found, String expected) {
+        if (expected.equals(found)) return null;
+        String fix = " Rebuild it (`cargo build --release` in this checkout, or scripts/build-native), or point "
+                + PATH_PROPERTY + " / " + PATH_ENV + " at a library from the same build as these classes.";
+        if (found == null) {
+            return new UnsatisfiedLinkError("duratom: the native library " + where
+                    + " carries no door fingerprint (expected " + expected
+                    + "): it comes from an older or foreign build." + fix);
+        }
+        return new UnsatisfiedLinkError("duratom: the native library " + where + " has door fingerprint "
+                + found + " but this duratom.Native expects " + expected
+                + ": the library comes from another build (other native methods or another version)." + fix);
+    }
+
+    /** Checks the loaded library's fingerprint against this class's; throws on a mismatch. */
+    private static void checkDoor() {
+        String found;
+        try {
+            found = new String(fingerprint(), StandardCharsets.US_ASCII);
+        } catch (UnsatisfiedLinkError e) {
+            found = null;
+        }
+        UnsatisfiedLinkError mismatch = doorMismatch(loadedFrom, found, doorFingerprint());
+        if (mismatch != null) throw mismatch;
+    }
+
     // ---------------------------------------------------------------- loading
 
     /** System property naming the library file to load instead of any other. */
@@ -63,17 +150,21 @@ public final class Native {
 
     static {
         load();
+        checkDoor();
     }
 
     private static void load() {
         String override = System.getProperty(PATH_PROPERTY);
         if (override == null || override.isEmpty()) override = System.getenv(PATH_ENV);
         if (override != null && !override.isEmpty()) {
-            System.load(new File(override).getAbsolutePath());
+            String path = new File(override).getAbsolutePath();
+            loadedFrom = path + " (named by " + (System.getProperty(PATH_PROPERTY, "").isEmpty() ? PATH_ENV : PATH_PROPERTY) + ")";
+            System.load(path);
             return;
         }
         File built = builtInCheckout();
         if (built != null) {
+            loadedFrom = built.getAbsolutePath() + " (built in this checkout)";
             System.load(built.getAbsolutePath());
             return;
         }
@@ -121,6 +212,7 @@ public final class Native {
                     PosixFilePermissions.asFileAttribute(PosixFilePermissions.fromString("rw-------")));
             try {
                 Files.copy(in, temp, StandardCopyOption.REPLACE_EXISTING);
+                loadedFrom = "resource " + resource + " of " + Native.class.getProtectionDomain().getCodeSource().getLocation();
                 System.load(temp.toAbsolutePath().toString());
             } finally {
                 // Once loaded, the mapping stays valid after the file is gone.

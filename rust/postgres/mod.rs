@@ -18,14 +18,8 @@
 //! Safe SQL: values travel only as bind parameters; the table name appears
 //! in SQL only as quoted identifiers built by `table_name::quote_table`.
 //!
-//! Configuration keys (made by `clojure/duratom/backend/postgres.clj`):
-//! `host` (default localhost; a path means a Unix socket directory), `port`
-//! (5432), `dbname` (default: the user name), `user`, `password`, `sslmode`
-//! (disable, allow/prefer (default), require, verify-ca, verify-full, as
-//! libpq), `sslrootcert` (PEM file; the only trusted roots when given),
-//! `table` (`name` or `schema.name`), `row-id` (0), `column-type` (text or
-//! bytea, used when creating the table), `connect-timeout-ms` (5000),
-//! `tcp-user-timeout-ms` (30000, 0 = off), `application-name` (duratom).
+//! Configuration keys: see `Keys` in `settings.rs` (made by
+//! `clojure/duratom/backend/postgres.clj`); an unknown key is an error.
 //!
 //! The rooms: `settings.rs` reads the configuration, `tls.rs` makes the TLS
 //! connector, `connection.rs` connects and prepares the statements,

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use postgres::config::SslMode;
+use serde::Deserialize;
 
 use super::store::PostgresStore;
 use super::table_name::quote_table;
@@ -27,52 +28,98 @@ pub(super) enum TlsMode {
     VerifyFull,
 }
 
+/// The keys a PostgreSQL store is configured with (made by
+/// `clojure/duratom/backend/postgres.clj`); any other key is an error at
+/// open. Missing keys take the values of [`Default`] below, the one place
+/// where defaults live; `user` and `table` have none.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+struct Keys {
+    /// A host name or address; a path means a Unix socket directory.
+    host: String,
+    port: i64,
+    /// Absent: the database named like the user, as libpq does.
+    dbname: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    /// disable, allow, prefer, require, verify-ca, verify-full: as libpq.
+    sslmode: String,
+    /// A PEM file: the only trusted roots when given.
+    sslrootcert: Option<String>,
+    /// `name` or `schema.name`.
+    table: Option<String>,
+    row_id: i64,
+    /// text or bytea: the `value` column's type when the table is created.
+    column_type: String,
+    connect_timeout_ms: i64,
+    /// 0 turns it off.
+    tcp_user_timeout_ms: i64,
+    application_name: String,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys {
+            host: "localhost".into(),
+            port: 5432,
+            dbname: None,
+            user: None,
+            password: None,
+            sslmode: "prefer".into(),
+            sslrootcert: None,
+            table: None,
+            row_id: 0,
+            column_type: "text".into(),
+            connect_timeout_ms: 5000,
+            tcp_user_timeout_ms: 30_000,
+            application_name: "duratom".into(),
+        }
+    }
+}
+
 impl PostgresStore {
     /// Reads and checks the config; does not connect.
     pub(super) fn new(config: &Config) -> Result<PostgresStore, StoreError> {
         let bad = |detail: String| StoreError::config(BACKEND, detail);
 
-        let host = config.get("host").unwrap_or("localhost");
+        let keys: Keys = config.settings()?;
+        let host = keys.host.as_str();
         if host.is_empty() {
             return Err(bad("`host` is empty".into()));
         }
-        let port = match config.number("port")? {
-            None => 5432,
-            Some(p) if (1..=65535).contains(&p) => p as u16,
-            Some(p) => return Err(bad(format!("`port` must be between 1 and 65535, got {p}"))),
+        let port = match keys.port {
+            p if (1..=65535).contains(&p) => p as u16,
+            p => return Err(bad(format!("`port` must be between 1 and 65535, got {p}"))),
         };
-        let user = config.required("user")?;
+        let user = keys.user.as_deref().ok_or_else(|| bad("`user` is required".into()))?;
         if user.is_empty() {
             return Err(bad("`user` is empty".into()));
         }
-        // libpq's default: the database named like the user.
-        let dbname = config.get("dbname").unwrap_or(user);
-        let table = config.required("table")?;
+        let dbname = keys.dbname.as_deref().unwrap_or(user);
+        let table = keys.table.as_deref().ok_or_else(|| bad("`table` is required".into()))?;
         let table_sql = quote_table(table).map_err(|d| bad(format!("`table` {d}")))?;
-        let row_id = config.number("row-id")?.unwrap_or(0);
-        let create_type = match config.get("column-type").unwrap_or("text") {
+        let row_id = keys.row_id;
+        let create_type = match keys.column_type.as_str() {
             "text" => "text",
             "bytea" => "bytea",
             other => return Err(bad(format!("`column-type` must be text or bytea, got `{other}`"))),
         };
-        let connect_timeout = match config.number("connect-timeout-ms")? {
-            None => Duration::from_millis(5000),
-            Some(ms) if ms > 0 => Duration::from_millis(ms as u64),
-            Some(ms) => return Err(bad(format!("`connect-timeout-ms` must be positive, got {ms}"))),
+        let connect_timeout = match keys.connect_timeout_ms {
+            ms if ms > 0 => Duration::from_millis(ms as u64),
+            ms => return Err(bad(format!("`connect-timeout-ms` must be positive, got {ms}"))),
         };
         // Bounds how long a write to a vanished server (network partition)
         // can hang before the connection is declared dead; 0 turns it off.
-        let tcp_user_timeout = match config.number("tcp-user-timeout-ms")? {
-            None => Some(Duration::from_millis(30_000)),
-            Some(0) => None,
-            Some(ms) if ms > 0 => Some(Duration::from_millis(ms as u64)),
-            Some(ms) => return Err(bad(format!("`tcp-user-timeout-ms` must not be negative, got {ms}"))),
+        let tcp_user_timeout = match keys.tcp_user_timeout_ms {
+            0 => None,
+            ms if ms > 0 => Some(Duration::from_millis(ms as u64)),
+            ms => return Err(bad(format!("`tcp-user-timeout-ms` must not be negative, got {ms}"))),
         };
-        let root_cert = match config.get("sslrootcert") {
+        let root_cert = match keys.sslrootcert.as_deref() {
             None | Some("") => None,
             Some(path) => Some(std::fs::read(path).map_err(|e| bad(format!("`sslrootcert` {path}: {e}")))?),
         };
-        let mode = match config.get("sslmode").unwrap_or("prefer") {
+        let mode = match keys.sslmode.as_str() {
             "disable" => TlsMode::Disable,
             "allow" | "prefer" => TlsMode::Prefer,
             // As libpq: `require` with a root certificate given verifies the chain.
@@ -93,7 +140,7 @@ impl PostgresStore {
             .port(port)
             .user(user)
             .dbname(dbname)
-            .application_name(config.get("application-name").unwrap_or("duratom"))
+            .application_name(&keys.application_name)
             .connect_timeout(connect_timeout)
             .ssl_mode(match mode {
                 TlsMode::Disable => SslMode::Disable,
@@ -103,7 +150,7 @@ impl PostgresStore {
         if let Some(t) = tcp_user_timeout {
             pg.tcp_user_timeout(t);
         }
-        if let Some(password) = config.get("password") {
+        if let Some(password) = &keys.password {
             pg.password(password);
         }
 

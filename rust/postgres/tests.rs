@@ -523,6 +523,8 @@ fn unusable_settings_name_the_key_and_never_the_password() {
         (&[("sslrootcert", "/no/such/root.crt")], "`sslrootcert`"),
         (&[("table", "a.b.c")], "`table`"),
         (&[("table", "")], "`table`"),
+        (&[("schema", "public")], "unknown key `schema`"),
+        (&[("password", "12345")], "`password`: expected a string, got a number"),
     ];
     for (extra, key) in cases {
         let mut pairs: Vec<(&str, &str)> = base.to_vec();
@@ -533,7 +535,7 @@ fn unusable_settings_name_the_key_and_never_the_password() {
         let e = open(&Config::from_pairs("postgres-db", &pairs)).err().unwrap();
         assert!(matches!(e, StoreError::Config { .. }), "{e}");
         let text = e.to_string();
-        assert!(text.contains(key) && !text.contains("s3cret-pw"), "{extra:?}: {text}");
+        assert!(text.contains(key) && !text.contains("s3cret-pw") && !text.contains("12345"), "{extra:?}: {text}");
     }
     for missing in ["user", "table"] {
         let pairs: Vec<_> = base.iter().copied().filter(|(k, _)| *k != missing).collect();

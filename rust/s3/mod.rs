@@ -15,8 +15,9 @@
 //! correct compare-and-set, because the stored value is exactly the one the
 //! writer read.
 //!
-//! Configuration keys (flat strings; `clojure/duratom/backend/s3.clj` makes
-//! them from the user's `:credentials`, `:bucket`, `:key` and `:metadata`):
+//! Configuration keys (an EDN map, see `crate::config`;
+//! `clojure/duratom/backend/s3.clj` makes it from the user's `:credentials`,
+//! `:bucket`, `:key` and `:metadata`; any other key is an error at open):
 //!
 //! | key              | meaning                                                         |
 //! |------------------|-----------------------------------------------------------------|
@@ -36,12 +37,8 @@
 //! | `sse`            | server-side encryption: `AES256`, `aws:kms`, `aws:kms:dsse`     |
 //! | `sse-kms-key-id` | the KMS key for `aws:kms`                                       |
 //! | `content-type`   | the object's Content-Type                                       |
-//! | `user-metadata`  | user metadata (`x-amz-meta-<name>`), as lines `name=value`      |
-//! |                  | joined by `\n`; a name is an HTTP token, so it holds no `=`,     |
-//! |                  | and header values hold no newline: the encoding is unambiguous  |
-//!
-//! User metadata travels in one key because `Config` offers lookups by name
-//! only, not a listing of the keys present.
+//! | `user-metadata`  | user metadata (`x-amz-meta-<name>`), a vector of `[name value]` |
+//! |                  | pairs of strings                                                |
 //!
 //! The rooms: `settings.rs` reads the configuration, `client.rs` builds the
 //! SDK clients and checks credentials and the bucket at open, `store.rs`
@@ -62,7 +59,6 @@ use crate::store::{Store, StoreError};
 pub use store::S3Store;
 
 const BACKEND: &str = "aws-s3";
-const DEFAULT_TIMEOUT_MS: i64 = 10_000;
 /// S3's own default region, and the one where a bucket is created without a
 /// location constraint.
 const DEFAULT_REGION: &str = "us-east-1";

@@ -6,7 +6,9 @@ use std::time::Duration;
 use aws_sdk_s3::config::Credentials;
 use aws_sdk_s3::types::ServerSideEncryption;
 
-use super::{BACKEND, DEFAULT_TIMEOUT_MS};
+use serde::Deserialize;
+
+use super::BACKEND;
 use crate::config::Config;
 use crate::store::StoreError;
 
@@ -31,26 +33,73 @@ pub(super) struct Settings {
     pub(super) put: PutOptions,
 }
 
+/// The keys an S3 store is configured with (made by
+/// `clojure/duratom/backend/s3.clj` from `:credentials`, `:bucket`, `:key`
+/// and `:metadata`; the module doc says what each means); any other key is
+/// an error at open. Missing keys take the values of [`Default`] below, the
+/// one place where defaults live; `bucket` and `key` have none.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+struct Keys {
+    bucket: Option<String>,
+    key: Option<String>,
+    region: Option<String>,
+    endpoint: Option<String>,
+    access_key: Option<String>,
+    secret_key: Option<String>,
+    session_token: Option<String>,
+    profile: Option<String>,
+    timeout_ms: i64,
+    sse: Option<String>,
+    sse_kms_key_id: Option<String>,
+    content_type: Option<String>,
+    /// `[name value]` pairs: a vector, not a map, because edn-rs gives string
+    /// map keys back in Rust's debug quoting (see `crate::config`).
+    user_metadata: Vec<(String, String)>,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys {
+            bucket: None,
+            key: None,
+            region: None,
+            endpoint: None,
+            access_key: None,
+            secret_key: None,
+            session_token: None,
+            profile: None,
+            // Bounds each operation, retries included.
+            timeout_ms: 10_000,
+            sse: None,
+            sse_kms_key_id: None,
+            content_type: None,
+            user_metadata: Vec::new(),
+        }
+    }
+}
+
 impl Settings {
     pub(super) fn read(config: &Config) -> Result<Settings, StoreError> {
-        let bucket = config.required("bucket")?.to_string();
+        let keys: Keys = config.settings()?;
+        let bucket = keys.bucket.ok_or_else(|| StoreError::config(BACKEND, "`bucket` is required"))?;
         validate_bucket_name(&bucket)?;
-        let key = config.required("key")?.to_string();
+        let key = keys.key.ok_or_else(|| StoreError::config(BACKEND, "`key` is required"))?;
         if key.is_empty() || key.len() > 1024 {
             return Err(StoreError::config(
                 BACKEND,
                 format!("the key of bucket `{bucket}` must be 1 to 1024 bytes long, got {} bytes", key.len()),
             ));
         }
-        let region = match config.get("region") {
+        let region = match keys.region {
             Some(r) if r.trim().is_empty() => {
                 return Err(StoreError::config(BACKEND, "`region` is empty"));
             }
             r => r.map(|r| r.trim().to_string()),
         };
-        let endpoint = match config.get("endpoint") {
+        let endpoint = match keys.endpoint {
             None => None,
-            Some(url) if url.starts_with("http://") || url.starts_with("https://") => Some(url.to_string()),
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => Some(url),
             Some(other) => {
                 return Err(StoreError::config(
                     BACKEND,
@@ -59,12 +108,12 @@ impl Settings {
             }
         };
         // Never put the secret key itself into a message, only whether it is there.
-        let credentials = match (config.get("access-key"), config.get("secret-key")) {
+        let credentials = match (keys.access_key.as_deref(), keys.secret_key.as_deref()) {
             (None, None) => None,
             (Some(access), Some(secret)) if !access.is_empty() && !secret.is_empty() => Some(Credentials::new(
                 access,
                 secret,
-                config.get("session-token").filter(|t| !t.is_empty()).map(str::to_string),
+                keys.session_token.filter(|t| !t.is_empty()),
                 None,
                 "duratom :credentials",
             )),
@@ -79,11 +128,11 @@ impl Settings {
                 return Err(StoreError::config(BACKEND, ":credentials give a secret key but no access key"))
             }
         };
-        let timeout_ms = config.number("timeout-ms")?.unwrap_or(DEFAULT_TIMEOUT_MS);
+        let timeout_ms = keys.timeout_ms;
         if timeout_ms <= 0 {
             return Err(StoreError::config(BACKEND, format!("`timeout-ms` must be positive, got {timeout_ms}")));
         }
-        let sse = match config.get("sse") {
+        let sse = match keys.sse.as_deref() {
             None => None,
             Some(s) if ServerSideEncryption::values().contains(&s) => Some(ServerSideEncryption::from(s)),
             Some(other) => {
@@ -98,9 +147,9 @@ impl Settings {
         };
         let put = PutOptions {
             sse,
-            sse_kms_key_id: config.get("sse-kms-key-id").map(str::to_string),
-            content_type: config.get("content-type").map(str::to_string),
-            user_metadata: parse_user_metadata(config.get("user-metadata").unwrap_or(""))?,
+            sse_kms_key_id: keys.sse_kms_key_id,
+            content_type: keys.content_type,
+            user_metadata: check_user_metadata(keys.user_metadata)?,
         };
         Ok(Settings {
             bucket,
@@ -108,7 +157,7 @@ impl Settings {
             region,
             endpoint,
             credentials,
-            profile: config.get("profile").map(str::to_string),
+            profile: keys.profile,
             timeout: Duration::from_millis(timeout_ms as u64),
             put,
         })
@@ -142,13 +191,11 @@ pub(super) fn validate_bucket_name(bucket: &str) -> Result<(), StoreError> {
     }
 }
 
-/// Reads the `user-metadata` encoding: lines of `name=value`.
-pub(super) fn parse_user_metadata(text: &str) -> Result<Vec<(String, String)>, StoreError> {
+/// Checks user metadata names and values; names are sent lower-cased, as
+/// S3 keeps them.
+pub(super) fn check_user_metadata(pairs: Vec<(String, String)>) -> Result<Vec<(String, String)>, StoreError> {
     let mut entries = Vec::new();
-    for line in text.split('\n').filter(|l| !l.is_empty()) {
-        let (name, value) = line.split_once('=').ok_or_else(|| {
-            StoreError::config(BACKEND, format!("user metadata entry `{line}` is not of the form name=value"))
-        })?;
+    for (name, value) in pairs {
         // The name becomes part of a header name (x-amz-meta-<name>), the value a
         // header value; S3 keeps only US-ASCII reliably in both.
         let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
@@ -164,7 +211,7 @@ pub(super) fn parse_user_metadata(text: &str) -> Result<Vec<(String, String)>, S
                 format!("user metadata `{name}` must have a printable US-ASCII value"),
             ));
         }
-        entries.push((name.to_ascii_lowercase(), value.to_string()));
+        entries.push((name.to_ascii_lowercase(), value));
     }
     Ok(entries)
 }

@@ -1,7 +1,7 @@
 //! The S3 backend against a real S3-compatible server: `scripts/s3-server
 //! start DIR` starts one and writes the variables to `DIR/env`.
 
-use super::settings::{parse_user_metadata, validate_bucket_name};
+use super::settings::{check_user_metadata, validate_bucket_name};
 use super::*;
 use crate::store::Expect;
 use aws_config::retry::RetryConfig;
@@ -156,11 +156,8 @@ fn delete_removes_the_object_and_deleting_nothing_is_fine() {
 #[test]
 fn writes_carry_user_metadata_encryption_and_content_type() {
     let bucket = fresh_bucket("meta");
-    let cfg = config(
-        &bucket,
-        "m",
-        &[("user-metadata", "owner=team-a\nPurpose=state of x"), ("sse", "AES256"), ("content-type", "application/edn")],
-    );
+    let cfg = config(&bucket, "m", &[("sse", "AES256"), ("content-type", "application/edn")])
+        .with_edn("user-metadata", r#"[["owner" "team-a"] ["Purpose" "state of x"]]"#);
     let mut store = S3Store::open(&cfg).unwrap();
     store.commit(b"{:a 1}", &Expect::Anything).unwrap();
     let head =
@@ -426,9 +423,9 @@ fn other_bad_settings_are_config_errors() {
         (vec![("access-key", "a"), ("secret-key", secret), ("endpoint", "127.0.0.1:9000")], "http:// or https:// URL"),
         (vec![("access-key", "a"), ("secret-key", secret), ("timeout-ms", "0")], "`timeout-ms` must be positive"),
         (vec![("access-key", "a"), ("secret-key", secret), ("sse", "ROT13")], "`sse`"),
-        (vec![("access-key", "a"), ("secret-key", secret), ("user-metadata", "no-equals")], "name=value"),
-        (vec![("access-key", "a"), ("secret-key", secret), ("user-metadata", "a b=c")], "user metadata name `a b`"),
-        (vec![("access-key", "a"), ("secret-key", secret), ("user-metadata", "a=é")], "printable US-ASCII"),
+        (vec![("access-key", "a"), ("secret-key", secret), ("user-metadata", "a=b")], "`user-metadata`: expected a sequence, got a string"),
+        (vec![("access-key", "a"), ("secret-key", secret), ("timeout-ms", "soon")], "`timeout-ms`: expected i64, got a string"),
+        (vec![("access-key", "a"), ("secret-key", secret), ("metadata", "x")], "unknown key `metadata`"),
         (vec![("access-key", "a"), ("secret-key", secret)], "`key` is required"),
     ];
     for (extra, expected) in cases {
@@ -446,10 +443,12 @@ fn other_bad_settings_are_config_errors() {
 }
 
 #[test]
-fn user_metadata_lines_parse_to_pairs() {
-    assert_eq!(
-        parse_user_metadata("a=1\nB-c=x=y\n").unwrap(),
-        vec![("a".to_string(), "1".to_string()), ("b-c".to_string(), "x=y".to_string())]
-    );
-    assert!(parse_user_metadata("").unwrap().is_empty());
+fn user_metadata_names_and_values_are_checked() {
+    let pairs = |p: &[(&str, &str)]| p.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+    assert_eq!(check_user_metadata(pairs(&[("a", "1"), ("B-c", "x=y")])).unwrap(), pairs(&[("a", "1"), ("b-c", "x=y")]));
+    assert!(check_user_metadata(Vec::new()).unwrap().is_empty());
+    let e = check_user_metadata(pairs(&[("a b", "c")])).unwrap_err().to_string();
+    assert!(e.contains("user metadata name `a b`"), "{e}");
+    let e = check_user_metadata(pairs(&[("a", "é")])).unwrap_err().to_string();
+    assert!(e.contains("printable US-ASCII"), "{e}");
 }

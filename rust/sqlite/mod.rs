@@ -29,10 +29,8 @@
 //! Safe SQL: values travel only as bind parameters; the table name appears in
 //! SQL only as a quoted identifier.
 //!
-//! Configuration keys (made by `clojure/duratom/backend/sqlite.clj`): `path`
-//! (the database file; its directory must exist), `table`, `row-id` (0),
-//! `column-type` (text or blob, used when creating the table),
-//! `busy-timeout-ms` (5000).
+//! Configuration keys: see `Keys` in `store.rs` (made by
+//! `clojure/duratom/backend/sqlite.clj`); an unknown key is an error.
 //!
 //! The rooms: `store.rs` opens the database and runs the operations;
 //! `tests.rs` runs them on real database files.

@@ -52,17 +52,40 @@ impl From<rusqlite::Error> for Failure {
     }
 }
 
+/// The keys a SQLite store is configured with (made by
+/// `clojure/duratom/backend/sqlite.clj`); any other key is an error at open.
+/// Missing keys take the values of [`Default`] below, the one place where
+/// defaults live; `path` and `table` have none.
+#[derive(serde::Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+struct Keys {
+    /// The database file; its directory must exist.
+    path: Option<String>,
+    table: Option<String>,
+    row_id: i64,
+    /// text or blob: the `value` column's type when the table is created.
+    column_type: String,
+    busy_timeout_ms: i64,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys { path: None, table: None, row_id: 0, column_type: "text".into(), busy_timeout_ms: 5000 }
+    }
+}
+
 impl SqliteStore {
     pub(super) fn new(config: &Config) -> Result<SqliteStore, StoreError> {
-        let path = PathBuf::from(config.required("path")?);
+        let keys: Keys = config.settings()?;
+        let path = PathBuf::from(keys.path.ok_or_else(|| StoreError::config(BACKEND, "`path` is required"))?);
         if path.as_os_str().is_empty() {
             return Err(StoreError::config(BACKEND, "`path` is empty"));
         }
-        let name = config.required("table")?;
-        let table = quote_table(name)
+        let name = keys.table.ok_or_else(|| StoreError::config(BACKEND, "`table` is required"))?;
+        let table = quote_table(&name)
             .map_err(|d| StoreError::config(BACKEND, format!("table name {d}")))?;
-        let row_id = config.number("row-id")?.unwrap_or(0);
-        let create_type = match config.get("column-type").unwrap_or("text") {
+        let row_id = keys.row_id;
+        let create_type = match keys.column_type.as_str() {
             "text" => ValueKind::Text,
             "blob" => ValueKind::Blob,
             other => {
@@ -72,7 +95,7 @@ impl SqliteStore {
                 ))
             }
         };
-        let busy_ms = config.number("busy-timeout-ms")?.unwrap_or(5000);
+        let busy_ms = keys.busy_timeout_ms;
         if !(0..=3_600_000).contains(&busy_ms) {
             return Err(StoreError::config(
                 BACKEND,

@@ -147,7 +147,13 @@
       (is (thrown-with-msg? IllegalStateException #"no open duratom store" (Native/delete h)))
       (Native/close h))
     (is (thrown? IllegalArgumentException (Native/open (.getBytes "no backend here"))))
-    (let [h (Native/open (.getBytes (str "backend\u0000local-file\u0000path\u0000" (io/file (ts/temp-dir) "n.edn"))
+    (testing "a configuration key the native side does not read is an error at open, naming it"
+      (let [path (pr-str (str (io/file (ts/temp-dir) "k.edn")))]
+        (is (thrown-with-msg? IllegalArgumentException #"local-file: invalid configuration: unknown key `paht`"
+                              (Native/open (.getBytes (str "{:backend :local-file :path " path " :paht \"x\"}") "UTF-8"))))
+        (is (thrown-with-msg? IllegalArgumentException #"`raw`: expected a boolean, got a string"
+                              (Native/open (.getBytes (str "{:backend :local-file :path " path " :raw \"yes\"}") "UTF-8"))))))
+    (let [h (Native/open (.getBytes (str "{:backend :local-file :path " (pr-str (str (io/file (ts/temp-dir) "n.edn"))) "}")
                                     "UTF-8"))]
       (is (thrown-with-msg? IllegalArgumentException #"length" (Native/commit h (into-array [(byte-array 4)]) 5 nil)))
       (is (thrown-with-msg? IllegalArgumentException #"length" (Native/commit h (into-array [(byte-array 4)]) -1 nil)))

@@ -20,4 +20,4 @@
   (let [path (.getPath (->file file-path))]
     {:backend :local-file
      :resource path
-     :native-config {"backend" "local-file" "path" path "raw" (str (boolean raw?))}}))
+     :native-config {"backend" "local-file" "path" path "raw" (boolean raw?)}}))

@@ -1,8 +1,8 @@
 (ns duratom.backend.postgres
   "Turns the postgres-db constructor's arguments (a clojure.java.jdbc db-spec,
   table name, row id, column type) into a store description for
-  `duratom.storage/open`. The storage itself is rust/postgres.rs, whose module
-  reads the native configuration keys made here:
+  `duratom.storage/open`. The storage itself is rust/postgres/, whose settings.rs
+  reads the native configuration keys made here (any other is an error there):
 
     host, port, dbname, user, password, sslmode, sslrootcert,
     connect-timeout-ms, application-name, table, row-id, column-type
@@ -67,10 +67,10 @@
   it keeps our bounded default."
   [v key]
   (let [s (str/trim (str v))]
-    (when-not (re-matches #"\d+" s)
+    (when-not (re-matches #"\d{1,9}" s)
       (fail (str key " must be a whole number of seconds, got " (pr-str s)) {:key key}))
     (let [secs (Long/parseLong s)]
-      (when (pos? secs) (str (* 1000 secs))))))
+      (when (pos? secs) (* 1000 secs)))))
 
 (defn- connection-properties
   "Native keys for the connection properties pgjdbc and libpq take as URI
@@ -214,7 +214,8 @@
 
 (defn store-config
   "Store description for row `row-id` of `table-name`:
-  `{:backend :postgres-db, :resource \"<table> row <id>\", :native-config {String String}}`.
+  `{:backend :postgres-db, :resource \"<table> row <id>\", :native-config {String value}}`
+  (the settings rust/postgres/settings.rs reads).
 
   `db-config` is a clojure.java.jdbc db-spec for PostgreSQL:
   - `{:dbtype \"postgresql\" :dbname .. :host .. :port .. :user .. :password ..}`
@@ -230,7 +231,7 @@
   Without a user, the JVM's `user.name` is used, as libpq uses the OS user.
 
   `table-name`: a String (or keyword), optionally `schema.table`, read as
-  PostgreSQL reads an unquoted name (see rust/postgres.rs). `row-id`: an
+  PostgreSQL reads an unquoted name (see rust/postgres/table_name.rs). `row-id`: an
   integer. `column-type`: `:text` or `:bytea` (keyword or String).
 
   Throws ex-info naming the key or form that is wrong, never the password,
@@ -252,11 +253,13 @@
                             {:key :column-type}))
         conn (db-spec-config db-config)
         conn (cond-> conn
-               (str/blank? (get conn "user")) (assoc "user" (System/getProperty "user.name")))]
+               (str/blank? (get conn "user")) (assoc "user" (System/getProperty "user.name"))
+               ;; Ports arrive as text from URIs and parameters: a number on the wire.
+               (contains? conn "port") (update "port" #(Long/parseLong (port-string %))))]
     {:backend :postgres-db
      :resource (str table " row " row-id)
      :native-config (merge conn
                            {"backend" "postgres-db"
                             "table" table
-                            "row-id" (str row-id)
+                            "row-id" row-id
                             "column-type" column-type})}))

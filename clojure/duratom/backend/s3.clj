@@ -1,7 +1,7 @@
 (ns duratom.backend.s3
   "Turns the aws-s3 constructor's arguments (amazonica-style credentials,
   bucket, key and the `:rw` option `:metadata`) into a store description for
-  `duratom.storage/open`. The storage itself is rust/s3.rs, whose module doc
+  `duratom.storage/open`. The storage itself is rust/s3/, whose module doc
   lists the native configuration keys made here."
   (:require [clojure.string :as str]))
 
@@ -89,9 +89,9 @@
   (boolean (re-matches #"[A-Za-z0-9!#$%&'*+\-.^_`|~]+" s)))
 
 (defn- user-metadata-config
-  "User metadata as the `user-metadata` native key: sorted `name=value` lines
-  (see rust/s3.rs). Names and values that would break that encoding, or that
-  S3 cannot carry in a header, are refused here with the name in the message."
+  "User metadata as the `user-metadata` native key: sorted `[name value]`
+  pairs (see rust/s3/settings.rs). Names and values that S3 cannot carry in a
+  header are refused here with the name in the message."
   [user-metadata]
   (when-not (map? user-metadata)
     (fail (str ":user-metadata in :metadata must be a map, got " (.getName (class user-metadata))) {}))
@@ -106,9 +106,9 @@
                 (when-not (re-matches #"[\x20-\x7e\t]*" v)
                   (fail (str "user metadata " (pr-str n) " must have a printable US-ASCII value")
                         {:metadata-name n}))
-                (str n "=" v))))
+                [n v])))
        sort
-       (str/join "\n")))
+       vec))
 
 (def ^:private metadata-keys
   "The `:metadata` keys understood, as amazonica's ObjectMetadata spells them,
@@ -129,8 +129,8 @@
        (assoc m (metadata-keys k) (non-blank-string (str k " in :metadata") (if (keyword? v) (name v) v)))
 
        (= k :user-metadata)
-       (let [lines (user-metadata-config v)]
-         (if (str/blank? lines) m (assoc m "user-metadata" lines)))
+       (let [pairs (user-metadata-config v)]
+         (if (empty? pairs) m (assoc m "user-metadata" pairs)))
 
        ;; The original library passed the byte count itself; ours is computed
        ;; from the bytes on every write.
@@ -146,7 +146,8 @@
 
 (defn store-config
   "Store description for object `key` of `bucket`:
-  `{:backend :aws-s3, :resource \"bucket/key\", :native-config {String String}}`.
+  `{:backend :aws-s3, :resource \"bucket/key\", :native-config {String value}}`
+  (the settings rust/s3/settings.rs reads).
 
   `credentials`: an amazonica-style map (`:access-key`, `:secret-key`,
   optional `:session-token`, `:endpoint` as a region name like \"eu-west-1\"

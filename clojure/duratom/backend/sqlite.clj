@@ -71,7 +71,7 @@
 (defn store-config
   "Store description for row `row-id` of `table-name` in the SQLite database
   `db-config` names:
-  `{:backend :sqlite-db, :resource \"<path> table <t> row <id>\", :native-config {String String}}`.
+  `{:backend :sqlite-db, :resource \"<path> table <t> row <id>\", :native-config {String value}}`.
 
   `db-config`: `{:dbtype \"sqlite\" :dbname path}`,
   `{:classname \"org.sqlite.JDBC\" :subprotocol \"sqlite\" :subname path}`,
@@ -117,6 +117,6 @@
      :native-config (cond-> {"backend" "sqlite-db"
                              "path" (str file)
                              "table" table
-                             "row-id" (str row-id)
+                             "row-id" row-id
                              "column-type" column-type}
-                      busy (assoc "busy-timeout-ms" (str busy)))}))
+                      busy (assoc "busy-timeout-ms" (long busy)))}))

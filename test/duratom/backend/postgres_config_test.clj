@@ -1,6 +1,6 @@
 (ns duratom.backend.postgres-config-test
   "The translation of every PostgreSQL db-spec form into the native
-  configuration rust/postgres.rs reads. (The storage itself is tested against
+  configuration rust/postgres/settings.rs reads. (The storage itself is tested against
   a real server, in Rust and in the behaviour suite.)"
   (:require [clojure.test :refer [deftest is testing]]
             [duratom.backend.postgres :as pg]))
@@ -30,12 +30,12 @@
       (is (not (re-find #"s3cret|never-printed" (pr-str (ex-data e))))))))
 
 (def ^:private base
-  {"backend" "postgres-db" "table" "my_table" "row-id" "0" "column-type" "text"})
+  {"backend" "postgres-db" "table" "my_table" "row-id" 0 "column-type" "text"})
 
 (deftest a-dbtype-map
   (is (= {:backend :postgres-db
           :resource "my_table row 0"
-          :native-config (merge base {"host" "db.example" "port" "6543" "dbname" "app"
+          :native-config (merge base {"host" "db.example" "port" 6543 "dbname" "app"
                                       "user" "u" "password" secret})}
          (pg/store-config {:dbtype "postgresql" :dbname "app" :host "db.example" :port 6543
                            :user "u" :password secret}
@@ -43,7 +43,7 @@
   (testing "clojure.java.jdbc's defaults and spellings"
     (is (= (merge base {"host" "127.0.0.1" "dbname" "app" "user" "u"})
            (native {:dbtype "postgres" :dbname "app" :username "u"})))
-    (is (= "5432" (get (native {:dbtype "postgresql" :dbname "app" :user "u" :port "5432"}) "port"))))
+    (is (= 5432 (get (native {:dbtype "postgresql" :dbname "app" :user "u" :port "5432"}) "port"))))
   (testing "TLS settings"
     (is (= "require" (get (native {:dbtype "postgresql" :dbname "a" :user "u" :ssl true}) "sslmode")))
     (is (= "verify-full" (get (native {:dbtype "postgresql" :dbname "a" :user "u" :ssl true :sslmode "verify-full"}) "sslmode")))
@@ -52,10 +52,10 @@
                         ["sslmode" "sslrootcert"])))
     (is (not (contains? (native {:dbtype "postgresql" :dbname "a" :user "u" :ssl false}) "sslmode"))))
   (testing "connect timeout in seconds, as pgjdbc takes it"
-    (is (= "7000" (get (native {:dbtype "postgresql" :dbname "a" :user "u" :connectTimeout 7}) "connect-timeout-ms")))))
+    (is (= 7000 (get (native {:dbtype "postgresql" :dbname "a" :user "u" :connectTimeout 7}) "connect-timeout-ms")))))
 
 (deftest the-legacy-subprotocol-map
-  (is (= (merge base {"host" "h" "port" "5433" "dbname" "app" "user" "u" "password" secret})
+  (is (= (merge base {"host" "h" "port" 5433 "dbname" "app" "user" "u" "password" secret})
          (native {:subprotocol "postgresql" :subname "//h:5433/app" :user "u" :password secret
                   :classname "org.postgresql.Driver"})))
   (testing "parameters inside :subname"
@@ -63,7 +63,7 @@
                               "sslmode")))))
 
 (deftest a-connection-uri-map
-  (is (= (merge base {"host" "h" "port" "5433" "dbname" "app" "user" "u" "password" "p@ss:w/rd" "sslmode" "require"})
+  (is (= (merge base {"host" "h" "port" 5433 "dbname" "app" "user" "u" "password" "p@ss:w/rd" "sslmode" "require"})
          (native {:connection-uri "jdbc:postgresql://h:5433/app?user=u&password=p%40ss%3Aw%2Frd&sslmode=require"})))
   (testing ":user and :password beside the URI"
     (is (= {"user" "v" "password" secret}
@@ -71,21 +71,21 @@
                         ["user" "password"])))))
 
 (deftest uri-strings
-  (is (= (merge base {"host" "h" "port" "5433" "dbname" "app" "user" "u" "password" "p:w@rd" "sslmode" "require"})
+  (is (= (merge base {"host" "h" "port" 5433 "dbname" "app" "user" "u" "password" "p:w@rd" "sslmode" "require"})
          (native "postgresql://u:p%3Aw%40rd@h:5433/app?sslmode=require")))
   (testing "postgres:// and no password"
     (is (= (merge base {"host" "h" "dbname" "app" "user" "u"})
            (native "postgres://u@h/app"))))
   (testing "jdbc: prefix with pgjdbc's parameters"
     (is (= (merge base {"host" "h" "dbname" "app" "user" "u" "password" "x+y" "sslmode" "require"
-                        "connect-timeout-ms" "3000" "application-name" "svc"})
+                        "connect-timeout-ms" 3000 "application-name" "svc"})
            (native "jdbc:postgresql://h/app?user=u&password=x+y&ssl=true&connectTimeout=3&ApplicationName=svc"))))
   (testing "jdbc:postgresql:db means the local server"
     (is (= (merge base {"host" "localhost" "dbname" "app" "user" "u"})
            (native "jdbc:postgresql:app?user=u"))))
   (testing "IPv6 host, UTF-8 password, libpq parameter names"
-    (is (= (merge base {"host" "::1" "port" "5433" "dbname" "app" "user" "u" "password" "pé"
-                        "connect-timeout-ms" "2000" "application-name" "svc"})
+    (is (= (merge base {"host" "::1" "port" 5433 "dbname" "app" "user" "u" "password" "pé"
+                        "connect-timeout-ms" 2000 "application-name" "svc"})
            (native "postgresql://u:p%C3%A9@[::1]:5433/app?connect_timeout=2&application_name=svc"))))
   (testing "without a user, the JVM's user name, as libpq uses the OS user"
     (is (= (System/getProperty "user.name") (get (native "postgresql://h/app") "user")))))
@@ -93,7 +93,7 @@
 (deftest table-row-and-column-type
   (is (= {:backend :postgres-db
           :resource "s.tbl row 3"
-          :native-config (merge base {"table" "s.tbl" "row-id" "3" "column-type" "bytea"
+          :native-config (merge base {"table" "s.tbl" "row-id" 3 "column-type" "bytea"
                                       "host" "h" "dbname" "app" "user" "u"})}
          (pg/store-config "postgresql://u@h/app" "s.tbl" 3 :bytea)))
   (is (= {"table" "tbl" "column-type" "bytea"}

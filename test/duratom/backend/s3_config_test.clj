@@ -1,6 +1,6 @@
 (ns duratom.backend.s3-config-test
   "The translation of the aws-s3 constructor's arguments into the native
-  configuration rust/s3.rs reads. (The storage itself is tested against a
+  configuration rust/s3/settings.rs reads. (The storage itself is tested against a
   real server, in Rust and in the behaviour suite.)"
   (:require [clojure.test :refer [deftest is testing]]
             [duratom.backend.s3 :as s3]))
@@ -63,7 +63,7 @@
 
 (deftest metadata-becomes-native-keys
   (is (= {"sse" "AES256" "content-type" "application/edn" "sse-kms-key-id" "arn:aws:kms:k"
-          "user-metadata" "Team=a\nowner=me"}
+          "user-metadata" [["Team" "a"] ["owner" "me"]]}
          (select-keys (native nil {:server-side-encryption "AES256"
                                    :content-type "application/edn"
                                    :sse-kms-key-id "arn:aws:kms:k"

@@ -1,0 +1,74 @@
+//! Guards the door between the JVM and this library (see `build/door.rs`):
+//!
+//! - the build fails, saying which, when a `native` method of
+//!   `java/duratom/Native.java` has no `Java_duratom_Native_*` export in
+//!   `rust/jni.rs`, an export has no declaration, or their argument counts
+//!   differ;
+//! - the door fingerprint (the signatures and the crate version) is stamped
+//!   into the library as `DURATOM_DOOR_FINGERPRINT`, which `Native` checks
+//!   right after loading;
+//! - the shared library exports only the `Java_*` symbols: a version script
+//!   for GNU ld and lld (Linux), an exported-symbols list for ld64 (macOS).
+
+#[path = "build/door.rs"]
+mod door;
+
+use std::path::Path;
+
+fn main() {
+    let java_path = "java/duratom/Native.java";
+    let rust_path = "rust/jni.rs";
+    println!("cargo:rerun-if-changed={java_path}");
+    println!("cargo:rerun-if-changed={rust_path}");
+    println!("cargo:rerun-if-changed=build/door.rs");
+
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_else(|e| fail(&[format!("cannot read {p}: {e}")]));
+    let java = door::java_natives(&read(java_path)).unwrap_or_else(|e| fail(&[e]));
+    let rust = door::rust_exports(&read(rust_path)).unwrap_or_else(|e| fail(&[e]));
+    if java.is_empty() {
+        fail(&[format!("found no native method in {java_path}")]);
+    }
+    let problems = door::mismatches(&java, &rust);
+    if !problems.is_empty() {
+        fail(&problems);
+    }
+
+    let version = std::env::var("CARGO_PKG_VERSION").expect("cargo sets CARGO_PKG_VERSION");
+    match door::java_crate_version(&read(java_path)) {
+        Some(v) if v == version => {}
+        Some(v) => fail(&[format!("{java_path} has CRATE_VERSION \"{v}\" but Cargo.toml's version is {version}")]),
+        None => fail(&[format!("{java_path} declares no CRATE_VERSION = \"...\" (the version its door fingerprint uses)")]),
+    }
+    println!("cargo:rustc-env=DURATOM_DOOR_FINGERPRINT={}", door::fingerprint(&java, &version));
+
+    let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
+    match std::env::var("CARGO_CFG_TARGET_OS").as_deref() {
+        Ok("linux") | Ok("android") | Ok("freebsd") => {
+            let script = Path::new(&out).join("exports.map");
+            std::fs::write(&script, "{\n  global: Java_*;\n  local: *;\n};\n").expect("writing the version script");
+            println!("cargo:rustc-cdylib-link-arg=-Wl,--version-script={}", script.display());
+            // rustc's own version script makes every `#[no_mangle]` function
+            // of every dependency global (the S3 SDK's crc-fast has dozens),
+            // and the linker merges the scripts; this hides whatever comes
+            // from the dependencies' archives, leaving this crate's exports.
+            println!("cargo:rustc-cdylib-link-arg=-Wl,--exclude-libs=ALL");
+        }
+        Ok("macos") | Ok("ios") => {
+            let list = Path::new(&out).join("exports.txt");
+            // ld64 matches wildcards here; C symbols carry a leading underscore.
+            std::fs::write(&list, "_Java_*\n").expect("writing the exported symbols list");
+            println!("cargo:rustc-cdylib-link-arg=-Wl,-exported_symbols_list,{}", list.display());
+        }
+        // Elsewhere (Windows) symbols are exported only when marked to be.
+        _ => {}
+    }
+}
+
+fn fail(problems: &[String]) -> ! {
+    eprintln!("\nerror: the JNI door does not match (build.rs):");
+    for p in problems {
+        eprintln!("  - {p}");
+    }
+    eprintln!("Make each `native` method of java/duratom/Native.java and its Java_duratom_Native_* export in rust/jni.rs agree.\n");
+    std::process::exit(1);
+}

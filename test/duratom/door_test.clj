@@ -1,0 +1,40 @@
+(ns duratom.door-test
+  "The door check of duratom.Native: the loaded library's fingerprint (stamped
+  by build.rs) must match the one this class computes from its own native
+  declarations, and a library from another build is a clear error naming both
+  fingerprints and where the library came from."
+  (:require [clojure.java.io :as io]
+            [clojure.string :as str]
+            [clojure.test :refer [deftest is testing]]
+            [duratom.test-support :as ts])
+  (:import (duratom Native)))
+
+(deftest the-loaded-library-matches-this-class
+  (let [found (String. (Native/fingerprint) "US-ASCII")]
+    (is (re-matches #"[0-9a-f]{16}" found))
+    (is (= (Native/doorFingerprint) found))
+    (is (nil? (Native/doorMismatch "x" found (Native/doorFingerprint))))
+    (is (str/includes? (Native/loadedFrom) "libduratom") (Native/loadedFrom))))
+
+(deftest a-library-from-another-build-is-named-with-both-fingerprints
+  (let [e (Native/doorMismatch "/old/libduratom.so (named by duratom.native.path)" "0123456789abcdef" "fedcba9876543210")]
+    (is (instance? UnsatisfiedLinkError e))
+    (is (re-find #"native library /old/libduratom.so \(named by duratom.native.path\) has door fingerprint 0123456789abcdef but this duratom.Native expects fedcba9876543210"
+                 (.getMessage e))))
+  (testing "a library without any fingerprint, loaded in a child JVM: the loader says which file and why"
+    (let [foreign (->> ["lib/libzip.so" "lib/libjava.so" "lib/libnio.so"]
+                       (map #(io/file (System/getProperty "java.home") %))
+                       (filter #(.isFile ^java.io.File %))
+                       first)
+          _ (is (some? foreign) "the JDK has a shared library to stand in for a foreign build")
+          ;; A copy: the JVM refuses to load the very file it loaded already.
+          foreign (let [copy (io/file (ts/temp-dir) "libduratom-foreign.so")]
+                    (io/copy foreign copy)
+                    (.getPath copy))
+          out (ts/child-output
+               "(try (duratom.Native/doorFingerprint) (println \"loaded\")
+                     (catch Throwable e (println (.getName (class e)) (.getMessage e))))"
+               :jvm-opts [(str "-Dduratom.native.path=" foreign)])]
+      (is (str/includes? out "java.lang.UnsatisfiedLinkError") out)
+      (is (str/includes? out (str "the native library " foreign " (named by duratom.native.path) carries no door fingerprint")) out)
+      (is (str/includes? out (str "expected " (Native/doorFingerprint))) out))))
