@@ -1,8 +1,9 @@
 //! The one contract every backend implements, and the error type they share.
 //!
 //! A store holds one value as bytes. Every stored state carries a version token
-//! (file: a counter in the header line, PostgreSQL: a version column, S3: the
-//! ETag), so "write only if nobody wrote since I read" is one call everywhere.
+//! (file: a counter in the header line; PostgreSQL: the row's `xmin` system
+//! column; S3: the ETag; SQLite: a SHA-256 of the stored bytes), so "write only
+//! if nobody wrote since I read" is one call everywhere.
 
 use std::fmt;
 
