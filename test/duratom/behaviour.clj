@@ -153,7 +153,10 @@
         (let [s (d/stats dura)]
           (is (every? (set (keys s)) [:commits :failures :bytes-written :pending? :last-error :last-commit-nanos]))
           (is (false? (:pending? s)))
-          (is (<= 2 (:commits s) 2001) "only the newest pending state is written each time")
+          ;; 2,000 swaps take a few milliseconds, one durable commit about as
+          ;; long: a writer that wrote every state instead of the newest
+          ;; pending one would need 2,000 commits.
+          (is (<= 1 (:commits s) 1000) (str "states were coalesced: " (:commits s) " commits for 2000 swaps"))
           (is (pos? (:bytes-written s)))
           (is (zero? (:failures s)))
           (is (pos? (:last-commit-nanos s))))

@@ -2,8 +2,10 @@
   "The translation of the aws-s3 constructor's arguments into the native
   configuration rust/s3/settings.rs reads. (The storage itself is tested against a
   real server, in Rust and in the behaviour suite.)"
-  (:require [clojure.test :refer [deftest is testing]]
-            [duratom.backend.s3 :as s3]))
+  (:require [clojure.string :as str]
+            [clojure.test :refer [deftest is testing]]
+            [duratom.backend.s3 :as s3]
+            [duratom.test-support :as ts]))
 
 (def ^:private secret "wJalrXUtnFEMI-never-printed")
 
@@ -41,8 +43,15 @@
     (is (not (contains? c "access-key")))
     (is (not (contains? c "secret-key")))
     (is (not (contains? c "endpoint")))
-    (is (= (or (System/getenv "AWS_REGION") (System/getenv "AWS_DEFAULT_REGION") "us-east-1")
-           (get c "region"))))
+    (testing "the region comes from AWS_REGION, else AWS_DEFAULT_REGION, else us-east-1 (child JVMs with set environments)"
+      (let [region-in (fn [env]
+                        (str/trim (ts/child-output
+                                   "(require 'duratom.backend.s3)
+                                    (print (get (:native-config (duratom.backend.s3/store-config nil \"my-bucket\" \"k\" nil)) \"region\"))"
+                                   :env env)))]
+        (is (= "eu-north-1" (region-in {"AWS_REGION" "eu-north-1" "AWS_DEFAULT_REGION" "ap-south-1"})))
+        (is (= "ap-south-1" (region-in {"AWS_REGION" nil "AWS_DEFAULT_REGION" "ap-south-1"})))
+        (is (= "us-east-1" (region-in {"AWS_REGION" nil "AWS_DEFAULT_REGION" nil}))))))
   (testing "a map without keys also uses the chain, in the region it names"
     (is (= {"backend" "aws-s3" "bucket" "my-bucket" "key" "state/0" "region" "ap-southeast-2"}
            (native {:endpoint "ap-southeast-2"}))))
