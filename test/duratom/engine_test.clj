@@ -340,6 +340,11 @@
 
 ;; ----------------------------------------------------------------- logging
 
+;; java.util.logging holds its loggers weakly: a handler added to a logger
+;; nobody references is lost when that logger is collected, and the engine's
+;; next look-up gets a fresh logger without it. This var keeps it alive.
+(defonce ^:private engine-logger (Logger/getLogger "duratom.engine"))
+
 (defn- capture-log
   "Adds a java.util.logging handler to logger `duratom.engine`; returns
   [records-atom handler]. tools.logging (on the test classpath) logs through
@@ -350,7 +355,7 @@
             (publish [^LogRecord r] (swap! records conj r))
             (flush [])
             (close []))]
-    (.addHandler (Logger/getLogger "duratom.engine") h)
+    (.addHandler ^Logger engine-logger h)
     [records h]))
 
 (deftest unhandled-async-failures-are-logged-once-per-streak
@@ -379,7 +384,7 @@
         (is (str/includes? (.getMessage ^LogRecord end) "work again"))
         (is (empty? more) "once when the streak begins, once when it ends"))
       (finally
-        (.removeHandler (Logger/getLogger "duratom.engine") h)
+        (.removeHandler ^Logger engine-logger h)
         (d/destroy dura)))))
 
 (deftest without-tools-logging-it-logs-through-the-system-logger
@@ -396,8 +401,10 @@
                               (close []))
                          path# (java.io.File. ~(str path))
                          dir# (.getParentFile path#)
-                         away# (java.io.File. (str dir# ".away"))]
-                     (.addHandler (java.util.logging.Logger/getLogger "duratom.engine") h#)
+                         away# (java.io.File. (str dir# ".away"))
+                         ;; held to the end: loggers are weakly referenced
+                         logger# (java.util.logging.Logger/getLogger "duratom.engine")]
+                     (.addHandler logger# h#)
                      (let [dura# (duratom.core/file-atom path# nil 1 duratom.core/default-file-rw)]
                        (.renameTo dir# away#)
                        (swap! dura# inc)
@@ -407,6 +414,7 @@
                        (println "TOOLS-LOGGING" (some? (find-ns 'clojure.tools.logging)))
                        (println "RECORDS" (count @records#))
                        (doseq [m# @records#] (println "RECORD" m#))
+                       (.removeHandler logger# h#)
                        (shutdown-agents)))))
         p (-> (ProcessBuilder. ^java.util.List
                                [(str (System/getProperty "java.home") "/bin/java") "-cp" cp "clojure.main" "-e" code])

@@ -295,7 +295,7 @@
 (deftest two-stores-on-one-path-in-one-jvm-never-fail
   (let [p (io/file (ts/temp-dir) "twice.edn")
         stores [(d/file-atom p nil 0 {:commit-mode :sync}) (d/file-atom p nil 0 {:commit-mode :sync})]
-        config (.getBytes (str "backend\u0000local-file\u0000path\u0000" p) "UTF-8")
+        config (.getBytes (str "{:backend :local-file :path " (pr-str (str p)) "}") "UTF-8")
         done (promise)
         ;; Opening a store cleans up temp files: keep doing so meanwhile.
         opener (future (loop [n 0]
