@@ -9,6 +9,10 @@
   :java-source-paths ["java"]
   :javac-options ["--release" "11"]
   :test-paths ["test"]
+  ;; Leiningen's own output (classes, the jar) in a folder of its own: `lein
+  ;; jar` and `lein test` clean :target-path first, and cargo's builds in
+  ;; target/ (several minutes each) must survive that.
+  :target-path "target/jvm"
   ;; `scripts/build-native` puts the library in native-resources/ as
   ;; duratom/native/<platform>/libduratom.so, so `lein jar` carries it.
   :resource-paths ["native-resources"]
