@@ -94,8 +94,12 @@
 
 ;; ------------------------------------------------------------------- engine
 
-;; All mutable state sits in atomics and is changed while holding `monitor`,
-;; so every step sees one consistent picture; `io-lock` is held around each
+;; All mutable state sits in atomics. Synchronous mode changes it while
+;; holding `monitor`, so a failed group cannot drop states that a swap! is
+;; computing from. Asynchronous `propose!` does not take `monitor`: it updates
+;; `latest` and `requested` under the duratom's own lock only. It sets
+;; `latest` before `requested` and a snapshot reads `requested` first, so a
+;; snapshot's count never covers a state newer than its value. `io-lock` is held around each
 ;; write (snapshot, encode, commit, record), so writes are ordered and
 ;; destroy! waits for one in flight. Lock order: io-lock, then monitor.
 (defrecord Engine [store encode sync? error-handler
