@@ -164,7 +164,8 @@ fn pg(bytes: &[u8], millis: u64, min_ops: u64) {
 }
 
 /// PutObject through the SDK, configured as a duratom's S3 client is (path
-/// style, checksums only where required), driven by the library's runtime.
+/// style, checksums only where required, duratom's own HTTPS client), driven
+/// by the library's runtime.
 fn s3(bytes: &[u8], millis: u64, min_ops: u64) {
     use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
     use aws_sdk_s3::primitives::ByteStream;
@@ -184,6 +185,8 @@ fn s3(bytes: &[u8], millis: u64, min_ops: u64) {
             .region(Region::new(region))
             .endpoint_url(&endpoint)
             .credentials_provider(creds)
+            // the SDK has no HTTP client of its own here (default features off)
+            .http_client(duratom::https::client())
             .load(),
     )
     .unwrap_or_else(|e| fail("runtime", e));
