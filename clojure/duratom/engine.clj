@@ -227,13 +227,21 @@
             (drop-unwritten! e group x)
             (.set ^AtomicReference (:visible e) value)))))) ; kept, as the original did
 
+(defn- refusal?
+  "Whether `x` is the codec refusing the state itself (duratom.edn): the same
+  state is refused every time, so only a newer state can be written."
+  [^Throwable x]
+  (some? (:duratom/refused (ex-data x))))
+
 (defn- streak-begins!
   "Logs the start of a failure streak of the asynchronous writer (at most
   once per streak); `x`: the failure."
   [^Engine e ^Throwable x]
   (when (.compareAndSet ^AtomicBoolean (:failing e) false true)
     (log! :warn (str "duratom: asynchronous writes to " (where e) " fail; the newest state is kept"
-                     " in memory and retried with backoff: " (describe x))
+                     " in memory and "
+                     (if (refusal? x) "written when a newer state replaces it" "retried with backoff")
+                     ": " (describe x))
           x)))
 
 (defn- streak-ends!
@@ -547,7 +555,9 @@
 (defn- write-loop
   "The writer: writes the newest state until none is pending. On failure
   calls the :error-handler and stops unless it recommitted or newer states
-  came; without one, logs, backs off and retries."
+  came; without one, logs, backs off and retries, except when the state
+  itself was refused: retrying would only encode it again, so it stops until
+  a newer state comes (flush! then throws the refusal)."
   [^Engine e]
   (let [^Object monitor (:monitor e)
         ^AtomicBoolean closed (:closed e)]
@@ -561,6 +571,10 @@
             (:error-handler e)
             (do (when-not (.get closed) (handle-async-failure! e x))
                 ;; states up to failed-target are written only if it recommitted
+                (when (go-on? e (long failed-target)) (recur 0)))
+
+            (refusal? x)
+            (do (streak-begins! e x)
                 (when (go-on? e (long failed-target)) (recur 0)))
 
             :else

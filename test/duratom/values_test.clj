@@ -79,6 +79,10 @@
         (check e)
         (is (= (seq stored) (seq (file-bytes f))) "the file keeps the last good state")
         (is (pos? (:failures (d/stats a))) "stats counts the failure")
+        (let [failures (:failures (d/stats a))]
+          (is (thrown? Exception (d/flush! a 60000)) "flush! throws the refusal again")
+          (is (= failures (:failures (d/stats a)))
+              "a refused state is not encoded and refused again while nothing newer came"))
         (is (str/includes? (str (ex-message (:last-error (d/stats a)))) (pr-str path)) "stats shows the refusal")
         (swap! a update-in (pop path) dissoc (peek path))
         (is (true? (d/flush! a 60000)) "the next good state is written")
