@@ -55,17 +55,20 @@
       (when-not ok?
         (throw (IllegalStateException. "Invalid reference state"))))))
 
-(defn- decode-stored
-  "The stored bytes as a value; ex-info naming the resource when they cannot be read."
-  [desc decode stored]
-  (try (decode (:bytes stored))
-       (catch Exception e
-         (throw (ex-info (str "duratom: " (name (:backend desc)) " " (:resource desc)
-                              ": the stored data cannot be read (it was left untouched): "
-                              (.getMessage e))
-                         {:duratom/backend (:backend desc) :duratom/resource (:resource desc)
-                          :duratom/op :load}
-                         e)))))
+(defn- naming-decode
+  "`decode` (stored bytes -> value) whose failures are an ex-info naming the
+  resource `desc` describes; every read of storage (construction, refresh!,
+  backend-snapshot, a shared reload) decodes through it."
+  [desc decode]
+  (fn [^bytes stored-bytes]
+    (try (decode stored-bytes)
+         (catch Exception e
+           (throw (ex-info (str "duratom: " (name (:backend desc)) " " (:resource desc)
+                                ": the stored data cannot be read (it was left untouched): "
+                                (.getMessage e))
+                           {:duratom/backend (:backend desc) :duratom/resource (:resource desc)
+                            :duratom/op :load}
+                           e))))))
 
 (defn- notify-watches [ref watches old new]
   (doseq [[k w] watches]
@@ -243,11 +246,12 @@
     (throw (IllegalArgumentException.
             (str "duratom: :lock must be a java.util.concurrent.locks.Lock, got " (class lock)))))
   (let [store (storage/open desc)
+        codec (update codec :decode #(naming-decode desc %))
         shared? (shared-mode? rw)]
     (try
       (let [stored (storage/load-stored store)
             value (if stored
-                    (decode-stored desc (:decode codec) stored)
+                    ((:decode codec) (:bytes stored))
                     (resolve-init init))
             sync? (or shared? (sync-mode? rw))
             eng (engine/engine store (:encode codec) sync? (:error-handler rw) value (:version stored))]
@@ -255,7 +259,7 @@
           (when-not (engine/commit-initial! eng value shared?)
             ;; another process created it meanwhile: its state wins
             (let [theirs (storage/load-stored store)]
-              (engine/adopt! eng (decode-stored desc (:decode codec) theirs) (:version theirs)))))
+              (engine/adopt! eng ((:decode codec) (:bytes theirs)) (:version theirs)))))
         (Duratom. store codec eng (or lock (ReentrantLock.)) sync? shared? (read-from-storage? rw)
                   (AtomicReference. nil) (AtomicReference. {}) (AtomicBoolean. false) nil))
       (catch Throwable e

@@ -343,3 +343,24 @@
       (is (= 2 @(d/file-atom p)))
       (is (not (.exists in-flight)) "removed at the next open once its writer is gone")
       (finally (.destroyForcibly holder)))))
+
+(deftest every-read-of-unreadable-stored-data-names-the-file
+  ;; Plain EDN (no header) loads as the original library's files do; a tag no
+  ;; reader knows makes it unreadable. Construction, backend-snapshot and
+  ;; refresh! must all say which file, and leave it as it is.
+  (let [p (io/file (ts/temp-dir) "state.edn")
+        a (d/file-atom p nil {:n 1} {:commit-mode :sync})
+        unreadable "{:n #no.such/tag 2}"
+        names-file? (fn [f]
+                      (let [e (try (f) nil (catch Exception e e))]
+                        (is (some? e) "throws")
+                        (when e
+                          (is (str/includes? (ex-message e) (str p)) (ex-message e))
+                          (is (= :load (:duratom/op (ex-data e)))))))]
+    (spit p unreadable)
+    (names-file? #(d/backend-snapshot a))
+    (names-file? #(d/refresh! a))
+    (is (= {:n 1} @a) "memory keeps its state")
+    (names-file? #(d/file-atom p nil {:n 0} {:commit-mode :sync}))
+    (is (= unreadable (slurp p)) "the file is left untouched")
+    (d/destroy a)))
