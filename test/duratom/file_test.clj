@@ -364,3 +364,67 @@
     (names-file? #(d/file-atom p nil {:n 0} {:commit-mode :sync}))
     (is (= unreadable (slurp p)) "the file is left untouched")
     (d/destroy a)))
+
+(defn- v1-file-text
+  "A file as the build before the v2 header wrote it: `;duratom/v1` line whose
+  CRC-32 covers only the UTF-8 body, then the body."
+  [version ^String body]
+  (let [bytes (.getBytes body "UTF-8")
+        crc (doto (java.util.zip.CRC32.) (.update bytes))]
+    (format ";duratom/v1 version=%d length=%d crc32=%08x\n%s" version (alength bytes) (.getValue crc) body)))
+
+(deftest files-of-the-v1-build-load-and-are-rewritten-as-v2
+  (let [dir (ts/temp-dir)]
+    (testing "a v1 file loads; the next commit writes v2, counting on"
+      (let [p (io/file dir "v1.edn")
+            _ (spit p (v1-file-text 41 "{:users #sorted/map {\"ada\" 1}, :n 41}") :encoding "UTF-8")
+            a (d/file-atom p nil {:fresh true} {:commit-mode :sync})]
+        (is (= {:users {"ada" 1} :n 41} @a))
+        (is (sorted? (:users @a)))
+        (swap! a update :n inc)
+        (let [text (slurp p :encoding "UTF-8")]
+          (is (str/starts-with? text ";duratom/v2 version=42 ") text)
+          (is (= {:users {"ada" 1} :n 42} (edn/read-string readers/default text))))
+        (is (= {:users {"ada" 1} :n 42} @(d/file-atom p)) "and reopens")
+        (d/destroy a)))
+    (testing "in shared mode too (the version goes on from the v1 file's)"
+      (let [p (io/file dir "v1-shared.edn")
+            _ (spit p (v1-file-text 7 "{:n 7}"))
+            a (d/file-atom p nil nil {:shared? true})]
+        (is (= {:n 7} @a))
+        (is (= {:n 8} (swap! a update :n inc)))
+        (is (str/starts-with? (slurp p) ";duratom/v2 version=8 "))
+        (d/destroy a)))
+    (testing "a damaged v1 file is refused, named, and left untouched"
+      (let [good (v1-file-text 3 "{:balance 100}")]
+        (doseq [[what damaged] [["a changed value" (str/replace good "100" "900")]
+                                ["a changed length" (str/replace good "length=14" "length=15")]
+                                ["a cut-off file" (subs good 0 (- (count good) 2))]
+                                ["a cut-off tag" (subs good 0 8)]]]
+          (let [p (io/file dir "v1-damaged.edn")
+                _ (spit p damaged)
+                e (try (d/file-atom p nil {:fresh true} nil) nil (catch Exception e e))]
+            (is (some? e) what)
+            (is (str/includes? (str (ex-message e)) (str p)) what)
+            (is (str/includes? (str (ex-message e)) "damaged") what)
+            (is (= damaged (slurp p)) (str what ": nothing was overwritten"))))))))
+
+(deftest a-shared-commit-refuses-a-damaged-file-naming-it
+  (let [p (io/file (ts/temp-dir) "cas.edn")
+        a (d/file-atom p nil {:balance 100} {:shared? true})]
+    (swap! a update :balance inc)
+    (let [good (slurp p)]
+      ;; The header (and its version) unchanged, the value damaged; then the
+      ;; version damaged into a plausible one, the value intact.
+      (doseq [[what damaged] [["a damaged value" (str/replace good "101" "901")]
+                              ["a damaged version" (str/replace good "version=2 " "version=3 ")]]]
+        (spit p damaged)
+        (let [e (try (swap! a update :balance inc) nil (catch Exception e e))]
+          (is (some? e) (str what ": the swap! throws"))
+          (is (str/includes? (str (ex-message e)) (str p)) what)
+          (is (str/includes? (str (ex-message e)) "damaged") what))
+        (is (= damaged (slurp p)) (str what ": the damaged file was not overwritten"))
+        (is (= {:balance 101} @a) (str what ": memory keeps the last good state")))
+      (spit p good)
+      (is (= {:balance 102} (swap! a update :balance inc)) "the intact file commits again"))
+    (d/destroy a)))
