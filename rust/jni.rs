@@ -32,6 +32,7 @@ static NEXT_HANDLE: AtomicI64 = AtomicI64::new(1);
 
 const STORAGE_EXCEPTION: &str = "duratom/Native$StorageException";
 const CONFLICT_EXCEPTION: &str = "duratom/Native$ConflictException";
+const OUTCOME_UNKNOWN_EXCEPTION: &str = "duratom/Native$OutcomeUnknownException";
 
 /// Why a native call failed, before it becomes a Java exception.
 enum Failure {
@@ -77,6 +78,7 @@ fn door<'l, T>(
                 Failure::Store(e @ StoreError::Config { .. }) => ("java/lang/IllegalArgumentException", e.to_string()),
                 Failure::Store(e @ StoreError::UnknownHandle(_)) => ("java/lang/IllegalStateException", e.to_string()),
                 Failure::Store(e @ StoreError::Conflict { .. }) => (CONFLICT_EXCEPTION, e.to_string()),
+                Failure::Store(e @ StoreError::OutcomeUnknown { .. }) => (OUTCOME_UNKNOWN_EXCEPTION, e.to_string()),
                 Failure::Store(e) => (STORAGE_EXCEPTION, e.to_string()),
                 Failure::Jni(e) => (STORAGE_EXCEPTION, format!("duratom native call failed in JNI: {e}")),
                 Failure::Panic(p) => (STORAGE_EXCEPTION, format!("duratom native library bug (panic): {p}")),

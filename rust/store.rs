@@ -89,6 +89,11 @@ pub enum StoreError {
     #[error("{resource}: conflict: the stored version changed since it was read")]
     Conflict { resource: Resource },
 
+    /// A write was sent and no answer came (timeout, connection lost): it
+    /// may or may not have taken effect. Reading storage tells which.
+    #[error("{resource}: {op}: outcome unknown, the write may or may not have taken effect: {detail}")]
+    OutcomeUnknown { resource: Resource, op: String, detail: String },
+
     /// The backend's server or client library reported an error.
     #[error("{resource}: {op} failed: {detail}")]
     Backend { resource: Resource, op: String, detail: String },
@@ -105,6 +110,10 @@ impl StoreError {
 
     pub fn backend(resource: &Resource, op: impl Into<String>, detail: impl fmt::Display) -> Self {
         StoreError::Backend { resource: resource.clone(), op: op.into(), detail: detail.to_string() }
+    }
+
+    pub fn outcome_unknown(resource: &Resource, op: impl Into<String>, detail: impl fmt::Display) -> Self {
+        StoreError::OutcomeUnknown { resource: resource.clone(), op: op.into(), detail: detail.to_string() }
     }
 
     pub fn config(backend: &str, detail: impl Into<String>) -> Self {

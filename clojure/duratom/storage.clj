@@ -9,7 +9,8 @@
   `:duratom/backend`, `:duratom/resource` and `:duratom/op`."
   (:require [clojure.string :as str]
             [duratom.edn :as dedn])
-  (:import (duratom Native Native$StorageException Native$ConflictException)
+  (:import (duratom Native Native$StorageException Native$ConflictException
+                    Native$OutcomeUnknownException)
            (duratom.edn Encoded)
            (java.nio.charset StandardCharsets)))
 
@@ -47,7 +48,8 @@
            {:duratom/backend (:backend store)
             :duratom/resource (:resource store)
             :duratom/op op
-            :duratom/conflict? (instance? Native$ConflictException e)}
+            :duratom/conflict? (instance? Native$ConflictException e)
+            :duratom/outcome-unknown? (instance? Native$OutcomeUnknownException e)}
            e))
 
 (defmacro ^:private through-door

@@ -36,6 +36,14 @@ public final class Native {
         public ConflictException(String message) { super(message); }
     }
 
+    /**
+     * A commit was sent and no answer came (timeout, lost connection): it may
+     * or may not have been stored. Reading the store tells which.
+     */
+    public static final class OutcomeUnknownException extends StorageException {
+        public OutcomeUnknownException(String message) { super(message); }
+    }
+
     /** Pass as {@code expected} to {@link #commit}: write only if nothing is stored. */
     public static final byte[] EXPECT_NOTHING = new byte[0];
 

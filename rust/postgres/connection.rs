@@ -5,7 +5,8 @@ use std::error::Error as _;
 use std::io;
 
 use postgres::types::Type;
-use postgres::{Client, NoTls, Statement};
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls, Statement};
 
 use super::errors::{describe, sqlstate};
 use super::store::PostgresStore;
@@ -19,9 +20,24 @@ pub(super) enum ValueKind {
     Bytea,
 }
 
+/// The task that drives a connection's socket. Dropping it aborts the task,
+/// which closes the socket at once: a connection given up on (the server
+/// stopped answering) must not linger.
+pub(super) struct Driver(JoinHandle<()>);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A connection with the statements prepared on it.
 pub(super) struct Conn {
     pub(super) client: Client,
+    _driver: Driver,
+    /// Set while a write's committing message is out and unanswered: if the
+    /// wait is cut short then, the write may or may not have taken effect.
+    pub(super) write_sent: bool,
     pub(super) value: ValueKind,
     pub(super) load: Statement,
     pub(super) update_any: Statement,
@@ -35,33 +51,50 @@ pub(super) struct Conn {
 }
 
 impl PostgresStore {
-    /// A new connection, with the table created if missing and the
-    /// statements prepared.
-    pub(super) fn connect(&self, op: &str) -> Result<Conn, StoreError> {
-        let connected = match &self.tls {
-            Some(tls) => self.pg.connect(tls.clone()),
-            None => self.pg.connect(NoTls),
-        };
-        let mut client = connected.map_err(|e| {
+    /// A new connection, with the session's server-side time limits set, the
+    /// table created if missing and the statements prepared. Runs on the
+    /// shared runtime; the caller bounds how long it may take.
+    pub(super) async fn connect(&self, op: &str) -> Result<Conn, StoreError> {
+        let cannot = |e: tokio_postgres::Error| {
             StoreError::backend(
                 &self.resource,
                 op,
                 format!("cannot connect to {}: {}", self.endpoint, self.connect_reason(&e)),
             )
-        })?;
+        };
+        let (client, driver) = match &self.tls {
+            Some(tls) => {
+                let (client, connection) = self.pg.connect(tls.clone()).await.map_err(cannot)?;
+                (client, Driver(tokio::spawn(async move { let _ = connection.await; })))
+            }
+            None => {
+                let (client, connection) = self.pg.connect(NoTls).await.map_err(cannot)?;
+                (client, Driver(tokio::spawn(async move { let _ = connection.await; })))
+            }
+        };
         let r = &self.resource;
         let t = &self.table_sql;
+
+        // The server ends a statement, or a wait for a lock another session
+        // holds, a little before the client's own bound, so that its clearer
+        // error ("lock held") is the one reported; the lock wait ends first.
+        let (statement_ms, lock_ms) = (self.server_timeout.as_millis(), self.lock_timeout().as_millis());
+        client
+            .batch_execute(&format!("SET statement_timeout = {statement_ms}; SET lock_timeout = {lock_ms}"))
+            .await
+            .map_err(|e| StoreError::backend(r, "setting the session's time limits", describe(&e)))?;
 
         // Look before creating: CREATE TABLE IF NOT EXISTS needs the CREATE
         // privilege on the schema even when the table exists, and a role that
         // may only read and write an existing table must still work.
         let exists: bool = client
             .query_one("SELECT to_regclass($1::text) IS NOT NULL", &[t])
+            .await
             .and_then(|row| row.try_get(0))
             .map_err(|e| StoreError::backend(r, "looking up the table", describe(&e)))?;
         if !exists {
             let create = format!("CREATE TABLE IF NOT EXISTS {t} (id integer, value {})", self.create_type);
-            match client.batch_execute(&create) {
+            match client.batch_execute(&create).await {
                 Ok(()) => {}
                 // Another process created it at the same moment: the catalog's
                 // unique index, not IF NOT EXISTS, caught the race. It exists.
@@ -73,17 +106,18 @@ impl PostgresStore {
         // `$n::bigint` lets one i64 parameter match id columns of any integer
         // width (the original made `integer`); the cross-type comparison still
         // uses an index on id.
-        let mut prepare = |sql: String| {
-            client.prepare(&sql).map_err(|e| StoreError::backend(r, "preparing statements", describe(&e)))
+        let prepare = async |sql: String| {
+            client.prepare(&sql).await.map_err(|e| StoreError::backend(r, "preparing statements", describe(&e)))
         };
-        let load = prepare(format!("SELECT value, xmin::text FROM {t} WHERE id = $1::bigint LIMIT 1"))?;
-        let update_any = prepare(format!("UPDATE {t} SET value = $1 WHERE id = $2::bigint RETURNING xmin::text"))?;
+        let load = prepare(format!("SELECT value, xmin::text FROM {t} WHERE id = $1::bigint LIMIT 1")).await?;
+        let update_any = prepare(format!("UPDATE {t} SET value = $1 WHERE id = $2::bigint RETURNING xmin::text")).await?;
         let update_if = prepare(format!(
             "UPDATE {t} SET value = $1 WHERE id = $2::bigint AND xmin::text = $3 RETURNING xmin::text"
-        ))?;
-        let insert = prepare(format!("INSERT INTO {t} (id, value) VALUES ($1::bigint, $2) RETURNING xmin::text"))?;
-        let occupied = prepare(format!("SELECT 1 FROM {t} WHERE id = $1::bigint AND value IS NOT NULL LIMIT 1"))?;
-        let delete = prepare(format!("DELETE FROM {t} WHERE id = $1::bigint"))?;
+        ))
+        .await?;
+        let insert = prepare(format!("INSERT INTO {t} (id, value) VALUES ($1::bigint, $2) RETURNING xmin::text")).await?;
+        let occupied = prepare(format!("SELECT 1 FROM {t} WHERE id = $1::bigint AND value IS NOT NULL LIMIT 1")).await?;
+        let delete = prepare(format!("DELETE FROM {t} WHERE id = $1::bigint")).await?;
         // Serialises inserts of one row across every client: the original's
         // tables have no unique key on id, so nothing else stops two writers
         // from both inserting. Keyed on the table's oid, so "t" and
@@ -91,7 +125,8 @@ impl PostgresStore {
         let lock = prepare(
             "SELECT pg_advisory_xact_lock(hashtextextended('duratom ' || $1::text::regclass::oid::text || ' ' || $2::bigint::text, 0))"
                 .to_string(),
-        )?;
+        )
+        .await?;
 
         let value = match load.columns()[0].type_() {
             &Type::BYTEA => ValueKind::Bytea,
@@ -104,11 +139,24 @@ impl PostgresStore {
                 ))
             }
         };
-        Ok(Conn { client, value, load, update_any, update_if, insert, occupied, lock, delete, table: t.clone() })
+        Ok(Conn {
+            client,
+            _driver: driver,
+            write_sent: false,
+            value,
+            load,
+            update_any,
+            update_if,
+            insert,
+            occupied,
+            lock,
+            delete,
+            table: t.clone(),
+        })
     }
 
     /// A connect error in plain words: refused, timed out, or what the server said.
-    fn connect_reason(&self, e: &postgres::Error) -> String {
+    fn connect_reason(&self, e: &tokio_postgres::Error) -> String {
         if let Some(why) = super::tls::tls_failure(e) {
             return why;
         }

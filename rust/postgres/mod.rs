@@ -21,6 +21,11 @@
 //! Configuration keys: see `Keys` in `settings.rs` (made by
 //! `clojure/duratom/backend/postgres.clj`); an unknown key is an error.
 //!
+//! Every operation finishes or fails within `timeout-ms` (default 30000),
+//! whatever the server or network does: it runs on tokio-postgres on the
+//! shared runtime under a deadline, and a connection given up on is closed
+//! at once.
+//!
 //! The rooms: `settings.rs` reads the configuration, `tls.rs` makes the TLS
 //! connector, `connection.rs` connects and prepares the statements,
 //! `store.rs` runs the operations (and decides when to retry), `errors.rs`
@@ -56,6 +61,6 @@ pub fn prefer_tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect
 /// construction, rather than at the first commit.
 pub fn open(config: &Config) -> Result<Box<dyn Store>, StoreError> {
     let mut store = PostgresStore::new(config)?;
-    store.conn = Some(store.connect("open")?);
+    store.run("open", true, async |_: &mut connection::Conn, _: i64| Ok(()))?;
     Ok(Box::new(store))
 }

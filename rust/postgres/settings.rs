@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use postgres::config::SslMode;
 use serde::Deserialize;
+use tokio_postgres::config::SslMode;
 
 use super::store::PostgresStore;
 use super::table_name::quote_table;
@@ -52,8 +52,11 @@ struct Keys {
     /// text or bytea: the `value` column's type when the table is created.
     column_type: String,
     connect_timeout_ms: i64,
-    /// 0 turns it off.
-    tcp_user_timeout_ms: i64,
+    /// The bound on every operation, connecting included; the session's
+    /// statement_timeout and lock_timeout are set a little below it.
+    timeout_ms: i64,
+    /// Absent: as `timeout-ms`; 0 turns it off.
+    tcp_user_timeout_ms: Option<i64>,
     application_name: String,
 }
 
@@ -71,7 +74,8 @@ impl Default for Keys {
             row_id: 0,
             column_type: "text".into(),
             connect_timeout_ms: 5000,
-            tcp_user_timeout_ms: 30_000,
+            timeout_ms: 30_000,
+            tcp_user_timeout_ms: None,
             application_name: "duratom".into(),
         }
     }
@@ -108,12 +112,20 @@ impl PostgresStore {
             ms if ms > 0 => Duration::from_millis(ms as u64),
             ms => return Err(bad(format!("`connect-timeout-ms` must be positive, got {ms}"))),
         };
+        let timeout = match keys.timeout_ms {
+            ms if ms > 0 => Duration::from_millis(ms as u64),
+            ms => return Err(bad(format!("`timeout-ms` must be positive, got {ms}"))),
+        };
+        // The server gives up a little earlier than the client, so that its
+        // own error (lock held, statement too long) reaches the caller.
+        let server_timeout = (timeout - timeout.min(Duration::from_secs(5)) / 5).max(Duration::from_millis(1));
         // Bounds how long a write to a vanished server (network partition)
         // can hang before the connection is declared dead; 0 turns it off.
         let tcp_user_timeout = match keys.tcp_user_timeout_ms {
-            0 => None,
-            ms if ms > 0 => Some(Duration::from_millis(ms as u64)),
-            ms => return Err(bad(format!("`tcp-user-timeout-ms` must not be negative, got {ms}"))),
+            None => Some(timeout),
+            Some(0) => None,
+            Some(ms) if ms > 0 => Some(Duration::from_millis(ms as u64)),
+            Some(ms) => return Err(bad(format!("`tcp-user-timeout-ms` must not be negative, got {ms}"))),
         };
         let root_cert = match keys.sslrootcert.as_deref() {
             None | Some("") => None,
@@ -135,7 +147,7 @@ impl PostgresStore {
         };
         let tls = tls_connector(mode, root_cert.as_deref())?;
 
-        let mut pg = postgres::Config::new();
+        let mut pg = tokio_postgres::Config::new();
         pg.host(host)
             .port(port)
             .user(user)
@@ -150,6 +162,8 @@ impl PostgresStore {
         if let Some(t) = tcp_user_timeout {
             pg.tcp_user_timeout(t);
         }
+        // Probes an idle connection, so a dead peer is noticed between calls.
+        pg.keepalives(true).keepalives_idle(timeout.max(Duration::from_secs(1)));
         if let Some(password) = &keys.password {
             pg.password(password);
         }
@@ -157,6 +171,18 @@ impl PostgresStore {
         let endpoint = format!("{host}:{port}");
         let resource =
             Resource { backend: BACKEND, name: format!("table \"{table}\" row {row_id} ({endpoint}/{dbname})") };
-        Ok(PostgresStore { resource, pg, tls, endpoint, connect_timeout, table_sql, create_type, row_id, conn: None })
+        Ok(PostgresStore {
+            resource,
+            pg,
+            tls,
+            endpoint,
+            connect_timeout,
+            timeout,
+            server_timeout,
+            table_sql,
+            create_type,
+            row_id,
+            conn: None,
+        })
     }
 }

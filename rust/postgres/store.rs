@@ -7,16 +7,20 @@ use postgres::types::ToSql;
 
 use super::connection::{Conn, ValueKind};
 use super::tls::MakeTlsConnector;
-use super::errors::{ambiguous, connection_lost, describe, stale_statements, Failure};
+use super::errors::{ambiguous, connection_lost, describe, sqlstate, stale_statements, Failure};
 use crate::store::{Expect, Resource, Store, StoreError, Stored, Version};
 
 pub struct PostgresStore {
     pub(super) resource: Resource,
-    pub(super) pg: postgres::Config,
+    pub(super) pg: tokio_postgres::Config,
     pub(super) tls: Option<MakeTlsConnector>,
     /// `host:port`, for connection error messages.
     pub(super) endpoint: String,
     pub(super) connect_timeout: Duration,
+    /// Every operation, connecting included, ends within this (`timeout-ms`).
+    pub(super) timeout: Duration,
+    /// The session's statement_timeout and lock_timeout: a little less.
+    pub(super) server_timeout: Duration,
     /// The table as quoted SQL identifiers, e.g. `"public"."my_table"`.
     pub(super) table_sql: String,
     /// The `value` column type used when the table is created.
@@ -42,7 +46,10 @@ impl Param<'_> {
 
 impl PostgresStore {
     /// Runs one operation on the kept connection, connecting first if there
-    /// is none.
+    /// is none, and within `timeout` (connecting included): past it the
+    /// connection is closed and the call fails, saying whether the server
+    /// never answered a connect, stopped answering, or went silent after a
+    /// write was sent (outcome unknown).
     ///
     /// If a kept connection turns out to be dead (the server restarted, an
     /// administrator ended it, the network dropped it while idle), the
@@ -55,21 +62,37 @@ impl PostgresStore {
         &mut self,
         op: &str,
         rerun_harmless: bool,
-        mut attempt: impl FnMut(&mut Conn, i64) -> Result<T, Failure>,
+        mut attempt: impl AsyncFnMut(&mut Conn, i64) -> Result<T, Failure>,
+    ) -> Result<T, StoreError> {
+        let runtime = crate::runtime::get()
+            .map_err(|e| StoreError::backend(&self.resource, op, format!("cannot start the I/O threads: {e}")))?;
+        let bound = self.timeout;
+        match runtime.block_on(async { tokio::time::timeout(bound, self.attempts(op, rerun_harmless, &mut attempt)).await }) {
+            Ok(result) => result,
+            Err(_elapsed) => Err(self.timed_out(op)),
+        }
+    }
+
+    async fn attempts<T>(
+        &mut self,
+        op: &str,
+        rerun_harmless: bool,
+        attempt: &mut impl AsyncFnMut(&mut Conn, i64) -> Result<T, Failure>,
     ) -> Result<T, StoreError> {
         let mut may_retry = true;
         loop {
             if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
                 self.conn = None;
             }
-            let conn = match self.conn.as_mut() {
-                Some(c) => c,
-                None => {
-                    may_retry = false;
-                    self.conn.insert(self.connect(op)?)
-                }
-            };
-            match attempt(conn, self.row_id) {
+            if self.conn.is_none() {
+                may_retry = false;
+                let fresh = self.connect(op).await?;
+                self.conn = Some(fresh);
+            }
+            let row_id = self.row_id;
+            let conn = self.conn.as_mut().expect("connected above");
+            conn.write_sent = false;
+            match attempt(conn, row_id).await {
                 Ok(v) => return Ok(v),
                 Err(Failure::Conflict) => return Err(StoreError::Conflict { resource: self.resource.clone() }),
                 Err(Failure::Invalid(detail)) => return Err(StoreError::backend(&self.resource, op, detail)),
@@ -82,26 +105,79 @@ impl PostgresStore {
                         may_retry = false;
                         continue;
                     }
-                    let detail = if lost {
-                        let mut d = format!("lost the connection to {}: {}", self.endpoint, describe(&error));
-                        if ambiguous {
-                            d.push_str(" (while committing: the write may or may not have taken effect)");
-                        }
-                        d
-                    } else {
-                        describe(&error)
-                    };
-                    return Err(StoreError::backend(&self.resource, op, detail));
+                    if lost {
+                        let detail = format!("lost the connection to {}: {}", self.endpoint, describe(&error));
+                        return Err(if ambiguous {
+                            StoreError::outcome_unknown(&self.resource, op, detail)
+                        } else {
+                            StoreError::backend(&self.resource, op, detail)
+                        });
+                    }
+                    return Err(StoreError::backend(&self.resource, op, self.server_error(&error)));
                 }
             }
+        }
+    }
+
+    /// The session's lock_timeout: a little less than its statement_timeout,
+    /// so that a wait for another session's lock says so.
+    pub(super) fn lock_timeout(&self) -> Duration {
+        (self.server_timeout - self.server_timeout / 10).max(Duration::from_millis(1))
+    }
+
+    /// What a server error means, saying which time limit ended a wait.
+    fn server_error(&self, error: &tokio_postgres::Error) -> String {
+        match sqlstate(error) {
+            Some("55P03") => format!(
+                "another session holds a lock on the row; gave up after waiting {} ms (lock_timeout, from timeout-ms): {}",
+                self.lock_timeout().as_millis(),
+                describe(error)
+            ),
+            Some("57014") => format!(
+                "the server ended the statement after {} ms (statement_timeout, from timeout-ms) or it was cancelled: {}",
+                self.server_timeout.as_millis(),
+                describe(error)
+            ),
+            _ => describe(error),
+        }
+    }
+
+    /// The error for an operation cut short by `timeout`. The connection is
+    /// closed (the server may still be stuck in the middle of it).
+    fn timed_out(&mut self, op: &str) -> StoreError {
+        let ms = self.timeout.as_millis();
+        match self.conn.take() {
+            None => StoreError::backend(
+                &self.resource,
+                op,
+                format!("cannot connect to {}: no complete answer within {ms} ms (timeout-ms)", self.endpoint),
+            ),
+            Some(c) if c.write_sent => StoreError::outcome_unknown(
+                &self.resource,
+                op,
+                format!(
+                    "the server at {} did not answer within {ms} ms (timeout-ms) after the write was sent; \
+                     the connection was closed",
+                    self.endpoint
+                ),
+            ),
+            Some(_) => StoreError::backend(
+                &self.resource,
+                op,
+                format!(
+                    "the server at {} did not answer within {ms} ms (timeout-ms: stopped, overloaded or unreachable); \
+                     the connection was closed",
+                    self.endpoint
+                ),
+            ),
         }
     }
 }
 
 impl Store for PostgresStore {
     fn load(&mut self) -> Result<Option<Stored>, StoreError> {
-        self.run("load", true, |c, id| {
-            let rows = c.client.query(&c.load, &[&id])?;
+        self.run("load", true, async |c: &mut Conn, id: i64| {
+            let rows = c.client.query(&c.load, &[&id]).await?;
             let Some(row) = rows.first() else { return Ok(None) };
             let bytes = match c.value {
                 ValueKind::Text => row.try_get::<_, Option<String>>(0)?.map(String::into_bytes),
@@ -117,53 +193,61 @@ impl Store for PostgresStore {
         // Writing the same bytes twice is harmless for an unconditional write;
         // for a conditional one a second run could see its own first write.
         let rerun_harmless = *expect == Expect::Anything;
-        self.run("commit", rerun_harmless, |c, id| {
+        self.run("commit", rerun_harmless, async |c: &mut Conn, id: i64| {
             let value = param(c.value, bytes)?;
             let value = value.sql();
             match expect {
                 Expect::Anything => {
                     // The usual case, one round trip: the row is there.
-                    let updated = c.client.query(&c.update_any, &[value, &id]).map_err(ambiguous)?;
+                    c.write_sent = true;
+                    let updated = c.client.query(&c.update_any, &[value, &id]).await.map_err(ambiguous)?;
+                    c.write_sent = false;
                     if let Some(v) = first_xmin(&updated)? {
                         return Ok(Version(v));
                     }
                     // No row yet: insert under the row's lock, after looking
                     // again in case another writer inserted while we waited.
-                    let mut tx = c.client.transaction()?;
-                    tx.execute(&c.lock, &[&c.table, &id])?;
-                    let v = match first_xmin(&tx.query(&c.update_any, &[value, &id])?)? {
+                    let tx = c.client.transaction().await?;
+                    tx.execute(&c.lock, &[&c.table, &id]).await?;
+                    let v = match first_xmin(&tx.query(&c.update_any, &[value, &id]).await?)? {
                         Some(v) => v,
-                        None => tx.query_one(&c.insert, &[&id, value])?.try_get(0)?,
+                        None => tx.query_one(&c.insert, &[&id, value]).await?.try_get(0)?,
                     };
-                    tx.commit().map_err(ambiguous)?;
+                    c.write_sent = true;
+                    tx.commit().await.map_err(ambiguous)?;
+                    c.write_sent = false;
                     Ok(Version(v))
                 }
                 Expect::Version(expected) => {
                     // In a transaction although one statement would do: a dead
                     // kept connection then fails at BEGIN, where nothing was
                     // sent, and `run` may safely retry on a fresh one.
-                    let mut tx = c.client.transaction()?;
-                    let updated = tx.query(&c.update_if, &[value, &id, &expected.0])?;
+                    let tx = c.client.transaction().await?;
+                    let updated = tx.query(&c.update_if, &[value, &id, &expected.0]).await?;
                     let Some(v) = first_xmin(&updated)? else {
-                        tx.rollback()?;
+                        tx.rollback().await?;
                         return Err(Failure::Conflict);
                     };
-                    tx.commit().map_err(ambiguous)?;
+                    c.write_sent = true;
+                    tx.commit().await.map_err(ambiguous)?;
+                    c.write_sent = false;
                     Ok(Version(v))
                 }
                 Expect::Nothing => {
-                    let mut tx = c.client.transaction()?;
-                    tx.execute(&c.lock, &[&c.table, &id])?;
-                    if !tx.query(&c.occupied, &[&id])?.is_empty() {
-                        tx.rollback()?;
+                    let tx = c.client.transaction().await?;
+                    tx.execute(&c.lock, &[&c.table, &id]).await?;
+                    if !tx.query(&c.occupied, &[&id]).await?.is_empty() {
+                        tx.rollback().await?;
                         return Err(Failure::Conflict);
                     }
                     // A row whose value is NULL counts as empty: fill it in.
-                    let v = match first_xmin(&tx.query(&c.update_any, &[value, &id])?)? {
+                    let v = match first_xmin(&tx.query(&c.update_any, &[value, &id]).await?)? {
                         Some(v) => v,
-                        None => tx.query_one(&c.insert, &[&id, value])?.try_get(0)?,
+                        None => tx.query_one(&c.insert, &[&id, value]).await?.try_get(0)?,
                     };
-                    tx.commit().map_err(ambiguous)?;
+                    c.write_sent = true;
+                    tx.commit().await.map_err(ambiguous)?;
+                    c.write_sent = false;
                     Ok(Version(v))
                 }
             }
@@ -172,8 +256,8 @@ impl Store for PostgresStore {
 
     fn delete(&mut self) -> Result<(), StoreError> {
         // Deleting twice is the same as deleting once, so a rerun is harmless.
-        self.run("delete", true, |c, id| {
-            c.client.execute(&c.delete, &[&id])?;
+        self.run("delete", true, async |c: &mut Conn, id: i64| {
+            c.client.execute(&c.delete, &[&id]).await?;
             Ok(())
         })
     }

@@ -520,6 +520,8 @@ fn unusable_settings_name_the_key_and_never_the_password() {
         (&[("column-type", "jsonb")], "`column-type`"),
         (&[("row-id", "first")], "`row-id`"),
         (&[("connect-timeout-ms", "0")], "`connect-timeout-ms`"),
+        (&[("timeout-ms", "0")], "`timeout-ms`"),
+        (&[("timeout-ms", "soon")], "`timeout-ms`"),
         (&[("sslrootcert", "/no/such/root.crt")], "`sslrootcert`"),
         (&[("table", "a.b.c")], "`table`"),
         (&[("table", "")], "`table`"),
@@ -542,4 +544,71 @@ fn unusable_settings_name_the_key_and_never_the_password() {
         let e = open(&Config::from_pairs("postgres-db", &pairs)).err().unwrap();
         assert!(e.to_string().contains(&format!("`{missing}` is required")), "{e}");
     }
+}
+
+/// The server process serving the store whose application name is `app`.
+fn backend_pid(admin: &mut Client, app: &str) -> i32 {
+    admin.query_one("SELECT pid FROM pg_stat_activity WHERE application_name = $1", &[&app]).unwrap().get(0)
+}
+
+fn signal(pid: i32, sig: libc::c_int) {
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill {pid}: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn a_row_lock_held_by_another_session_fails_within_the_bound_and_clears() {
+    let mut admin = admin();
+    let table = unique("locked");
+    let mut s = open_ok(&table, &[("timeout-ms", "1500")]);
+    s.commit(b"1", &Expect::Anything).unwrap();
+    let mut holder = admin.transaction().unwrap();
+    holder.execute(&format!("SELECT 1 FROM {} WHERE id = 0 FOR UPDATE", ident(&table)), &[]).unwrap();
+    for expect in [Expect::Anything, Expect::Version(s.load().unwrap().unwrap().version)] {
+        let t = Instant::now();
+        let e = s.commit(b"2", &expect).unwrap_err();
+        let took = t.elapsed();
+        let text = e.to_string();
+        assert!(text.contains("another session holds a lock on the row"), "{text}");
+        assert!(matches!(e, StoreError::Backend { .. }), "the server answered: not unknown: {e:?}");
+        assert!(took >= Duration::from_millis(1000) && took < Duration::from_millis(2500), "took {took:?}");
+    }
+    holder.rollback().unwrap();
+    s.commit(b"3", &Expect::Anything).unwrap();
+    assert_eq!(s.load().unwrap().unwrap().bytes, b"3");
+    admin.batch_execute(&format!("DROP TABLE {}", ident(&table))).unwrap();
+}
+
+/// The server process of the store's session stopped (SIGSTOP) with a write
+/// on its way: the commit fails within the bound saying the outcome is
+/// unknown; the next call works on a fresh session; once the stopped process
+/// continues, the write it had received lands, as "unknown" allowed.
+#[test]
+fn a_stopped_server_process_fails_within_the_bound_with_outcome_unknown() {
+    let mut admin = admin();
+    let table = unique("stopped");
+    let app = unique("app");
+    let mut s = open_ok(&table, &[("timeout-ms", "1500"), ("application-name", &app)]);
+    s.commit(b"1", &Expect::Anything).unwrap();
+    let pid = backend_pid(&mut admin, &app);
+    signal(pid, libc::SIGSTOP);
+    let t = Instant::now();
+    let e = s.commit(b"2", &Expect::Anything).unwrap_err();
+    let took = t.elapsed();
+    signal(pid, libc::SIGCONT);
+    assert!(matches!(e, StoreError::OutcomeUnknown { .. }), "{e:?}");
+    assert!(e.to_string().contains("did not answer within 1500 ms"), "{e}");
+    assert!(took >= Duration::from_millis(1400) && took < Duration::from_millis(2500), "took {took:?}");
+    eprintln!("a stopped server process: commit failed after {took:?} (bound 1500 ms)");
+
+    // The continued process runs the UPDATE it had read, then finds the
+    // socket closed and exits; wait for that.
+    let gone = Instant::now();
+    while admin.query("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&pid]).unwrap().len() == 1 {
+        assert!(gone.elapsed() < Duration::from_secs(20), "the stopped session never ended");
+        std::thread::yield_now();
+    }
+    assert_eq!(s.load().unwrap().unwrap().bytes, b"2", "the unknown write landed");
+    s.commit(b"3", &Expect::Anything).unwrap();
+    assert_eq!(s.load().unwrap().unwrap().bytes, b"3");
+    admin.batch_execute(&format!("DROP TABLE {}", ident(&table))).unwrap();
 }

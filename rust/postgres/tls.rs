@@ -16,7 +16,7 @@ use super::settings::TlsMode;
 use super::BACKEND;
 use crate::store::StoreError;
 
-/// What `postgres::Config::connect` takes for TLS.
+/// What `tokio_postgres::Config::connect` takes for TLS.
 pub(super) type MakeTlsConnector = tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The TLS connector for `mode`, or none when TLS is off. rustls with the

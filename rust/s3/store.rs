@@ -36,6 +36,21 @@ impl S3Store {
         StoreError::backend(&self.resource, op, describe(err, &self.target, self.timeout))
     }
 
+    /// A failed PutObject: when it, or an earlier attempt of the same commit,
+    /// may have been stored (the request went out, no answer came), the
+    /// outcome is unknown.
+    fn fail_write<E>(&self, err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>, maybe_applied: bool) -> StoreError
+    where
+        E: ProvideErrorMetadata + StdError + 'static,
+    {
+        let maybe_applied = maybe_applied || matches!(retry_kind(err), Retry::MaybeApplied);
+        if maybe_applied {
+            StoreError::outcome_unknown(&self.resource, "writing the object", describe(err, &self.target, self.timeout))
+        } else {
+            self.fail("writing the object", err)
+        }
+    }
+
     async fn load_async(&self) -> Result<Option<Stored>, StoreError> {
         let out = match self.client.get_object().bucket(&self.bucket).key(&self.key).send().await {
             Ok(out) => out,
@@ -106,7 +121,7 @@ impl S3Store {
         if *expect == Expect::Anything {
             return match self.put_request(&self.client, bytes, expect).send().await {
                 Ok(out) => self.etag_of(&out),
-                Err(e) => Err(self.fail("writing the object", &e)),
+                Err(e) => Err(self.fail_write(&e, false)),
             };
         }
         let deadline = tokio::time::Instant::now() + self.timeout;
@@ -120,7 +135,7 @@ impl S3Store {
             if is_conflict(&err, expect) {
                 return Err(match unknown_outcome {
                     None => StoreError::Conflict { resource: self.resource.clone() },
-                    Some(earlier) => StoreError::backend(
+                    Some(earlier) => StoreError::outcome_unknown(
                         &self.resource,
                         "writing the object",
                         format!(
@@ -139,7 +154,7 @@ impl S3Store {
                 }
             };
             if !retry || attempt == MAX_ATTEMPTS || tokio::time::Instant::now() + backoff >= deadline {
-                return Err(self.fail("writing the object", &err));
+                return Err(self.fail_write(&err, unknown_outcome.is_some()));
             }
             tokio::time::sleep(backoff).await;
             backoff *= 2;

@@ -391,7 +391,7 @@ fn a_conditional_write_whose_answer_was_lost_is_not_reported_as_a_conflict() {
     // conflict would make the caller apply its update twice.
     let err = store.commit(b"mine", &Expect::Nothing).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, StoreError::Backend { .. }), "{err:?}");
+    assert!(matches!(err, StoreError::OutcomeUnknown { .. }), "{err:?}");
     assert!(msg.contains("outcome unknown"), "{msg}");
     assert_eq!(store.load().unwrap().unwrap().bytes, b"mine");
     // Through the proxy, now passing answers, a stale create is a conflict.

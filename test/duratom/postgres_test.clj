@@ -191,3 +191,83 @@
       (is (= {:v 2} (d/backend-snapshot dura)) "a 63-byte name works")
       (is (= at-limit (str/trim (psql (str "SELECT relname FROM pg_class WHERE relname = '" at-limit "'")))))
       (d/destroy dura))))
+
+(defn- server-pids
+  "The test server's postmaster and all its children (as strings)."
+  []
+  (let [postmaster (str/trim (first (str/split-lines (slurp (str (env "DURATOM_TEST_PG_DIR") "/data/postmaster.pid")))))
+        p (.start (ProcessBuilder. ^java.util.List ["ps" "-o" "pid=" "--ppid" postmaster]))
+        children (str/split (str/trim (slurp (.getInputStream p))) #"\s+")]
+    (.waitFor p)
+    (into [postmaster] (remove str/blank? children))))
+
+(defn- signal-server! [sig]
+  (apply ts/sh! "kill" (str "-" sig) (server-pids)))
+
+(defn- messages
+  "The messages of `e` and its causes, joined."
+  [^Throwable e]
+  (str/join " | " (map #(.getMessage ^Throwable %) (take-while some? (iterate #(.getCause ^Throwable %) e)))))
+
+(defn- sessions-of [app]
+  (Long/parseLong (str/trim (psql (str "SELECT count(*) FROM pg_stat_activity WHERE application_name = '" app "'")))))
+
+(defn- timed
+  "Runs `f`; returns [its exception or nil, seconds taken]."
+  [f]
+  (let [t0 (System/nanoTime)
+        e (try (f) nil (catch Throwable e e))]
+    [e (/ (- (System/nanoTime) t0) 1e9)]))
+
+(deftest waits-on-the-server-are-bounded
+  (let [app (str/replace (ts/unique-name "bounded") "-" "_")
+        spec (assoc (db-spec) :timeout-ms 3000 :ApplicationName app)
+        rw (assoc d/default-postgres-rw :commit-mode :sync)]
+    (testing "the server stopped (SIGSTOP) during a synchronous swap!: fails within the bound, recovers after SIGCONT"
+      (let [table (str/replace (ts/unique-name "stopped") "-" "_")
+            a (d/postgres-atom spec table 0 nil {:n 0} rw)]
+        (swap! a update :n inc)
+        (signal-server! "STOP")
+        (let [[e secs] (try (timed #(swap! a update :n inc))
+                            (finally (signal-server! "CONT")))]
+          (println (format "PostgreSQL stopped: swap! failed after %.2f s (timeout-ms 3000)" secs))
+          (is (some? e))
+          (is (<= 2.9 secs 5.0) (str "took " secs " s"))
+          (is (re-find #"did not answer within 3000 ms" (messages e)) (messages e))
+          (is (re-find #"outcome unknown" (messages e)) "the UPDATE had been sent"))
+        ;; The continued server runs the UPDATE it had read, then sees the
+        ;; closed connection and ends that session: wait for it.
+        (let [deadline (+ (System/nanoTime) 20e9)]
+          (while (and (pos? (sessions-of app)) (< (System/nanoTime) deadline))
+            (Thread/yield)))
+        (is (zero? (sessions-of app)) "the stopped session ended")
+        (let [v (swap! a update :n inc)]
+          (is (= v @a (d/backend-snapshot a)) "memory equals storage after the next swap!"))
+        (d/destroy a)))
+    (testing "a row lock held by another session: fails within the bound, works once it is released"
+      (let [table (str/replace (ts/unique-name "locked") "-" "_")
+            a (d/postgres-atom spec table 0 nil {:n 0} rw)
+            holder (-> (ProcessBuilder. ^java.util.List
+                                        ["psql" "-X" "-q" "-A" "-t" "-h" (env "DURATOM_TEST_PG_HOST")
+                                         "-p" (env "DURATOM_TEST_PG_PORT") "-U" (env "DURATOM_TEST_PG_USER")
+                                         "-d" (env "DURATOM_TEST_PG_DB")])
+                       (doto (-> .environment (.put "PGPASSWORD" (env "DURATOM_TEST_PG_PASSWORD"))))
+                       (.redirectErrorStream true)
+                       (.start))
+            to-psql (java.io.PrintWriter. (.getOutputStream holder) true)
+            from-psql (java.io.BufferedReader. (java.io.InputStreamReader. (.getInputStream holder)))]
+        (try
+          (.println to-psql (str "BEGIN; SELECT 'locked' FROM \"" table "\" WHERE id = 0 FOR UPDATE;"))
+          (is (= "locked" (.readLine from-psql)) "the other session holds the row lock")
+          (let [[e secs] (timed #(swap! a update :n inc))]
+            (println (format "PostgreSQL row lock held: swap! failed after %.2f s (timeout-ms 3000)" secs))
+            (is (some? e))
+            (is (< secs 4.0) (str "took " secs " s"))
+            (is (re-find #"another session holds a lock on the row" (messages e)) (messages e)))
+          (is (= {:n 0} @a (d/backend-snapshot a)) "nothing changed")
+          (.println to-psql "ROLLBACK;")
+          (.println to-psql "\\q")
+          (is (.waitFor holder 30 java.util.concurrent.TimeUnit/SECONDS))
+          (is (= {:n 1} (swap! a update :n inc) (d/backend-snapshot a)) "works once the lock is released")
+          (finally (.destroyForcibly holder)))
+        (d/destroy a)))))

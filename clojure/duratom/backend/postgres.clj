@@ -5,7 +5,7 @@
   reads the native configuration keys made here (any other is an error there):
 
     host, port, dbname, user, password, sslmode, sslrootcert,
-    connect-timeout-ms, application-name, table, row-id, column-type
+    connect-timeout-ms, timeout-ms, application-name, table, row-id, column-type
 
   Every db-spec form clojure.java.jdbc accepted for PostgreSQL is understood:
   a `:dbtype` map, the legacy `:subprotocol`/`:subname` map, a
@@ -83,6 +83,15 @@
         [_ rootcert] (get-any "sslrootcert" :sslrootcert)
         [timeout-key timeout] (get-any "connectTimeout" "connect_timeout" :connectTimeout :connect-timeout)
         [_ app] (get-any "ApplicationName" "application_name" :ApplicationName :application-name)
+        ;; duratom's own: the bound on every operation (default 30000).
+        [op-timeout-key op-timeout] (get-any "timeout-ms" :timeout-ms)
+        op-timeout (when (some? op-timeout)
+                     (let [s (str/trim (str op-timeout))]
+                       (when-not (re-matches #"[1-9]\d{0,9}" s)
+                         (fail (str (pr-str op-timeout-key) " must be a positive whole number of milliseconds, got "
+                                    (pr-str s))
+                               {:key op-timeout-key}))
+                       (Long/parseLong s)))
         ssl? (case (str/lower-case (str ssl))
                ("" "false" "0") false
                ("true" "1") true
@@ -94,7 +103,8 @@
       sslmode (assoc "sslmode" (str/lower-case (name sslmode)))
       rootcert (assoc "sslrootcert" (str rootcert))
       (and timeout (seconds->ms timeout (pr-str timeout-key))) (assoc "connect-timeout-ms" (seconds->ms timeout (pr-str timeout-key)))
-      app (assoc "application-name" (str app)))))
+      app (assoc "application-name" (str app))
+      op-timeout (assoc "timeout-ms" op-timeout))))
 
 (defn- parse-uri
   "Connection keys from a URI: `postgresql://user:pw@host:port/db?k=v`,

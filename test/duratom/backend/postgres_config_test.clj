@@ -52,7 +52,15 @@
                         ["sslmode" "sslrootcert"])))
     (is (not (contains? (native {:dbtype "postgresql" :dbname "a" :user "u" :ssl false}) "sslmode"))))
   (testing "connect timeout in seconds, as pgjdbc takes it"
-    (is (= 7000 (get (native {:dbtype "postgresql" :dbname "a" :user "u" :connectTimeout 7}) "connect-timeout-ms")))))
+    (is (= 7000 (get (native {:dbtype "postgresql" :dbname "a" :user "u" :connectTimeout 7}) "connect-timeout-ms"))))
+  (testing "the bound on every operation, in milliseconds: absent unless given (the native default, 30000, applies)"
+    (is (not (contains? (native {:dbtype "postgresql" :dbname "a" :user "u"}) "timeout-ms")))
+    (is (= 2500 (get (native {:dbtype "postgresql" :dbname "a" :user "u" :timeout-ms 2500}) "timeout-ms")))
+    (is (= 4000 (get (native "postgresql://u@h/app?timeout-ms=4000") "timeout-ms")))
+    (doseq [bad [0 -5 "soon" 1.5]]
+      (is (thrown-with-msg? clojure.lang.ExceptionInfo #":timeout-ms must be a positive whole number of milliseconds"
+                            (native {:dbtype "postgresql" :dbname "a" :user "u" :timeout-ms bad}))
+          (pr-str bad)))))
 
 (deftest the-legacy-subprotocol-map
   (is (= (merge base {"host" "h" "port" 5433 "dbname" "app" "user" "u" "password" secret})
