@@ -183,6 +183,7 @@ impl PostgresStore {
             create_type,
             row_id,
             conn: None,
+            unanswered: None,
         })
     }
 }

@@ -27,6 +27,10 @@ pub struct PostgresStore {
     pub(super) create_type: &'static str,
     pub(super) row_id: i64,
     pub(super) conn: Option<Conn>,
+    /// Set while the current operation runs again after a write of its
+    /// first attempt was sent and the connection was lost unanswered: if the
+    /// rerun fails too, the write may still have landed (what the loss said).
+    pub(super) unanswered: Option<String>,
 }
 
 /// A bound value, as the table's column type wants it.
@@ -67,9 +71,23 @@ impl PostgresStore {
         let runtime = crate::runtime::get()
             .map_err(|e| StoreError::backend(&self.resource, op, format!("cannot start the I/O threads: {e}")))?;
         let bound = self.timeout;
-        match runtime.block_on(async { tokio::time::timeout(bound, self.attempts(op, rerun_harmless, &mut attempt)).await }) {
-            Ok(result) => result,
-            Err(_elapsed) => Err(self.timed_out(op)),
+        self.unanswered = None;
+        let result =
+            match runtime.block_on(async { tokio::time::timeout(bound, self.attempts(op, rerun_harmless, &mut attempt)).await }) {
+                Ok(result) => result,
+                Err(_elapsed) => Err(self.timed_out(op)),
+            };
+        match (result, self.unanswered.take()) {
+            // The rerun (or its connect) failed after the first attempt's
+            // write went out unanswered: that write may have landed.
+            (Err(e @ (StoreError::Backend { .. } | StoreError::Io { .. })), Some(first)) => {
+                Err(StoreError::outcome_unknown(
+                    &self.resource,
+                    op,
+                    format!("{first}; running it again on a new connection failed: {e}"),
+                ))
+            }
+            (result, _) => result,
         }
     }
 
@@ -103,6 +121,13 @@ impl PostgresStore {
                     }
                     if lost && may_retry && (!ambiguous || rerun_harmless) {
                         may_retry = false;
+                        if ambiguous {
+                            self.unanswered = Some(format!(
+                                "the write was sent and the connection to {} was lost before it answered: {}",
+                                self.endpoint,
+                                describe(&error)
+                            ));
+                        }
                         continue;
                     }
                     if lost {
