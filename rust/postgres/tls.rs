@@ -34,17 +34,17 @@ pub(super) fn tls_connector(mode: TlsMode, root_cert: Option<&[u8]>) -> Result<O
         .map_err(|e| StoreError::config(BACKEND, format!("cannot set up TLS for `sslmode`: {e}")))?;
     let verifier: Arc<dyn ServerCertVerifier> = match mode {
         TlsMode::Disable => return Ok(None),
-        TlsMode::Prefer | TlsMode::Require => Arc::new(AnyCertificate(provider)),
+        TlsMode::Prefer | TlsMode::Require => Arc::new(LenientVerifier { provider, chain: None }),
         TlsMode::VerifyCa | TlsMode::VerifyFull => {
             let roots = match root_cert {
                 Some(pem) => roots_from_pem(pem)?,
                 None => rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() },
             };
-            let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
                 .map_err(|e| StoreError::config(BACKEND, format!("cannot set up TLS for `sslmode`: {e}")))?;
             if mode == TlsMode::VerifyCa {
-                Arc::new(ChainOnly(chain))
+                Arc::new(LenientVerifier { provider, chain: Some(chain) })
             } else {
                 chain
             }
@@ -89,54 +89,21 @@ pub(super) fn tls_failure(e: &postgres::Error) -> Option<String> {
     Some(format!("TLS handshake failed: {why} ({tls})"))
 }
 
-/// `sslmode=prefer/require`: any certificate is accepted (libpq checks none
-/// in these modes), but the handshake signatures are still verified with the
-/// key it holds.
+/// The certificate check of `sslmode=prefer/require` and of `verify-ca`
+/// (`verify-full` is the web PKI verifier as it is). `prefer`/`require`
+/// accept any certificate, as libpq checks none in these modes; `verify-ca`
+/// wants a chain to a trusted root but not the host name: the web PKI
+/// verifier checks the name only after the chain, so a name mismatch from it
+/// means the chain was good. Either way the handshake signatures are
+/// verified with the key the certificate holds.
 #[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+struct LenientVerifier {
+    provider: Arc<CryptoProvider>,
+    /// `None`: any certificate; `Some`: the chain must verify (verify-ca).
+    chain: Option<Arc<WebPkiServerVerifier>>,
 }
 
-/// `sslmode=verify-ca`: the chain must lead to a trusted root; the host name
-/// is not checked. The web PKI verifier checks the name only after the chain,
-/// so a name mismatch from it means the chain was good.
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for LenientVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -145,7 +112,8 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+        let Some(chain) = &self.chain else { return Ok(ServerCertVerified::assertion()) };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -159,7 +127,7 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -168,10 +136,10 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
