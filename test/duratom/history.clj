@@ -85,12 +85,14 @@
 ;; ---------------------------------------------------------------- opening
 
 (defn open
-  "A duratom at `loc` ({:backend :file :path ..} or {:backend :pg :db-spec ..
-  :table ..}) with `lock`, `init` and `rw`."
+  "A duratom at `loc` ({:backend :file :path ..}, {:backend :pg :db-spec ..
+  :table ..} or {:backend :s3 :creds .. :bucket .. :key ..}) with `lock`,
+  `init` and `rw`."
   [loc ^ReentrantLock lock init rw]
   (case (:backend loc)
     :file (d/file-atom (:path loc) lock init rw)
-    :pg (d/postgres-atom (:db-spec loc) (:table loc) 0 lock init rw)))
+    :pg (d/postgres-atom (:db-spec loc) (:table loc) 0 lock init rw)
+    :s3 (d/s3-atom (:creds loc) (:bucket loc) (:key loc) lock init rw)))
 
 (defn rw-for [mode]
   (case mode

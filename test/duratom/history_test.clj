@@ -8,6 +8,7 @@
             [clojure.string :as str]
             [duratom.history :as h]
             [duratom.postgres-test :as pg]
+            [duratom.s3-test :as s3]
             [duratom.test-support :as ts]))
 
 (defn- report!
@@ -99,3 +100,19 @@
 
 (deftest history-postgres-shared
   (run-shared-seeds "postgres shared (3 processes)" 1413 {:faults #{:storage :refusal :interrupts}} pg-loc))
+
+(defn- s3-loc []
+  {:backend :s3 :creds (s3/creds) :bucket "duratom-history" :key (str "history/" (ts/unique-name "k"))})
+
+;; S3 with interrupts only: freezing the S3 server mid-commit is the
+;; outcome-unknown case of issue 11, tested on its own in s3_test.
+(deftest history-s3-sync
+  (run-seeds "s3 sync" 1421 {:faults #{:interrupts}}
+             #(h/run-local (assoc % :loc (s3-loc) :mode :sync))))
+
+(deftest history-s3-async
+  (run-seeds "s3 async" 1422 {:faults #{:interrupts}}
+             #(h/run-local (assoc % :loc (s3-loc) :mode :async))))
+
+(deftest history-s3-shared
+  (run-shared-seeds "s3 shared (3 processes)" 1423 {:faults #{:interrupts}} s3-loc))
