@@ -13,6 +13,7 @@ pub fn open_store(config: &Config) -> Result<Box<dyn Store>, StoreError> {
         "postgres-db" => crate::postgres::open(config),
         "aws-s3" => crate::s3::open(config),
         "sqlite-db" => crate::sqlite::open(config),
+        "redis-db" => crate::redis::open(config),
         other => Err(StoreError::config(other, format!("unknown backend `{other}`"))),
     }
 }

@@ -8,6 +8,7 @@ pub mod file;
 pub mod https;
 pub mod jni;
 pub mod postgres;
+pub mod redis;
 pub mod runtime;
 pub mod s3;
 pub mod sqlite;

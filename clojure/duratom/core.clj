@@ -9,6 +9,7 @@
   (:require [duratom.agent :as agent]
             [duratom.backend.file :as file-backend]
             [duratom.backend.postgres :as postgres-backend]
+            [duratom.backend.redis :as redis-backend]
             [duratom.backend.s3 :as s3-backend]
             [duratom.backend.sqlite :as sqlite-backend]
             [duratom.engine :as engine]
@@ -278,6 +279,11 @@
   "The default `:rw` of S3 duratoms: EDN."
   rw/default-s3-rw)
 
+(def default-redis-rw
+  "The default `:rw` of Redis duratoms: EDN text under the key, as the
+  original library stored it."
+  rw/default-redis-rw)
+
 (def default-sqlite-rw
   "The default `:rw` of SQLite duratoms: EDN in a text column (for a binary
   codec such as nippy, use `:column-type :blob`)."
@@ -356,11 +362,26 @@
          desc (sqlite-backend/store-config db-config table-name (or row-id 0) (:column-type rw :text))]
      (make-duratom desc (rw/sqlite-codec rw desc) lock init rw))))
 
+(defn redis-atom
+  "A duratom stored under the Redis key `key-name`. `db-config`: a carmine
+  connection spec (`{:pool {} :spec {:host .. :port .. :password .. :db ..
+  :uri .. :timeout-ms ..}}`), the spec map alone, or a
+  `redis://user:pass@host:port/db` String (TLS is not supported yet). What is
+  durable when depends on the server's `appendonly`/`appendfsync` (see the
+  README). Otherwise as `file-atom`; `rw`: see `default-redis-rw`."
+  ([db-config key-name]
+   (redis-atom db-config key-name (ReentrantLock.) nil))
+  ([db-config key-name lock init]
+   (redis-atom db-config key-name lock init default-redis-rw))
+  ([db-config key-name lock init rw]
+   (let [rw (or rw default-redis-rw)]
+     (make-duratom (redis-backend/store-config db-config key-name) (rw/redis-codec rw) lock init rw))))
+
 (defmulti duratom
   "Constructs a duratom backed by `backed-by`: `:local-file` (`:file-path`),
   `:postgres-db` (`:db-config`, `:table-name`, `:row-id`), `:aws-s3`
-  (`:credentials`, `:bucket`, `:key`) or `:sqlite-db` (`:db-config`,
-  `:table-name`, `:row-id`). Every backend takes `:init`, `:lock`,
+  (`:credentials`, `:bucket`, `:key`), `:sqlite-db` (`:db-config`,
+  `:table-name`, `:row-id`) or `:redis-db` (`:db-config`, `:key-name`). Every backend takes `:init`, `:lock`,
   `:rw` and `:shared?` (same as `:shared? true` in `:rw`)."
   (fn [backed-by & _args] backed-by))
 
@@ -381,6 +402,10 @@
 (defmethod duratom :sqlite-db
   [_ & {:keys [db-config table-name row-id init lock rw shared?] :or {row-id 0 rw default-sqlite-rw}}]
   (sqlite-atom db-config table-name row-id (or lock (ReentrantLock.)) init (with-shared rw shared?)))
+
+(defmethod duratom :redis-db
+  [_ & {:keys [db-config key-name init lock rw shared?] :or {rw default-redis-rw}}]
+  (redis-atom db-config key-name (or lock (ReentrantLock.)) init (with-shared rw shared?)))
 
 (defmethod duratom :aws-s3
   [_ & {:keys [credentials bucket key init lock rw shared?] :or {rw default-s3-rw}}]
@@ -476,3 +501,7 @@
 (defmethod duragent :sqlite-db
   [_ & {:keys [db-config table-name row-id init rw] :or {row-id 0 rw default-sqlite-rw}}]
   (make-duragent #(sqlite-atom db-config table-name (or row-id 0) nil init %) (or rw default-sqlite-rw)))
+
+(defmethod duragent :redis-db
+  [_ & {:keys [db-config key-name init rw] :or {rw default-redis-rw}}]
+  (make-duragent #(redis-atom db-config key-name nil init %) (or rw default-redis-rw)))

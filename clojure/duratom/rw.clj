@@ -65,6 +65,13 @@
    :write pr-str-fully
    :column-type :text})
 
+(def default-redis-rw
+  "Redis `:rw`: EDN text under the key, as the original's default (carmine
+  stored the String `:write` returned as it is). `:write` returns a String or
+  bytes; `:read` gets a String (bytes when they are not UTF-8 text)."
+  {:read read-edn-string
+   :write pr-str-fully})
+
 (def default-s3-rw
   "S3 `:rw`: `:write` returns a String (or bytes), `:read` gets the object size
   and an InputStream of its bytes. `:metadata` is passed on as object metadata."
@@ -153,6 +160,19 @@
        {:encode (fn [value] (to-encoded (write value)))
         :decode (fn [^bytes stored]
                   (read (if text? (String. stored StandardCharsets/UTF_8) stored)))}))))
+
+(defn redis-codec
+  "Codec for a Redis duratom; `:read` gets the stored bytes as a String when
+  they are UTF-8 text (as carmine gave strings), else the bytes."
+  [rw]
+  (if (default-fns? rw default-redis-rw)
+    {:encode (dedn/encoder) :decode dedn/decode}
+    (let [read (:read rw (:read default-redis-rw))
+          write (:write rw (:write default-redis-rw))]
+      {:encode (fn [value] (to-encoded (write value)))
+       :decode (fn [^bytes stored]
+                 (read (try (str (.decode (.newDecoder StandardCharsets/UTF_8) (java.nio.ByteBuffer/wrap stored)))
+                            (catch java.nio.charset.CharacterCodingException _ stored))))})))
 
 (defn s3-codec
   "Codec for an S3 duratom; `:read` gets the size and an InputStream, as the

@@ -1,0 +1,131 @@
+(ns duratom.backend.redis
+  "Turns the redis-db constructor's arguments (a carmine connection spec and a
+  key name) into a store description for `duratom.storage/open`. The storage
+  itself is rust/redis/, which reads the native configuration keys made here:
+
+    url, endpoint, key, timeout-ms
+
+  Understood: carmine's `{:pool {..} :spec {:host :port :username :password
+  :db :uri :timeout-ms :ssl-fn}}` (the `:pool` is not used: one kept
+  connection per duratom), the `:spec` map alone, and a URI string
+  `redis://user:pass@host:port/db`. TLS (`rediss://`, `:ssl-fn`) is refused
+  with a clear error: this build's Redis client has no TLS."
+  (:require [clojure.string :as str])
+  (:import (java.net URI URISyntaxException)
+           (java.nio.charset StandardCharsets)))
+
+(set! *warn-on-reflection* true)
+
+(defn- fail
+  "Throws the ex-info every unusable argument becomes. Messages never quote
+  a URI or a password."
+  ([message] (fail message {}))
+  ([message data]
+   (throw (ex-info (str "duratom :redis-db: " message) (merge {:duratom/backend :redis-db} data)))))
+
+(defn- type-name [x]
+  (if (nil? x) "nil" (.getName (class x))))
+
+(defn- percent-encode
+  "Every byte but unreserved URI characters as %XX, for user and password."
+  [^String s]
+  (apply str (map (fn [b]
+                    (let [c (char (bit-and b 0xff))]
+                      (if (or (Character/isLetterOrDigit c) (#{\- \. \_ \~} c))
+                        (if (< (int c) 128) (str c) (format "%%%02X" (bit-and b 0xff)))
+                        (format "%%%02X" (bit-and b 0xff)))))
+                  (.getBytes s StandardCharsets/UTF_8))))
+
+(defn- parse-uri
+  "{:tls? :host :port :db} of a redis:// or rediss:// URI (its user info
+  stays in the URI, which is passed on as it is)."
+  [^String s]
+  (let [^URI uri (try (URI. s) (catch URISyntaxException _ (fail "the :uri (or URI string) is not a valid URI" {:key :uri})))
+        scheme (some-> (.getScheme uri) str/lower-case)]
+    (when-not (#{"redis" "rediss"} scheme)
+      (fail (str "a Redis URI must start with redis:// or rediss://, got scheme " (pr-str scheme)) {:key :uri}))
+    (when (= "rediss" scheme)
+      (fail "TLS (rediss://) is not supported by this build's Redis backend yet; use redis:// (e.g. through a TLS tunnel)" {:key :uri}))
+    (when (str/blank? (.getHost uri))
+      (fail "the Redis URI has no host" {:key :uri}))
+    (let [path (str/replace (or (.getPath uri) "") #"^/" "")]
+      (when-not (or (str/blank? path) (re-matches #"\d{1,5}" path))
+        (fail "the Redis URI's path must be a database number (/0, /1, ...)" {:key :uri}))
+      {:tls? (= "rediss" scheme)
+       :host (.getHost uri)
+       :port (if (neg? (.getPort uri)) 6379 (.getPort uri))
+       :db (if (str/blank? path) 0 (Long/parseLong path))})))
+
+(defn- conn-spec
+  "The connection part of `db-config`: a spec map, from any accepted form."
+  [db-config]
+  (cond
+    (nil? db-config) {}
+    (string? db-config) {:uri db-config}
+    (and (map? db-config) (contains? db-config :spec))
+    (let [spec (:spec db-config)]
+      (if (or (nil? spec) (map? spec))
+        (or spec {})
+        (fail (str ":spec must be a map, got " (type-name spec)) {:key :spec})))
+    (map? db-config) db-config
+    :else (fail (str ":db-config must be a carmine connection map or a redis:// URI String, got "
+                     (type-name db-config))
+                {:key :db-config})))
+
+(defn store-config
+  "Store description for the Redis key `key-name`:
+  `{:backend :redis-db, :resource \"<host:port/db> key <k>\", :native-config {..}}`.
+
+  `db-config`: carmine's `{:pool {} :spec {...}}`, the spec map alone, a
+  `redis://[user[:password]@]host[:port][/db]` String (no TLS: `rediss://`
+  and `:ssl-fn` are refused) or nil (127.0.0.1:6379, as carmine). Spec keys: `:host` (127.0.0.1),
+  `:port` (6379), `:username`, `:password`, `:db` (0), `:uri` (wins over the
+  others, as in carmine), `:timeout-ms` (5000: connect, read and write
+  timeout of each call).
+
+  Throws ex-info naming what is wrong, never the password, with data
+  `{:duratom/backend :redis-db}`."
+  [db-config key-name]
+  (let [spec (conn-spec db-config)
+        _ (when (:ssl-fn spec)
+            (fail "TLS (:ssl-fn) is not supported by this build's Redis backend yet" {:key :ssl-fn}))
+        k (cond
+            (keyword? key-name) (subs (str key-name) 1)
+            (and (string? key-name) (not (str/blank? key-name))) key-name
+            :else (fail (str ":key-name must be a non-empty String, got "
+                             (if (string? key-name) "a blank String" (type-name key-name)))
+                        {:key :key-name}))
+        timeout (:timeout-ms spec 5000)
+        _ (when-not (and (integer? timeout) (<= 1 timeout 3600000))
+            (fail (str ":timeout-ms must be an integer from 1 to 3600000, got " (pr-str timeout)) {:key :timeout-ms}))
+        [url {:keys [host port db]}]
+        (if-let [uri (:uri spec)]
+          (if (string? uri)
+            [uri (parse-uri uri)]
+            (fail (str ":uri must be a String, got " (type-name uri)) {:key :uri}))
+          (let [host (str (or (:host spec) "127.0.0.1"))
+                port (let [p (:port spec 6379)
+                           p (if (string? p) (try (Long/parseLong p) (catch NumberFormatException _ -1)) p)]
+                       (if (and (integer? p) (< 0 p 65536))
+                         p
+                         (fail (str ":port must be an integer from 1 to 65535, got " (pr-str (:port spec))) {:key :port})))
+                db (let [d (:db spec 0)]
+                     (if (and (integer? d) (<= 0 d 99999)) d (fail (str ":db must be a database number, got " (pr-str d)) {:key :db})))
+                user (some-> (:username spec) str)
+                pass (some-> (:password spec) str)
+                auth (cond
+                       (and user pass) (str (percent-encode user) ":" (percent-encode pass) "@")
+                       pass (str ":" (percent-encode pass) "@")
+                       user (str (percent-encode user) "@")
+                       :else "")
+                host-part (if (str/includes? host ":") (str "[" host "]") host)]
+            [(str (if (:ssl-fn spec) "rediss" "redis") "://" auth host-part ":" port "/" db)
+             {:host host :port port :db db}]))
+        endpoint (str host ":" port "/" db)]
+    {:backend :redis-db
+     :resource (str endpoint " key " k)
+     :native-config {"backend" "redis-db"
+                     "url" url
+                     "endpoint" endpoint
+                     "key" k
+                     "timeout-ms" (long timeout)}}))

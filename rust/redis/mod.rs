@@ -1,0 +1,48 @@
+//! The Redis backend: one value under one key, through the `redis` crate.
+//!
+//! The value is stored as the key's string, byte for byte, as the original
+//! library's default `:rw` stored it (EDN text written by carmine as a plain
+//! string), so keys it wrote load unchanged and ours stay readable by it.
+//!
+//! Version token: the SHA-1 of the stored bytes, as Redis's Lua computes it
+//! (`redis.sha1hex`). A conditional commit is one Lua script that compares
+//! the stored value's SHA-1 with the expected one and SETs only if they
+//! match; scripts run atomically, so nobody writes in between. "Write only if
+//! nothing is stored" is `SET ... NX`. Equal bytes are the same state, so
+//! this is exactly the compare of compare-and-set.
+//!
+//! The connection is kept open; every call has bounded connect, read and
+//! write timeouts. When the connection breaks, the call that notices
+//! reconnects and, when running again cannot apply a write twice or report a
+//! false conflict, runs again; a conditional write whose answer was lost is
+//! reported as of unknown outcome.
+//!
+//! Durability is Redis's: a reply means the server applied the write in
+//! memory; it is on disk only as the server's `appendonly` / `appendfsync`
+//! settings make it (see the README).
+//!
+//! Configuration keys: see `Keys` in `settings.rs` (made by
+//! `clojure/duratom/backend/redis.clj`); an unknown key is an error.
+//!
+//! The rooms: `settings.rs` reads the configuration, `store.rs` connects and
+//! runs the operations; `tests.rs` runs them against a real server.
+
+mod settings;
+mod store;
+#[cfg(test)]
+mod tests;
+
+use crate::config::Config;
+use crate::store::{Store, StoreError};
+
+pub use store::RedisStore;
+
+const BACKEND: &str = "redis-db";
+
+/// Opens the key the config names and connects, so that a wrong host or
+/// password fails here, at construction, rather than at the first commit.
+pub fn open(config: &Config) -> Result<Box<dyn Store>, StoreError> {
+    let mut store = RedisStore::new(config)?;
+    store.conn = Some(store.connect("open")?);
+    Ok(Box::new(store))
+}

@@ -1,0 +1,216 @@
+//! The store: a kept connection, and load, commit and delete on one key.
+
+use std::time::Duration;
+
+use redis::{Client, Connection, ConnectionLike, ErrorKind, RedisError, Script};
+
+use crate::store::{Expect, Resource, Store, StoreError, Stored, Version};
+
+/// SET the key to ARGV[1] only if its value's SHA-1 is ARGV[2]: 1 if set, 0 if not.
+pub(super) const COMPARE_AND_SET: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or redis.sha1hex(cur) ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+";
+
+pub struct RedisStore {
+    pub(super) client: Client,
+    pub(super) key: Vec<u8>,
+    pub(super) timeout: Duration,
+    pub(super) endpoint: String,
+    pub(super) client_name: String,
+    pub(super) cas: Script,
+    pub(super) conn: Option<Connection>,
+    pub(super) resource: Resource,
+}
+
+/// Why one attempt failed.
+enum Failure {
+    /// `ambiguous`: the failure came while a write was sent, so it may have
+    /// taken effect.
+    Redis {
+        error: RedisError,
+        ambiguous: bool,
+    },
+    Conflict,
+}
+
+impl From<RedisError> for Failure {
+    fn from(error: RedisError) -> Self {
+        Failure::Redis {
+            error,
+            ambiguous: false,
+        }
+    }
+}
+
+fn ambiguous(error: RedisError) -> Failure {
+    Failure::Redis {
+        error,
+        ambiguous: true,
+    }
+}
+
+impl RedisStore {
+    pub(super) fn connect(&self, op: &str) -> Result<Connection, StoreError> {
+        let fail = |e: RedisError| {
+            StoreError::backend(
+                &self.resource,
+                op,
+                format!("cannot connect to {}: {}", self.endpoint, describe(&e)),
+            )
+        };
+        let mut conn = self
+            .client
+            .get_connection_with_timeout(self.timeout)
+            .map_err(fail)?;
+        conn.set_read_timeout(Some(self.timeout)).map_err(fail)?;
+        conn.set_write_timeout(Some(self.timeout)).map_err(fail)?;
+        // Named, so that an operator sees duratom in CLIENT LIST.
+        let _: () = redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(&self.client_name)
+            .query(&mut conn)
+            .map_err(fail)?;
+        Ok(conn)
+    }
+
+    /// Runs one operation on the kept connection, connecting first if there
+    /// is none. A kept connection found dead gets one more attempt on a fresh
+    /// one, unless the failure hit a write in flight and running it again is
+    /// not harmless (`rerun_harmless`).
+    fn run<T>(
+        &mut self,
+        op: &str,
+        rerun_harmless: bool,
+        mut attempt: impl FnMut(&mut Connection, &RedisStore) -> Result<T, Failure>,
+    ) -> Result<T, StoreError> {
+        let mut may_retry = true;
+        loop {
+            let mut conn = match self.conn.take() {
+                Some(c) if c.is_open() => c,
+                _ => {
+                    may_retry = false;
+                    self.connect(op)?
+                }
+            };
+            let result = attempt(&mut conn, self);
+            match result {
+                Ok(v) => {
+                    self.conn = Some(conn);
+                    return Ok(v);
+                }
+                Err(Failure::Conflict) => {
+                    self.conn = Some(conn);
+                    return Err(StoreError::Conflict {
+                        resource: self.resource.clone(),
+                    });
+                }
+                Err(Failure::Redis { error, ambiguous }) => {
+                    let lost =
+                        error.is_io_error() || error.is_connection_dropped() || error.is_timeout();
+                    if !lost {
+                        self.conn = Some(conn);
+                        return Err(StoreError::backend(&self.resource, op, describe(&error)));
+                    }
+                    // The connection is dropped: the next call reconnects.
+                    if may_retry && (!ambiguous || rerun_harmless) {
+                        may_retry = false;
+                        continue;
+                    }
+                    let mut detail = format!(
+                        "lost the connection to {}: {}",
+                        self.endpoint,
+                        describe(&error)
+                    );
+                    if ambiguous {
+                        detail.push_str(
+                            " (while committing: the write may or may not have taken effect)",
+                        );
+                    }
+                    return Err(StoreError::backend(&self.resource, op, detail));
+                }
+            }
+        }
+    }
+}
+
+fn version_of(bytes: &[u8]) -> Version {
+    Version(sha1_smol::Sha1::from(bytes).digest().to_string())
+}
+
+impl Store for RedisStore {
+    fn load(&mut self) -> Result<Option<Stored>, StoreError> {
+        self.run("load", true, |c, s| {
+            let bytes: Option<Vec<u8>> = redis::cmd("GET").arg(&s.key).query(c)?;
+            Ok(bytes.map(|bytes| {
+                let version = version_of(&bytes);
+                Stored { bytes, version }
+            }))
+        })
+    }
+
+    fn commit(&mut self, bytes: &[u8], expect: &Expect) -> Result<Version, StoreError> {
+        let version = version_of(bytes);
+        // Setting the same bytes twice is harmless; a conditional write run
+        // again could see its own first write and report a false conflict.
+        self.run("commit", *expect == Expect::Anything, |c, s| {
+            match expect {
+                Expect::Anything => {
+                    let _: () = redis::cmd("SET")
+                        .arg(&s.key)
+                        .arg(bytes)
+                        .query(c)
+                        .map_err(ambiguous)?;
+                }
+                Expect::Nothing => {
+                    let set: Option<String> = redis::cmd("SET")
+                        .arg(&s.key)
+                        .arg(bytes)
+                        .arg("NX")
+                        .query(c)
+                        .map_err(ambiguous)?;
+                    if set.is_none() {
+                        return Err(Failure::Conflict);
+                    }
+                }
+                Expect::Version(expected) => {
+                    let set: i64 = s
+                        .cas
+                        .key(&s.key)
+                        .arg(bytes)
+                        .arg(&expected.0)
+                        .invoke(c)
+                        .map_err(ambiguous)?;
+                    if set != 1 {
+                        return Err(Failure::Conflict);
+                    }
+                }
+            }
+            Ok(version.clone())
+        })
+    }
+
+    fn delete(&mut self) -> Result<(), StoreError> {
+        self.run("delete", true, |c, s| {
+            let _: i64 = redis::cmd("DEL").arg(&s.key).query(c)?;
+            Ok(())
+        })
+    }
+
+    fn resource(&self) -> &Resource {
+        &self.resource
+    }
+}
+
+/// A Redis error worded for people; never includes the URL (or its password).
+fn describe(e: &RedisError) -> String {
+    if e.is_timeout() {
+        return format!("no answer in time ({e})");
+    }
+    match e.kind() {
+        ErrorKind::AuthenticationFailed => format!("authentication failed ({e})"),
+        _ => e.to_string(),
+    }
+}

@@ -1,0 +1,113 @@
+(ns duratom.redis-test
+  "The Redis backend against a real server (scripts/test starts one with
+  scripts/redis-server). redis-cli is the independent client."
+  (:require [clojure.edn :as edn]
+            [clojure.string :as str]
+            [clojure.test :refer [deftest is testing]]
+            [duratom.behaviour :as behaviour]
+            [duratom.core :as d]
+            [duratom.duragent :as duragent]
+            [duratom.readers :as readers]
+            [duratom.shared :as shared]
+            [duratom.test-support :as ts]
+            [taoensso.nippy :as nippy]))
+
+(def ^:private script "scripts/redis-server")
+
+(defn- env [k] (ts/required-env k script))
+
+(defn conn
+  "The test server as carmine's connection spec."
+  []
+  {:pool {} :spec {:host (env "DURATOM_TEST_REDIS_HOST") :port (Long/parseLong (env "DURATOM_TEST_REDIS_PORT"))
+                   :password (env "DURATOM_TEST_REDIS_PASSWORD") :db 0 :timeout-ms 3000}})
+
+(defn- cli
+  "Runs redis-cli with `args` against the test server; returns its raw output."
+  [& args]
+  (apply ts/sh! "redis-cli" "--no-auth-warning" "-h" (env "DURATOM_TEST_REDIS_HOST") "-p" (env "DURATOM_TEST_REDIS_PORT")
+         "-a" (env "DURATOM_TEST_REDIS_PASSWORD") args))
+
+(defn- server! [action]
+  (ts/sh! script action (env "DURATOM_TEST_REDIS_DIR")))
+
+(def backend
+  {:name "redis-db"
+   :new-location (fn [] (str "duratom:test:" (ts/unique-name "k")))
+   :open (fn [k init rw] (d/redis-atom (conn) k nil init rw))
+   :open-agent (fn [k init rw] (d/duragent :redis-db :db-config (conn) :key-name k :init init :rw rw))
+   :default-rw d/default-redis-rw
+   :child-open-code (fn [k] (str "(duratom.core/redis-atom " (pr-str (conn)) " " (pr-str k) " nil nil {:shared? true})"))})
+
+(deftest redis-behaviour
+  (behaviour/run-all backend))
+
+(deftest redis-shared-mode
+  (shared/run-all backend))
+
+(deftest redis-stopped-and-restarted
+  ;; Stopping the real server breaks every call; starting it again (same
+  ;; port, same data) must heal the duratom without reopening it.
+  (behaviour/error-handler-and-recommit backend (fn [_] (server! "stop")) (fn [_] (server! "start"))))
+
+(deftest redis-duragent
+  (duragent/run-all backend (fn [_] (server! "stop")) (fn [_] (server! "start"))))
+
+(deftest keys-as-the-original-wrote-them
+  ;; The original's default :rw wrote pr-str'd EDN through carmine, which
+  ;; stores a String as its plain bytes.
+  (let [k (str "duratom:test:" (ts/unique-name "orig"))]
+    (cli "SET" k "{:a #sorted/map {:b 1}, :q #queue [1 2], :s \"caf\u00e9 \uD83D\uDE00\"}")
+    (let [a (d/redis-atom (conn) k nil :unused {:commit-mode :sync})]
+      (is (= {:a {:b 1} :q [1 2] :s "caf\u00e9 \uD83D\uDE00"} @a))
+      (is (sorted? (:a @a)))
+      (is (instance? clojure.lang.PersistentQueue (:q @a)))
+      (swap! a assoc :n 1)
+      (let [stored (str/trim-newline (cli "--raw" "GET" k))]
+        (is (= @a (edn/read-string readers/default stored)) "plain EDN with the original's tags, nothing else")
+        (is (str/starts-with? stored "{")))
+      (is (= "string" (str/trim (cli "TYPE" k))))
+      (d/destroy a)
+      (is (= "0" (str/trim (cli "EXISTS" k))) "destroy deletes the key"))))
+
+(deftest every-conn-spec-form-and-arity
+  (let [k (str "duratom:test:" (ts/unique-name "forms"))
+        {:keys [host port password]} (:spec (conn))
+        a (d/duratom :redis-db :db-config (conn) :key-name k :init {:x 1} :rw (assoc d/default-redis-rw :commit-mode :sync))]
+    (swap! a update :x inc)
+    (doseq [form [(:spec (conn))
+                  {:spec {:uri (str "redis://:" password "@" host ":" port "/0")}}
+                  (str "redis://:" password "@" host ":" port)
+                  (str "redis://default:" password "@" host ":" port "/0")
+                  {:pool {} :spec {:host host :port (str port) :username "default" :password password}}]]
+      (is (= {:x 2} @(d/redis-atom form k)) (pr-str (dissoc (if (map? form) form {}) :password))))
+    (is (= :other @(d/redis-atom (conn) (str k ":2") nil :other)))
+    (is (= :other @(d/redis-atom (conn) (str k ":2") nil :ignored d/default-redis-rw)))
+    (testing "another database number is another key space"
+      (let [b (d/redis-atom (assoc-in (conn) [:spec :db] 3) k nil :db3 {:commit-mode :sync})]
+        (is (= :db3 @b))
+        (d/destroy b)))
+    (d/destroy a)
+    (d/destroy (d/redis-atom (conn) (str k ":2")))
+    (testing "binary :rw (nippy) round-trips"
+      (let [rw {:read nippy/thaw :write nippy/freeze :commit-mode :sync}
+            b (d/redis-atom (conn) k nil {:bytes (byte-array [0 1 -1]) :n 1} rw)]
+        (swap! b update :n inc)
+        (is (= 2 (:n @(d/redis-atom (conn) k nil nil rw))))
+        (d/destroy b)))
+    (testing "bad input is a clear error that never shows the password"
+      (doseq [[bad re] [[{:spec {:host host :port port :password "wrong-pw-123"}} #"(?i)auth|WRONGPASS"]
+                        [{:spec {:host "127.0.0.1" :port 1 :timeout-ms 500}} #"cannot connect to 127\.0\.0\.1:1/0"]
+                        ["http://x:wrong-pw-123@h/0" #"redis://"]
+                        ["rediss://:wrong-pw-123@h/0" #"TLS"]
+                        [{:spec {:host host :ssl-fn :default}} #"TLS"]
+                        [{:spec {:port 70000}} #":port"]
+                        [{:spec {:host host :db "x"}} #":db"]
+                        [{:spec {:timeout-ms 0}} #":timeout-ms"]
+                        [42 #":db-config"]]]
+        (let [e (try (d/redis-atom bad k) nil (catch Exception e e))]
+          (is (some? e) (pr-str bad))
+          (is (re-find re (str (ex-message e))) (str (ex-message e)))
+          (is (not (str/includes? (str (ex-message e)) "wrong-pw-123")))
+          (is (= :redis-db (:duratom/backend (ex-data e))))))
+      (is (thrown-with-msg? clojure.lang.ExceptionInfo #":key-name" (d/redis-atom (conn) ""))))))
