@@ -260,6 +260,17 @@ impl FileStore {
         result
     }
 
+    /// `write_durably` as `version`; when its outcome is unknown the rename
+    /// landed, so the file holds `version` and the next commit counts on
+    /// from it (no two states stored under one version).
+    fn write_landing(&mut self, target: &Target, bytes: &[u8], version: u64) -> Result<(), StoreError> {
+        let result = self.write_durably(target, bytes, version);
+        if let Err(StoreError::OutcomeUnknown { .. }) = result {
+            self.version = version;
+        }
+        result
+    }
+
     /// A new temp file beside the target, created and locked by this store.
     fn create_temp(&mut self, target: &Target) -> Result<(File, PathBuf), StoreError> {
         let r = &self.resource;
@@ -312,11 +323,23 @@ impl FileStore {
         }
         file.write_all(bytes).map_err(|e| StoreError::io(r, "writing temp file", e))?;
         file.sync_data().map_err(|e| StoreError::io(r, "fsync of temp file", e))?;
+        // The directory is opened before the rename, and must be the one
+        // holding the temp file: its fsync then reaches the directory the
+        // rename landed in, even if that directory is moved meanwhile (by
+        // path, it would fail or reach another one).
+        let dir = File::open(&target.dir).map_err(|e| StoreError::io(r, format!("opening directory {}", target.dir.display()), e))?;
+        if !holds(&dir, temp, &file) {
+            let why = format!("the directory {} was moved or replaced during the commit; nothing was replaced", target.dir.display());
+            return Err(StoreError::backend(r, "writing", why));
+        }
+        // A failed rename changed nothing: a plain failure.
         fs::rename(temp, &target.file).map_err(|e| StoreError::io(r, "renaming temp file over the target", e))?;
         drop(file); // releases the temp file's lock, now that the name is gone
-        File::open(&target.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| StoreError::io(r, format!("fsync of directory {}", target.dir.display()), e))
+        // The file holds the new state now. Should what follows fail, it may
+        // not survive a crash, and the caller must not take it as not written.
+        after_rename(&target.dir)
+            .and_then(|()| dir.sync_all())
+            .map_err(|e| StoreError::outcome_unknown(r, format!("fsync of directory {} after the rename", target.dir.display()), e))
     }
 
     /// Takes the cross-process lock on `<target>.lock`; the OS drops it if the
@@ -337,6 +360,38 @@ fn lock_path(target: &Target) -> PathBuf {
     let mut path = target.file.clone().into_os_string();
     path.push(".lock");
     PathBuf::from(path)
+}
+
+/// Whether the directory `dir` is open on holds `temp` as the file `file`
+/// is open on.
+fn holds(dir: &File, temp: &Path, file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let Some(name) = temp.file_name().and_then(|n| std::ffi::CString::new(n.as_bytes()).ok()) else { return false };
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid directory fd, a NUL-terminated name and a stat buffer of ours.
+    if unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+        return false;
+    }
+    file.metadata().is_ok_and(|m| m.dev() == st.st_dev && m.ino() == st.st_ino)
+}
+
+/// Runs between a commit's rename and its directory fsync. Tests put a fault
+/// there (a moved directory; an error, as a failing fsync gives, which a real
+/// file system cannot be made to give on demand); elsewhere it does nothing.
+#[cfg(not(test))]
+fn after_rename(_dir: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+thread_local! {
+    static AFTER_RENAME: std::cell::Cell<Option<fn(&Path) -> std::io::Result<()>>> = const { std::cell::Cell::new(None) };
+}
+
+#[cfg(test)]
+fn after_rename(dir: &Path) -> std::io::Result<()> {
+    AFTER_RENAME.with(|f| f.get().map_or(Ok(()), |f| f(dir)))
 }
 
 /// Whether `path` still names the file `file` is open on.
@@ -403,7 +458,7 @@ impl Store for FileStore {
         let next = match expect {
             Expect::Anything => {
                 let next = self.version + 1;
-                self.write_durably(&target, bytes, next)?;
+                self.write_landing(&target, bytes, next)?;
                 next
             }
             Expect::Nothing | Expect::Version(_) => {
@@ -421,7 +476,7 @@ impl Store for FileStore {
                     return Err(StoreError::Conflict { resource: self.resource.clone() });
                 }
                 let next = stored.unwrap_or(0) + 1;
-                self.write_durably(&target, bytes, next)?;
+                self.write_landing(&target, bytes, next)?;
                 next
             }
         };
@@ -979,6 +1034,42 @@ mod tests {
         }
         fs::write(&path, &good).unwrap();
         assert_eq!(s.commit(b"{:x 0}", &Expect::Version(v)).unwrap(), Version("13".into()), "the intact file commits");
+    }
+
+    fn moved_away(dir: &Path) -> PathBuf {
+        PathBuf::from(format!("{}.away", dir.display()))
+    }
+
+    /// The directory moved away between the rename and its fsync: the
+    /// directory opened before the rename is fsynced wherever it is now, and
+    /// the commit succeeds (by path, the fsync failed although the state had
+    /// landed). Then a directory fsync that fails: the outcome is unknown.
+    #[test]
+    fn a_failure_after_the_rename_is_never_a_plain_failure() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("d");
+        fs::create_dir(&dir).unwrap();
+        let path = dir.join("s.edn");
+        let mut s = open_at(&path).unwrap();
+        s.commit(b"{:n 1}", &Expect::Anything).unwrap();
+
+        AFTER_RENAME.with(|f| f.set(Some(|dir| fs::rename(dir, moved_away(dir)))));
+        let v = s.commit(b"{:n 2}", &Expect::Anything);
+        AFTER_RENAME.with(|f| f.set(None));
+        fs::rename(moved_away(&dir), &dir).unwrap();
+        assert_eq!(v.unwrap(), Version("2".into()), "the commit landed and its directory was fsynced");
+        assert_eq!(s.load().unwrap().unwrap().bytes, b"{:n 2}");
+
+        AFTER_RENAME.with(|f| f.set(Some(|_| Err(std::io::Error::from_raw_os_error(libc::EIO)))));
+        let e = s.commit(b"{:n 3}", &Expect::Version(Version("2".into()))).unwrap_err();
+        AFTER_RENAME.with(|f| f.set(None));
+        assert!(matches!(e, StoreError::OutcomeUnknown { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(msg.contains(&*path.to_string_lossy()) && msg.contains("fsync of directory") && msg.contains("outcome unknown"), "{msg}");
+        let stored = open_at(&path).unwrap().load().unwrap().unwrap();
+        assert_eq!((stored.bytes, stored.version), (b"{:n 3}".to_vec(), Version("3".into())), "the state landed");
+        assert_eq!(s.commit(b"{:n 4}", &Expect::Anything).unwrap(), Version("4".into()), "counts on from the landed state");
+        assert_eq!(names_in(&dir), ["s.edn", "s.edn.lock"], "no temp file left");
     }
 
     /// Behind a symlink, the error names the damaged target too.

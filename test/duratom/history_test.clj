@@ -59,10 +59,6 @@
 
 ;; What is left out below waits for fixes that the checker showed are needed
 ;; (DURATOM_HISTORY_FAULTS=all and DURATOM_HISTORY_WITHOUT= run it all now):
-;; - storage faults on files in synchronous and shared mode: a file commit
-;;   whose directory is moved away after its rename landed fails its directory
-;;   fsync and reports the state as not written, so a swap! that threw left a
-;;   trace (shared mode's next commit even adopts it);
 ;; - stopping PostgreSQL in synchronous mode: when the connection is lost
 ;;   during a commit, the store retries on a new connection, and when that
 ;;   connect fails it reports a plain failure although the first attempt may
@@ -75,7 +71,7 @@
 ;;   swap! returned.
 
 (deftest history-file-sync
-  (run-seeds "file sync" 1401 {:faults #{:interrupts}}
+  (run-seeds "file sync" 1401 {:faults #{:storage :interrupts}}
              #(h/run-local (assoc % :loc (file-loc) :mode :sync))))
 
 (deftest history-file-async
@@ -83,7 +79,7 @@
              #(h/run-local (assoc % :loc (file-loc) :mode :async))))
 
 (deftest history-file-shared
-  (run-shared-seeds "file shared (3 processes)" 1403 {:faults #{:interrupts}} file-loc))
+  (run-shared-seeds "file shared (3 processes)" 1403 {:faults #{:storage :interrupts}} file-loc))
 
 (defn- pg-loc []
   {:backend :pg :db-spec (pg/db-spec) :table (str/replace (ts/unique-name "history") "-" "_")})
