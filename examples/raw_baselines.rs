@@ -9,6 +9,8 @@
 //! raw_baselines s3 BYTES-FILE MILLIS [MIN-OPS]          PutObject of the bytes (env DURATOM_TEST_S3_*)
 //! raw_baselines sqlite PATH BYTES-FILE MILLIS [MIN-OPS] UPDATE t SET value = ?1 WHERE id = 0 through
 //!                                                       rusqlite, WAL + synchronous=FULL as a duratom's
+//! raw_baselines redis BYTES-FILE MILLIS [MIN-OPS]       SET of the bytes through the redis crate's own
+//!                                                       connection (env DURATOM_TEST_REDIS_*)
 //! ```
 //!
 //! Each mode sets up, warms up (a few operations, untimed), then repeats the
@@ -28,7 +30,7 @@ use duratom::file::FileStore;
 use duratom::store::{Expect, Store};
 
 fn usage() -> ! {
-    eprintln!("usage: raw_baselines file|sqlite PATH BYTES-FILE MILLIS [MIN-OPS] | pg BYTES-FILE MILLIS [MIN-OPS] | s3 BYTES-FILE MILLIS [MIN-OPS]");
+    eprintln!("usage: raw_baselines file|sqlite PATH BYTES-FILE MILLIS [MIN-OPS] | pg BYTES-FILE MILLIS [MIN-OPS] | s3|redis BYTES-FILE MILLIS [MIN-OPS]");
     exit(2)
 }
 
@@ -74,7 +76,7 @@ fn main() {
     let rest = &args[1..];
     let (path, rest) = match mode {
         "file" | "sqlite" => (Some(rest.first().unwrap_or_else(|| usage()).clone()), &rest[1..]),
-        "pg" | "s3" => (None, rest),
+        "pg" | "s3" | "redis" => (None, rest),
         _ => usage(),
     };
     if rest.len() < 2 || rest.len() > 3 {
@@ -88,6 +90,7 @@ fn main() {
         "pg" => pg(&bytes, millis, min_ops),
         "s3" => s3(&bytes, millis, min_ops),
         "sqlite" => sqlite(&path.unwrap(), &bytes, millis, min_ops),
+        "redis" => redis_set(&bytes, millis, min_ops),
         _ => usage(),
     }
 }
@@ -212,5 +215,25 @@ fn s3(bytes: &[u8], millis: u64, min_ops: u64) {
         duratom::runtime::block_on(put)
             .unwrap_or_else(|e| fail("runtime", e))
             .unwrap_or_else(|e| fail("PutObject", aws_sdk_s3::error::DisplayErrorContext(&e)));
+    });
+}
+
+/// SET of the bytes on one kept connection, the command a duratom's
+/// unconditional commit sends, through the crate's own connection.
+fn redis_set(bytes: &[u8], millis: u64, min_ops: u64) {
+    let url = format!(
+        "redis://:{}@{}:{}/0",
+        env_var("DURATOM_TEST_REDIS_PASSWORD"),
+        env_var("DURATOM_TEST_REDIS_HOST"),
+        env_var("DURATOM_TEST_REDIS_PORT")
+    );
+    let client = redis::Client::open(url.as_str()).unwrap_or_else(|e| fail("the Redis URL", e));
+    let mut conn = client.get_connection().unwrap_or_else(|e| fail("connecting to Redis", e));
+    measure("redis", bytes.len(), millis, min_ops, 20, || {
+        let () = redis::cmd("SET")
+            .arg("duratom-bench-raw")
+            .arg(bytes)
+            .query(&mut conn)
+            .unwrap_or_else(|e| fail("SET", e));
     });
 }

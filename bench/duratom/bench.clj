@@ -8,7 +8,7 @@
   runs (round by round), because the machine is noisy:
   - `clojure.core/atom`, in this JVM;
   - a raw durable replace of the same bytes, a raw single-row UPDATE
-    (PostgreSQL, SQLite) and a raw PutObject:
+    (PostgreSQL, SQLite), a raw PutObject and a raw Redis SET:
     `target/release/examples/raw_baselines` (the same Rust
     code and client libraries, no JVM), run as a subprocess that times itself
     and prints one `RAW ...` line.
@@ -306,35 +306,56 @@
         (not-available! [[one-s ">= 0.8x raw UPDATE"] [(str one-s ", vs the original") ">= 10x 191 ops/s"]
                          [eight-s ">= 3.0x 1 thread"]] e)))))
 
+(defn- small-bytes-file [^File dir]
+  (bytes-file dir "small.bytes" (.getBytes (print-edn small-map) StandardCharsets/UTF_8)))
+
+(defn- server-env
+  "Reads DURATOM_TEST_<prefix>_<name>; throws naming it (and the server) when unset."
+  [prefix server]
+  (fn [name]
+    (let [k (str "DURATOM_TEST_" prefix "_" name)]
+      (or (System/getenv k) (throw (ex-info (str k " is not set (no " server " server)") {}))))))
+
+(defn- one-thread-row
+  "The row of scenario `s`: the synchronous 1-thread swap rate of the duratom
+  `(open)` makes, against the raw baseline `(raw)` (ops/s) called `raw-label`,
+  measured round by round in the same run; at least 0.8x. A failure to set up
+  or measure makes a `not available` row."
+  [s tag raw-label open raw]
+  (try
+    (let [dura (open)
+          results (rounds tag [[:raw raw]
+                               [:one #(swap-rate (fn [] (swap! dura bump)) run-ms 1)]])]
+      (at-least-row s (median (:one results)) raw-label (median (:raw results)) 0.8))
+    (catch Throwable e
+      (not-available! [[s (str ">= 0.8x " raw-label)]] e))))
+
 (defn s3-rows [^File dir]
-  (let [s "S3 (local moto server), sync, 10-key map, 1 thread"]
-    (try
-      (let [env #(or (System/getenv (str "DURATOM_TEST_S3_" %))
-                     (throw (ex-info (str "DURATOM_TEST_S3_" % " is not set (no S3 server)") {})))
-            creds {:access-key (env "ACCESS_KEY") :secret-key (env "SECRET_KEY") :endpoint (env "ENDPOINT")}
-            bfile (bytes-file dir "small.bytes" (.getBytes (print-edn small-map) StandardCharsets/UTF_8))
-            dura (d/duratom :aws-s3 :credentials creds :bucket "duratom-bench" :key "state"
-                            :init small-map :rw (sync-rw d/default-s3-rw))
-            results (rounds "s3"
-                            [[:raw #(:ops-per-sec (raw! "s3" bfile run-ms))]
-                             [:one #(swap-rate (fn [] (swap! dura bump)) run-ms 1)]])]
-        (at-least-row s (median (:one results)) "raw PutObject" (median (:raw results)) 0.8))
-      (catch Throwable e
-        (not-available! [[s ">= 0.8x raw PutObject"]] e)))))
+  (one-thread-row
+   "S3 (local moto server), sync, 10-key map, 1 thread" "s3" "raw PutObject"
+   #(let [env (server-env "S3" "S3")]
+      (d/duratom :aws-s3 :credentials {:access-key (env "ACCESS_KEY") :secret-key (env "SECRET_KEY")
+                                       :endpoint (env "ENDPOINT")}
+                 :bucket "duratom-bench" :key "state" :init small-map :rw (sync-rw d/default-s3-rw)))
+   #(:ops-per-sec (raw! "s3" (small-bytes-file dir) run-ms))))
 
 (defn sqlite-rows [^File dir]
-  (let [s "SQLite, sync, 10-key map, 1 thread"]
-    (try
-      (let [bfile (bytes-file dir "small.bytes" (.getBytes (print-edn small-map) StandardCharsets/UTF_8))
-            dura (d/duratom :sqlite-db :db-config {:dbtype "sqlite" :dbname (str (io/file dir "bench.db"))}
-                            :table-name "duratom_bench" :init small-map :rw (sync-rw d/default-sqlite-rw))
-            raw-db (.getPath (io/file dir "raw-bench.db"))
-            results (rounds "sqlite"
-                            [[:raw #(:ops-per-sec (raw! "sqlite" raw-db bfile run-ms))]
-                             [:one #(swap-rate (fn [] (swap! dura bump)) run-ms 1)]])]
-        (at-least-row s (median (:one results)) "raw UPDATE (rusqlite, WAL, FULL)" (median (:raw results)) 0.8))
-      (catch Throwable e
-        (not-available! [[s ">= 0.8x raw UPDATE"]] e)))))
+  (one-thread-row
+   "SQLite, sync, 10-key map, 1 thread" "sqlite" "raw UPDATE (rusqlite, WAL, FULL)"
+   #(d/duratom :sqlite-db :db-config {:dbtype "sqlite" :dbname (str (io/file dir "bench.db"))}
+               :table-name "duratom_bench" :init small-map :rw (sync-rw d/default-sqlite-rw))
+   #(:ops-per-sec (raw! "sqlite" (.getPath (io/file dir "raw-bench.db")) (small-bytes-file dir) run-ms))))
+
+(defn redis-rows [^File dir]
+  ;; scripts/redis-server runs with appendfsync always: each SET is fsynced
+  ;; before its reply, for the raw baseline and the duratom alike.
+  (one-thread-row
+   "Redis (appendfsync always), sync, 10-key map, 1 thread" "redis" "raw SET (redis crate)"
+   #(let [env (server-env "REDIS" "Redis")]
+      (d/duratom :redis-db :db-config {:spec {:host (env "HOST") :port (Long/parseLong (env "PORT"))
+                                              :password (env "PASSWORD")}}
+                 :key-name "duratom-bench" :init small-map :rw (sync-rw d/default-redis-rw)))
+   #(:ops-per-sec (raw! "redis" (small-bytes-file dir) run-ms))))
 
 ;; --------------------------------------------------------------- large state
 
@@ -513,7 +534,7 @@
               (doto (io/file d) (.mkdirs)))]
     (log "files in" (.getPath dir) "; runs" runs "of" run-ms "ms; JVM"
          (System/getProperty "java.version") (vec (.getInputArguments (ManagementFactory/getRuntimeMXBean))))
-    (doseq [f [file-sync-rows file-async-rows postgres-rows s3-rows sqlite-rows large-rows large-memory-row]]
+    (doseq [f [file-sync-rows file-async-rows postgres-rows s3-rows sqlite-rows redis-rows large-rows large-memory-row]]
       (try (f dir)
            (catch Throwable e
              (log "scenario failed:" e)

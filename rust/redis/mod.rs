@@ -11,11 +11,13 @@
 //! nothing is stored" is `SET ... NX`. Equal bytes are the same state, so
 //! this is exactly the compare of compare-and-set.
 //!
-//! The connection is kept open; every call has bounded connect, read and
-//! write timeouts. When the connection breaks, the call that notices
-//! reconnects and, when running again cannot apply a write twice or report a
-//! false conflict, runs again; a conditional write whose answer was lost is
-//! reported as of unknown outcome.
+//! The connection is kept open, plain or TLS (`rediss://`: rustls with the
+//! `ring` provider, over our own stream; see `connection.rs` for why not the
+//! crate's TLS); every call has bounded connect, read and write timeouts.
+//! When the connection breaks, the call that notices reconnects and, when
+//! running again cannot apply a write twice or report a false conflict, runs
+//! again; a write whose answer was lost, and that cannot be run again or
+//! whose rerun failed too, is reported as `OutcomeUnknown`.
 //!
 //! Durability is Redis's: a reply means the server applied the write in
 //! memory; it is on disk only as the server's `appendonly` / `appendfsync`
@@ -24,11 +26,15 @@
 //! Configuration keys: see `Keys` in `settings.rs` (made by
 //! `clojure/duratom/backend/redis.clj`); an unknown key is an error.
 //!
-//! The rooms: `settings.rs` reads the configuration, `store.rs` connects and
-//! runs the operations; `tests.rs` runs them against a real server.
+//! The rooms: `settings.rs` reads the configuration, `tls.rs` makes the TLS
+//! client configuration, `connection.rs` is one connection (RESP over TCP or
+//! TLS), `store.rs` runs the operations (and decides when to retry);
+//! `tests.rs` runs them against a real server.
 
+mod connection;
 mod settings;
 mod store;
+mod tls;
 #[cfg(test)]
 mod tests;
 

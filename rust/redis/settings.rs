@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
-use redis::{Client, RedisError, Script};
+use redis::{ConnectionAddr, IntoConnectionInfo, RedisError, Script};
 use serde::Deserialize;
 
+use super::connection::Target;
 use super::store::{RedisStore, COMPARE_AND_SET};
+use super::tls;
 use super::BACKEND;
 use crate::config::Config;
 use crate::store::{Resource, StoreError};
@@ -18,8 +20,11 @@ use crate::store::{Resource, StoreError};
 #[derive(Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 struct Keys {
-    /// `redis://[user[:password]@]host[:port][/db]`.
+    /// `redis://[user[:password]@]host[:port][/db]`; `rediss://` for TLS.
     url: Option<String>,
+    /// A PEM file whose certificates are the only trusted roots of a
+    /// `rediss://` connection; without it, Mozilla's roots (webpki-roots).
+    tls_ca_cert_file: Option<String>,
     /// host:port/db, for messages: the URL holds the password.
     endpoint: String,
     /// The Redis key the value lives under.
@@ -32,7 +37,7 @@ struct Keys {
 
 impl Default for Keys {
     fn default() -> Self {
-        Keys { url: None, endpoint: "redis".into(), key: None, timeout_ms: 5000, client_name: "duratom".into() }
+        Keys { url: None, tls_ca_cert_file: None, endpoint: "redis".into(), key: None, timeout_ms: 5000, client_name: "duratom".into() }
     }
 }
 
@@ -55,11 +60,9 @@ impl RedisStore {
             return Err(bad(format!("`timeout-ms` must be 1..3600000, got {timeout_ms}")));
         }
         let endpoint = keys.endpoint;
-        // The URL holds the password: its parse error is worded without it.
-        let client = Client::open(url.as_str())
-            .map_err(|e| bad(format!("the connection URL for {endpoint} is not usable: {}", kind_text(&e))))?;
+        let target = target(&url, &endpoint, keys.tls_ca_cert_file.as_deref())?;
         Ok(RedisStore {
-            client,
+            target,
             key: key.as_bytes().to_vec(),
             timeout: Duration::from_millis(timeout_ms as u64),
             resource: Resource { backend: BACKEND, name: format!("{endpoint} key {key}") },
@@ -69,6 +72,40 @@ impl RedisStore {
             conn: None,
         })
     }
+}
+
+/// Where the URL points. `rediss://` is read as `redis://` by the crate
+/// (whose own TLS this build leaves out, see `connection.rs`) and means TLS.
+fn target(url: &str, endpoint: &str, ca_file: Option<&str>) -> Result<Target, StoreError> {
+    let bad = |detail: String| StoreError::config(BACKEND, detail);
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let tls = match scheme.to_ascii_lowercase().as_str() {
+        "redis" => false,
+        "rediss" => true,
+        _ => return Err(bad(format!("the connection URL for {endpoint} must start with redis:// or rediss://"))),
+    };
+    if rest.contains('#') {
+        return Err(bad(format!("the connection URL for {endpoint} has a #fragment, which is not read")));
+    }
+    if ca_file.is_some() && !tls {
+        return Err(bad(format!("`tls-ca-cert-file` is given, but the URL for {endpoint} is not rediss://")));
+    }
+    // The URL holds the password: its parse error is worded without it.
+    let info = format!("redis://{rest}")
+        .into_connection_info()
+        .map_err(|e| bad(format!("the connection URL for {endpoint} is not usable: {}", kind_text(&e))))?;
+    let ConnectionAddr::Tcp(host, port) = info.addr().clone() else {
+        return Err(bad(format!("the connection URL for {endpoint} names no TCP host")));
+    };
+    let redis = info.redis_settings();
+    Ok(Target {
+        host,
+        port,
+        username: redis.username().map(str::to_string),
+        password: redis.password().map(str::to_string),
+        db: redis.db(),
+        tls: if tls { Some(tls::client_config(ca_file)?) } else { None },
+    })
 }
 
 /// A URL parse error's kind and detail, which never quote the URL.

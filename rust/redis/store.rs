@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use redis::{Client, Connection, ConnectionLike, ErrorKind, RedisError, Script};
+use redis::{ConnectionLike, ErrorKind, RedisError, Script};
+
+use super::connection::{Link, Target};
 
 use crate::store::{Expect, Resource, Store, StoreError, Stored, Version};
 
@@ -15,13 +17,13 @@ return 1
 ";
 
 pub struct RedisStore {
-    pub(super) client: Client,
+    pub(super) target: Target,
     pub(super) key: Vec<u8>,
     pub(super) timeout: Duration,
     pub(super) endpoint: String,
     pub(super) client_name: String,
     pub(super) cas: Script,
-    pub(super) conn: Option<Connection>,
+    pub(super) conn: Option<Link>,
     pub(super) resource: Resource,
 }
 
@@ -53,7 +55,7 @@ fn ambiguous(error: RedisError) -> Failure {
 }
 
 impl RedisStore {
-    pub(super) fn connect(&self, op: &str) -> Result<Connection, StoreError> {
+    pub(super) fn connect(&self, op: &str) -> Result<Link, StoreError> {
         let fail = |e: RedisError| {
             StoreError::backend(
                 &self.resource,
@@ -61,12 +63,7 @@ impl RedisStore {
                 format!("cannot connect to {}: {}", self.endpoint, describe(&e)),
             )
         };
-        let mut conn = self
-            .client
-            .get_connection_with_timeout(self.timeout)
-            .map_err(fail)?;
-        conn.set_read_timeout(Some(self.timeout)).map_err(fail)?;
-        conn.set_write_timeout(Some(self.timeout)).map_err(fail)?;
+        let mut conn = Link::connect(&self.target, self.timeout).map_err(fail)?;
         // Named, so that an operator sees duratom in CLIENT LIST.
         let _: () = redis::cmd("CLIENT")
             .arg("SETNAME")
@@ -84,15 +81,28 @@ impl RedisStore {
         &mut self,
         op: &str,
         rerun_harmless: bool,
-        mut attempt: impl FnMut(&mut Connection, &RedisStore) -> Result<T, Failure>,
+        mut attempt: impl FnMut(&mut Link, &RedisStore) -> Result<T, Failure>,
     ) -> Result<T, StoreError> {
         let mut may_retry = true;
+        // Set when a write went out and no answer came: it may have landed,
+        // so whatever happens next, the caller must hear that.
+        let mut unanswered: Option<String> = None;
+        let resource = self.resource.clone();
+        let fail = |unanswered: &Option<String>, detail: String| match unanswered {
+            Some(first) if *first == detail => StoreError::outcome_unknown(&resource, op, detail),
+            Some(first) => StoreError::outcome_unknown(&resource, op, format!("{first}; then {detail}")),
+            None => StoreError::backend(&resource, op, detail),
+        };
         loop {
             let mut conn = match self.conn.take() {
                 Some(c) if c.is_open() => c,
                 _ => {
                     may_retry = false;
-                    self.connect(op)?
+                    match self.connect(op) {
+                        Ok(c) => c,
+                        Err(e) if unanswered.is_some() => return Err(fail(&unanswered, e.to_string())),
+                        Err(e) => return Err(e),
+                    }
                 }
             };
             let result = attempt(&mut conn, self);
@@ -103,33 +113,24 @@ impl RedisStore {
                 }
                 Err(Failure::Conflict) => {
                     self.conn = Some(conn);
-                    return Err(StoreError::Conflict {
-                        resource: self.resource.clone(),
-                    });
+                    return Err(StoreError::Conflict { resource: self.resource.clone() });
                 }
                 Err(Failure::Redis { error, ambiguous }) => {
-                    let lost =
-                        error.is_io_error() || error.is_connection_dropped() || error.is_timeout();
+                    let lost = error.is_io_error() || error.is_connection_dropped() || error.is_timeout();
                     if !lost {
                         self.conn = Some(conn);
-                        return Err(StoreError::backend(&self.resource, op, describe(&error)));
+                        return Err(fail(&unanswered, describe(&error)));
                     }
-                    // The connection is dropped: the next call reconnects.
+                    // The connection is dropped: the next attempt reconnects.
+                    let detail = format!("lost the connection to {}: {}", self.endpoint, describe(&error));
+                    if ambiguous && unanswered.is_none() {
+                        unanswered = Some(detail.clone());
+                    }
                     if may_retry && (!ambiguous || rerun_harmless) {
                         may_retry = false;
                         continue;
                     }
-                    let mut detail = format!(
-                        "lost the connection to {}: {}",
-                        self.endpoint,
-                        describe(&error)
-                    );
-                    if ambiguous {
-                        detail.push_str(
-                            " (while committing: the write may or may not have taken effect)",
-                        );
-                    }
-                    return Err(StoreError::backend(&self.resource, op, detail));
+                    return Err(fail(&unanswered, detail));
                 }
             }
         }

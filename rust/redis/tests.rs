@@ -157,7 +157,28 @@ fn a_killed_connection_is_replaced_on_the_next_call() {
     assert_eq!(s.load().unwrap().unwrap().bytes, b"1");
     s.commit(b"2", &Expect::Anything).unwrap();
     assert_eq!(s.load().unwrap().unwrap().bytes, b"2");
+    // A conditional commit whose connection dies under it is not run again
+    // (it could meet its own write and report a false conflict): its outcome
+    // is unknown, and said so. Here the server had closed the connection, so
+    // nothing landed, and the next commit reconnects.
+    let v2 = s.load().unwrap().unwrap().version;
+    let id = client_id(&mut admin, &name);
+    let _: i64 = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(&id).query(&mut admin).unwrap();
+    let e = s.commit(b"3", &Expect::Version(v2.clone())).unwrap_err();
+    assert!(matches!(e, StoreError::OutcomeUnknown { .. }), "{e}");
+    assert!(e.to_string().contains("may or may not have taken effect"), "{e}");
+    assert_eq!(s.load().unwrap().unwrap().bytes, b"2");
+    s.commit(b"3", &Expect::Version(v2)).unwrap();
     s.delete().unwrap();
+}
+
+fn client_id(admin: &mut redis::Connection, name: &str) -> String {
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(admin).unwrap();
+    list.lines()
+        .find(|l| l.contains(&format!(" name={name} ")))
+        .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .expect("our connection is listed under its name")
+        .to_string()
 }
 
 #[test]
@@ -175,4 +196,95 @@ fn an_unknown_or_mistyped_key_is_an_error_at_open() {
     assert!(e.contains("`timeout-ms`: expected i64, got a string"), "{e}");
     let e = open(&Config::from_pairs(BACKEND, &[("key", "k")])).err().unwrap().to_string();
     assert!(e.contains("`url` is required"), "{e}");
+}
+
+/// The TLS port of the test server (scripts/redis-server serves both).
+fn tls_url(host: &str) -> String {
+    format!(
+        "rediss://:{}@{host}:{}/0",
+        env("DURATOM_TEST_REDIS_PASSWORD"),
+        env("DURATOM_TEST_REDIS_TLS_PORT")
+    )
+}
+
+fn tls_config(key: &str, host: &str, ca: Option<&str>) -> Config {
+    let url = tls_url(host);
+    let mut pairs = vec![("url", url.as_str()), ("endpoint", "test-redis-tls"), ("key", key), ("timeout-ms", "3000")];
+    if let Some(ca) = ca {
+        pairs.push(("tls-ca-cert-file", ca));
+    }
+    Config::from_pairs(BACKEND, &pairs)
+}
+
+#[test]
+fn tls_round_trips_and_survives_a_reopen() {
+    let ca = env("DURATOM_TEST_REDIS_CA");
+    let key = unique("tls");
+    let mut s = open(&tls_config(&key, "127.0.0.1", Some(&ca))).unwrap();
+    let v1 = s.commit(b"{:over :tls}", &Expect::Nothing).unwrap();
+    let v2 = s.commit(b"{:over :tls, :n 2}", &Expect::Version(v1.clone())).unwrap();
+    assert!(conflict(s.commit(b"stale", &Expect::Version(v1))));
+    drop(s);
+    // A new connection (and handshake) finds what the first one wrote; so
+    // does a plain connection to the same server's plain port.
+    let mut again = open(&tls_config(&key, "localhost", Some(&ca))).unwrap();
+    let got = again.load().unwrap().unwrap();
+    assert_eq!((got.bytes.as_slice(), &got.version), (&b"{:over :tls, :n 2}"[..], &v2));
+    let mut plain = open(&config(&key)).unwrap();
+    assert_eq!(plain.load().unwrap().unwrap().version, v2);
+    again.delete().unwrap();
+    assert!(plain.load().unwrap().is_none());
+    // The TLS port speaks only TLS: a plain client there gets no answer it
+    // can read, so the connection above really was TLS.
+    let plain_to_tls = format!(
+        "redis://:{}@127.0.0.1:{}/0",
+        env("DURATOM_TEST_REDIS_PASSWORD"),
+        env("DURATOM_TEST_REDIS_TLS_PORT")
+    );
+    assert!(open(&Config::from_pairs(BACKEND, &[("url", &plain_to_tls), ("key", "k"), ("timeout-ms", "1000")])).is_err());
+}
+
+#[test]
+fn tls_with_the_wrong_roots_or_host_is_refused_clearly() {
+    let key = unique("tls-bad");
+    let other_ca = env("DURATOM_TEST_REDIS_OTHER_CA");
+    for ca in [Some(other_ca.as_str()), None] {
+        let e = open(&tls_config(&key, "127.0.0.1", ca)).err().unwrap().to_string();
+        assert!(
+            e.contains("cannot connect to test-redis-tls")
+                && e.contains("TLS handshake failed")
+                && e.contains("does not chain to a trusted root"),
+            "{ca:?}: {e}"
+        );
+        assert!(!e.contains(&env("DURATOM_TEST_REDIS_PASSWORD")), "{e}");
+    }
+    // 127.0.0.2 reaches the same server, but its certificate names only
+    // 127.0.0.1 and localhost.
+    let e = open(&tls_config(&key, "127.0.0.2", Some(&env("DURATOM_TEST_REDIS_CA")))).err().unwrap().to_string();
+    assert!(e.contains("TLS handshake failed") && e.contains("does not name the host"), "{e}");
+}
+
+#[test]
+fn tls_settings_that_cannot_work_are_errors_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-ca.pem");
+    let e = open(&tls_config("k", "127.0.0.1", Some(missing.to_str().unwrap()))).err().unwrap().to_string();
+    assert!(e.contains("`tls-ca-cert-file`") && e.contains("no-such-ca.pem"), "{e}");
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let e = open(&tls_config("k", "127.0.0.1", Some(junk.to_str().unwrap()))).err().unwrap().to_string();
+    assert!(e.contains("`tls-ca-cert-file`") && e.contains("no PEM certificate"), "{e}");
+    let e = open(&Config::from_pairs(
+        BACKEND,
+        &[("url", "redis://127.0.0.1:1/0"), ("key", "k"), ("tls-ca-cert-file", "/x.pem")],
+    ))
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("not rediss://"), "{e}");
+    let e = open(&Config::from_pairs(BACKEND, &[("url", "http://127.0.0.1:1/0"), ("key", "k")]))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("must start with redis:// or rediss://"), "{e}");
 }

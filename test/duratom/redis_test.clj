@@ -99,8 +99,10 @@
       (doseq [[bad re] [[{:spec {:host host :port port :password "wrong-pw-123"}} #"(?i)auth|WRONGPASS"]
                         [{:spec {:host "127.0.0.1" :port 1 :timeout-ms 500}} #"cannot connect to 127\.0\.0\.1:1/0"]
                         ["http://x:wrong-pw-123@h/0" #"redis://"]
-                        ["rediss://:wrong-pw-123@h/0" #"TLS"]
-                        [{:spec {:host host :ssl-fn :default}} #"TLS"]
+                        ["rediss://:wrong-pw-123@h/0#insecure" #"fragment"]
+                        [{:spec {:host host :password "wrong-pw-123" :ssl-fn (fn [m] (:socket m))}} #":ssl-fn must be :default"]
+                        [{:spec {:host host :password "wrong-pw-123" :tls-ca-cert-file "/x.pem"}} #"not TLS"]
+                        [{:spec {:host host :ssl-fn :default :tls-ca-cert-file 7}} #":tls-ca-cert-file must be"]
                         [{:spec {:port 70000}} #":port"]
                         [{:spec {:host host :db "x"}} #":db"]
                         [{:spec {:timeout-ms 0}} #":timeout-ms"]
@@ -111,3 +113,34 @@
           (is (not (str/includes? (str (ex-message e)) "wrong-pw-123")))
           (is (= :redis-db (:duratom/backend (ex-data e))))))
       (is (thrown-with-msg? clojure.lang.ExceptionInfo #":key-name" (d/redis-atom (conn) ""))))))
+
+(defn- tls-conn
+  "The test server's TLS port as carmine's connection spec (`:ssl-fn
+  :default`), trusting the CA file `ca`."
+  [ca]
+  {:pool {} :spec {:host "127.0.0.1" :port (Long/parseLong (env "DURATOM_TEST_REDIS_TLS_PORT"))
+                   :password (env "DURATOM_TEST_REDIS_PASSWORD") :ssl-fn :default
+                   :tls-ca-cert-file ca :timeout-ms 3000}})
+
+(deftest rediss-round-trips-and-survives-a-reopen
+  (let [k (str "duratom:test:" (ts/unique-name "tls"))
+        ca (env "DURATOM_TEST_REDIS_CA")
+        uri (str "rediss://:" (env "DURATOM_TEST_REDIS_PASSWORD") "@localhost:" (env "DURATOM_TEST_REDIS_TLS_PORT") "/0")
+        a (d/redis-atom {:spec {:uri uri :tls-ca-cert-file ca}} k nil {:n 0} {:commit-mode :sync})]
+    (swap! a update :n inc)
+    (swap! a update :n inc)
+    (is (= {:n 2} @(d/redis-atom (tls-conn ca) k)) "reopened over TLS, through carmine's :ssl-fn :default")
+    (is (= "{:n 2}" (str/trim-newline (cli "--raw" "GET" k))) "the same server's plain port reads what TLS wrote")
+    (d/destroy a)
+    (is (= "0" (str/trim (cli "EXISTS" k))))))
+
+(deftest rediss-with-a-wrong-ca-is-refused-clearly
+  (let [k (str "duratom:test:" (ts/unique-name "tls-bad"))
+        other (tls-conn (env "DURATOM_TEST_REDIS_OTHER_CA"))]
+    (doseq [spec [other (update other :spec dissoc :tls-ca-cert-file)]]
+      (let [e (try (d/redis-atom spec k) nil (catch Exception e e))
+            msg (str (ex-message e))]
+        (is (some? e) (pr-str (dissoc (:spec spec) :password)))
+        (is (re-find #"TLS handshake failed: the server's certificate does not chain to a trusted root" msg) msg)
+        (is (not (str/includes? msg (env "DURATOM_TEST_REDIS_PASSWORD"))) msg)
+        (is (= :redis-db (:duratom/backend (ex-data e))))))))

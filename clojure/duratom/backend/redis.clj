@@ -3,13 +3,14 @@
   key name) into a store description for `duratom.storage/open`. The storage
   itself is rust/redis/, which reads the native configuration keys made here:
 
-    url, endpoint, key, timeout-ms
+    url, endpoint, key, timeout-ms, tls-ca-cert-file
 
   Understood: carmine's `{:pool {..} :spec {:host :port :username :password
   :db :uri :timeout-ms :ssl-fn}}` (the `:pool` is not used: one kept
   connection per duratom), the `:spec` map alone, and a URI string
-  `redis://user:pass@host:port/db`. TLS (`rediss://`, `:ssl-fn`) is refused
-  with a clear error: this build's Redis client has no TLS."
+  `redis://user:pass@host:port/db` or `rediss://...` (TLS). carmine's
+  `:ssl-fn :default` means TLS as well; our own `:tls-ca-cert-file` names the
+  CA to trust instead of the compiled-in Mozilla roots."
   (:require [clojure.string :as str])
   (:import (java.net URI URISyntaxException)
            (java.nio.charset StandardCharsets)))
@@ -44,8 +45,8 @@
         scheme (some-> (.getScheme uri) str/lower-case)]
     (when-not (#{"redis" "rediss"} scheme)
       (fail (str "a Redis URI must start with redis:// or rediss://, got scheme " (pr-str scheme)) {:key :uri}))
-    (when (= "rediss" scheme)
-      (fail "TLS (rediss://) is not supported by this build's Redis backend yet; use redis:// (e.g. through a TLS tunnel)" {:key :uri}))
+    (when (.getRawFragment uri)
+      (fail "the Redis URI has a #fragment, which is not read (no #insecure: TLS always checks the certificate)" {:key :uri}))
     (when (str/blank? (.getHost uri))
       (fail "the Redis URI has no host" {:key :uri}))
     (let [path (str/replace (or (.getPath uri) "") #"^/" "")]
@@ -77,18 +78,28 @@
   `{:backend :redis-db, :resource \"<host:port/db> key <k>\", :native-config {..}}`.
 
   `db-config`: carmine's `{:pool {} :spec {...}}`, the spec map alone, a
-  `redis://[user[:password]@]host[:port][/db]` String (no TLS: `rediss://`
-  and `:ssl-fn` are refused) or nil (127.0.0.1:6379, as carmine). Spec keys: `:host` (127.0.0.1),
+  `redis://[user[:password]@]host[:port][/db]` String (`rediss://` for TLS)
+  or nil (127.0.0.1:6379, as carmine). Spec keys: `:host` (127.0.0.1),
   `:port` (6379), `:username`, `:password`, `:db` (0), `:uri` (wins over the
   others, as in carmine), `:timeout-ms` (5000: connect, read and write
-  timeout of each call).
+  timeout of each call), `:ssl-fn` (carmine's: `:default` turns TLS on; a
+  function cannot be used, the connection is made in native code), and
+  `:tls-ca-cert-file` (ours: a PEM file whose certificates are the only
+  trusted roots; without it Mozilla's roots, compiled in). TLS always checks
+  the server's certificate chain and that it names the host.
 
   Throws ex-info naming what is wrong, never the password, with data
   `{:duratom/backend :redis-db}`."
   [db-config key-name]
   (let [spec (conn-spec db-config)
-        _ (when (:ssl-fn spec)
-            (fail "TLS (:ssl-fn) is not supported by this build's Redis backend yet" {:key :ssl-fn}))
+        ssl-fn (:ssl-fn spec)
+        _ (when-not (or (nil? ssl-fn) (= :default ssl-fn))
+            (fail (str ":ssl-fn must be :default (TLS with the compiled-in roots, or :tls-ca-cert-file's); got a "
+                       (type-name ssl-fn) ": a function cannot be used, the connection is made in native code")
+                  {:key :ssl-fn}))
+        ca-file (:tls-ca-cert-file spec)
+        _ (when-not (or (nil? ca-file) (and (string? ca-file) (not (str/blank? ca-file))))
+            (fail (str ":tls-ca-cert-file must be a file path String, got " (type-name ca-file)) {:key :tls-ca-cert-file}))
         k (cond
             (keyword? key-name) (subs (str key-name) 1)
             (and (string? key-name) (not (str/blank? key-name))) key-name
@@ -101,7 +112,10 @@
         [url {:keys [host port db]}]
         (if-let [uri (:uri spec)]
           (if (string? uri)
-            [uri (parse-uri uri)]
+            (let [parsed (parse-uri uri)]
+              ;; carmine applies :ssl-fn to a :uri connection too.
+              [(if (and ssl-fn (not (:tls? parsed))) (str/replace-first uri #"(?i)^redis:" "rediss:") uri)
+               (cond-> parsed ssl-fn (assoc :tls? true))])
             (fail (str ":uri must be a String, got " (type-name uri)) {:key :uri}))
           (let [host (str (or (:host spec) "127.0.0.1"))
                 port (let [p (:port spec 6379)
@@ -119,13 +133,18 @@
                        user (str (percent-encode user) "@")
                        :else "")
                 host-part (if (str/includes? host ":") (str "[" host "]") host)]
-            [(str (if (:ssl-fn spec) "rediss" "redis") "://" auth host-part ":" port "/" db)
-             {:host host :port port :db db}]))
-        endpoint (str host ":" port "/" db)]
+            [(str (if ssl-fn "rediss" "redis") "://" auth host-part ":" port "/" db)
+             {:host host :port port :db db :tls? (some? ssl-fn)}]))
+        tls? (str/starts-with? (str/lower-case url) "rediss:")
+        _ (when (and ca-file (not tls?))
+            (fail ":tls-ca-cert-file is given, but the connection is not TLS (use a rediss:// URI or :ssl-fn :default)"
+                  {:key :tls-ca-cert-file}))
+        endpoint (str (if tls? "rediss://" "") host ":" port "/" db)]
     {:backend :redis-db
      :resource (str endpoint " key " k)
-     :native-config {"backend" "redis-db"
-                     "url" url
-                     "endpoint" endpoint
-                     "key" k
-                     "timeout-ms" (long timeout)}}))
+     :native-config (cond-> {"backend" "redis-db"
+                             "url" url
+                             "endpoint" endpoint
+                             "key" k
+                             "timeout-ms" (long timeout)}
+                      ca-file (assoc "tls-ca-cert-file" ca-file))}))

@@ -1,0 +1,163 @@
+//! One connection to the server: a TCP stream, or TLS over one (rustls with
+//! the `ring` provider), speaking RESP through the redis crate's command
+//! encoder and reply parser.
+//!
+//! Why not the crate's own `Connection`: its TLS features bring either
+//! OpenSSL (native-tls) or `rustls-native-certs`, whose platform certificate
+//! store links macOS's Security framework; the library must link neither
+//! (issue 9). Implementing the crate's `ConnectionLike` over our own stream
+//! keeps its commands and scripts (`cmd(..).query`, `Script::invoke`) as
+//! they are, for plain and TLS connections alike.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::{ConnectionLike, Parser, RedisError, RedisResult, Value};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
+
+/// Where and how to connect, read from the URL and the TLS settings.
+pub(super) struct Target {
+    pub(super) host: String,
+    pub(super) port: u16,
+    pub(super) username: Option<String>,
+    pub(super) password: Option<String>,
+    pub(super) db: i64,
+    /// TLS when set.
+    pub(super) tls: Option<Arc<ClientConfig>>,
+}
+
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// A connection. Any failure to write a command or read its reply closes it
+/// for good: after a timeout a late reply could still arrive and be taken for
+/// the answer to the next command.
+pub(super) struct Link {
+    stream: Box<dyn Stream>,
+    parser: Parser,
+    open: bool,
+    db: i64,
+}
+
+impl Link {
+    /// Connects within `timeout` per address (and per read or write after),
+    /// completes the TLS handshake when asked for, authenticates and selects
+    /// the database.
+    pub(super) fn connect(target: &Target, timeout: Duration) -> RedisResult<Link> {
+        let tcp = connect_tcp(&target.host, target.port, timeout)?;
+        tcp.set_nodelay(true)?;
+        // The handshake below and every later call are bounded by these.
+        tcp.set_read_timeout(Some(timeout))?;
+        tcp.set_write_timeout(Some(timeout))?;
+        let stream: Box<dyn Stream> = match &target.tls {
+            None => Box::new(tcp),
+            Some(config) => {
+                let name = ServerName::try_from(target.host.clone()).map_err(|e| {
+                    RedisError::from(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("`{}` is not a host name TLS can check: {e}", target.host),
+                    ))
+                })?;
+                let conn = ClientConnection::new(config.clone(), name).map_err(io::Error::other)?;
+                let mut tls = StreamOwned::new(conn, tcp);
+                // Now, so that a refused certificate fails the connect rather
+                // than the first command.
+                while tls.conn.is_handshaking() {
+                    tls.conn.complete_io(&mut tls.sock).map_err(handshake_failure)?;
+                }
+                Box::new(tls)
+            }
+        };
+        let mut link = Link { stream, parser: Parser::new(), open: true, db: target.db };
+        if let Some(password) = &target.password {
+            let mut auth = redis::cmd("AUTH");
+            if let Some(user) = &target.username {
+                auth.arg(user);
+            }
+            auth.arg(password).exec(&mut link)?;
+        }
+        if target.db != 0 {
+            redis::cmd("SELECT").arg(target.db).exec(&mut link)?;
+        }
+        Ok(link)
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> RedisResult<()> {
+        if !self.open {
+            return Err(closed());
+        }
+        let sent = self.stream.write_all(bytes).and_then(|_| self.stream.flush());
+        sent.map_err(|e| {
+            self.open = false;
+            RedisError::from(e)
+        })
+    }
+
+    fn read(&mut self) -> RedisResult<Value> {
+        let value = self.parser.parse_value(&mut self.stream);
+        if value.is_err() {
+            self.open = false;
+        }
+        value
+    }
+}
+
+fn closed() -> RedisError {
+    RedisError::from(io::Error::new(io::ErrorKind::NotConnected, "the connection was closed after an error"))
+}
+
+/// The first address of `host` that accepts within `timeout`.
+fn connect_tcp(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
+    let mut last = None;
+    for addr in (host, port).to_socket_addrs()? {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("`{host}` has no address"))))
+}
+
+impl ConnectionLike for Link {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
+        self.send(cmd)?;
+        self.read()
+    }
+
+    fn req_packed_commands(&mut self, cmd: &[u8], offset: usize, count: usize) -> RedisResult<Vec<Value>> {
+        self.send(cmd)?;
+        let mut replies = Vec::with_capacity(count);
+        for i in 0..offset + count {
+            let reply = self.read()?;
+            if i >= offset {
+                replies.push(reply);
+            }
+        }
+        Ok(replies)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.db
+    }
+
+    fn check_connection(&mut self) -> bool {
+        redis::cmd("PING").query::<String>(self).is_ok()
+    }
+
+    fn is_open(&self) -> bool {
+        self.open
+    }
+}
+
+/// A failed handshake worded for people when rustls refused it (the rustls
+/// error travels inside the I/O error, where no `source()` chain reaches it
+/// later).
+fn handshake_failure(e: io::Error) -> io::Error {
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(tls) => io::Error::new(e.kind(), super::tls::describe(tls)),
+        None => e,
+    }
+}
