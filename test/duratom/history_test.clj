@@ -64,18 +64,18 @@
 ;;   connect fails it reports a plain failure although the first attempt may
 ;;   have landed (it did: a swap! that threw left a trace). Revoking the
 ;;   table's write privilege fails commits there instead, with no doubt.
-;; - refresh! in asynchronous mode while writes fail: after a write that was
-;;   reported as failed but landed (a file whose directory moved after the
-;;   rename; PostgreSQL stopped during a commit), refresh! sees a version it
-;;   did not record, adopts that older state and drops newer ones whose
-;;   swap! returned.
+;; - refresh! in asynchronous PostgreSQL mode while writes fail: after a
+;;   write that was reported as failed but landed (PostgreSQL stopped during
+;;   a commit), refresh! sees a version it did not record, adopts that older
+;;   state and drops newer ones whose swap! returned. (Files no longer report
+;;   a landed write as failed: their async run includes refresh!.)
 
 (deftest history-file-sync
   (run-seeds "file sync" 1401 {:faults #{:storage :interrupts}}
              #(h/run-local (assoc % :loc (file-loc) :mode :sync))))
 
 (deftest history-file-async
-  (run-seeds "file async" 1402 {:faults #{:storage :interrupts} :without #{:refresh}}
+  (run-seeds "file async" 1402 {:faults #{:storage :interrupts}}
              #(h/run-local (assoc % :loc (file-loc) :mode :async))))
 
 (deftest history-file-shared
