@@ -110,6 +110,11 @@
     ;; durability, so that other swaps can join the group commit.
     (let [accepted (try
                      (when (.get released-flag) (throw (destroyed store)))
+                     ;; a write of unknown outcome that landed becomes the
+                     ;; state first, so that this one builds on it
+                     (when sync?
+                       (when-let [[old new] (engine/check-doubt! engine)]
+                         (notify-watches this (.get watches-ref) old new)))
                      (engine/propose! engine f #(validate! (.get validator-ref) %) abort)
                      (finally (.unlock lock)))]
       (when accepted

@@ -122,7 +122,8 @@
                    ^AtomicBoolean failing      ; async: in a logged failure streak
                    ^AtomicBoolean closed
                    ^AtomicReference version    ; version of the durable state as last seen
-                   ^AtomicLong conflicts])     ; shared: commits refused because storage moved
+                   ^AtomicLong conflicts       ; shared: commits refused because storage moved
+                   ^AtomicReference doubt])    ; writes of unknown outcome since `version`: [[encoded value] ...] or nil
 
 (defn- new-group
   "A group's outcome cell: nil while pending, then ::ok or the Throwable its
@@ -143,7 +144,7 @@
             (AtomicLong.) (AtomicLong.) (AtomicLong.) (AtomicLong.) (AtomicLong.)
             (AtomicReference. (new-group)) (AtomicReference.) (AtomicLong.)
             (AtomicBoolean.) (AtomicReference.) (AtomicBoolean.) (AtomicBoolean.)
-            (AtomicReference. version) (AtomicLong.)))
+            (AtomicReference. version) (AtomicLong.) (AtomicReference.)))
 
 (defn- describe
   "A Throwable's message, or its class when it has none (StackOverflowError)."
@@ -193,6 +194,169 @@
                      :duratom/resource (:resource (:store e))}
                     (ex-data x))
              x)))
+
+(defn- outcome-unknown?
+  "Whether `x` says its write was sent and no answer came (it may have landed)."
+  [x]
+  (true? (:duratom/outcome-unknown? (ex-data x))))
+
+;; ------------------------------------------------- writes of unknown outcome
+;;
+;; A commit that fails with its outcome unknown may land at any time, even
+;; after storage was looked at (a stopped server applies it once continued).
+;; While one is in doubt, every commit is conditional on the version this
+;; engine last saw, so a landed unknown write makes the next commit fail
+;; instead of being overwritten; and before the next commit (the next swap!
+;; in synchronous mode, the writer's next round in asynchronous mode) and at
+;; refresh!, storage is read and compared, byte for byte, with the writes in
+;; doubt. The doubt ends when one of them is found stored (it is adopted), when
+;; another state is found stored, or when a conditional commit lands.
+
+(declare stored-version)
+
+(def ^:private max-doubts
+  "Writes in doubt remembered at once (each keeps its encoded bytes)."
+  8)
+
+(defn- note-doubt!
+  "Remembers the write of `value` as `encoded` when `x` says its outcome is
+  unknown."
+  [^Engine e encoded value x]
+  (when (and encoded (outcome-unknown? x))
+    (let [^ReentrantLock io-lock (:io-lock e)
+          ^AtomicReference doubt (:doubt e)]
+      (.lock io-lock)
+      (try (.set doubt (vec (take-last max-doubts (conj (vec (.get doubt)) [encoded value]))))
+           (finally (.unlock io-lock))))))
+
+(defn- same-bytes?
+  "Whether the bytes of `encoded` (a duratom.edn.Encoded) are exactly `b`."
+  [encoded ^bytes b]
+  (let [size (long (:size encoded))]
+    (and (= size (alength b))
+         (loop [chunks (seq (:chunks encoded)) pos 0]
+           (cond (>= pos size) true
+                 (nil? chunks) false
+                 :else (let [^bytes c (first chunks)
+                             n (min (alength c) (- size pos))]
+                         (and (java.util.Arrays/equals c 0 (int n) b (int pos) (int (+ pos n)))
+                              (recur (next chunks) (+ pos n)))))))))
+
+(defn- resolve-doubt!
+  "Reads storage to settle the writes in doubt. Returns nil when none is in
+  doubt; else [kind value stored] with what storage holds: kind :not-landed
+  when it still holds the version last seen (they have not landed, yet: the
+  doubt stays), :landed when it holds one of them (`value`; the doubt ends,
+  nothing is adopted here), :other when it holds another state (the doubt
+  ends). Throws when storage cannot be read. Holds io-lock."
+  [^Engine e]
+  (let [^AtomicReference doubt (:doubt e)]
+    (when-let [writes (.get doubt)]
+      (let [stored (storage/load-stored (:store e))]
+        (if (= (:version stored) (.get ^AtomicReference (:version e)))
+          [:not-landed nil stored]
+          (do (.set doubt nil)
+              (if-let [[_ value] (and stored
+                                      (some (fn [w] (when (same-bytes? (nth w 0) (:bytes stored)) w))
+                                            (rseq writes)))]
+                [:landed value stored]
+                [:other nil stored])))))))
+
+(defn- landed-ex
+  "The exception of swaps dropped because a write of unknown outcome landed
+  before theirs (they were computed without it)."
+  [^Engine e]
+  (ex-info (str "duratom: " (where e) ": the state was not written: an earlier write whose outcome was"
+                " unknown has landed, and the duratom now holds that state; nothing was overwritten")
+           {:duratom/backend (:backend (:store e))
+            :duratom/resource (:resource (:store e))
+            :duratom/op :commit
+            :duratom/conflict? true}))
+
+(defn- doubt-conflict-ex
+  "The outcome of a commit made while a write was in doubt, refused because
+  storage no longer holds the version last seen."
+  [^Engine e]
+  (ex-info (str "duratom: " (where e) ": the state was not written: storage changed after a write whose"
+                " outcome was unknown (it may have landed since); nothing was overwritten, and the next"
+                " commit or refresh! reads what storage holds")
+           {:duratom/backend (:backend (:store e))
+            :duratom/resource (:resource (:store e))
+            :duratom/op :commit
+            :duratom/conflict? true}))
+
+(defn- adopt-landed!
+  "Synchronous mode without :error-handler: a write of unknown outcome, of `value`, landed as
+  `version`; it becomes the state in memory. States accepted but not yet
+  written were computed without it: their group fails (nothing of theirs
+  was written). Returns [old value]. Holds io-lock."
+  [^Engine e value version]
+  (locking (:monitor e)
+    (let [^AtomicReference open (:open-group e)
+          old (.get ^AtomicReference (:visible e))]
+      (when (> (.get ^AtomicLong (:requested e)) (.get ^AtomicLong (:written e)))
+        (.set ^AtomicReference (.get open) (landed-ex e))
+        (.set open (new-group))
+        (.set ^AtomicLong (:written e) (.get ^AtomicLong (:requested e))))
+      (.set ^AtomicReference (:latest e) value)
+      (.set ^AtomicReference (:visible e) value)
+      (.set ^AtomicReference (:version e) version)
+      (.set ^AtomicReference (:last-error e) nil)
+      (.notifyAll ^Object (:monitor e))
+      [old value])))
+
+(defn- rolls-back?
+  "Whether a failed write takes its states out of memory (synchronous mode
+  without :error-handler); otherwise they stay, and newer states are
+  computed from them."
+  [^Engine e]
+  (and (:sync? e) (nil? (:error-handler e))))
+
+(defn- settle-doubt!
+  "Settles the writes in doubt, if any (see resolve-doubt!). A landed one is
+  adopted where the failure took it out of memory (see rolls-back?; returns
+  {:adopted [old new]}, for the watches); elsewhere memory holds it or
+  states computed from it, so only its version is recorded and the newest
+  state stays (returns {}). Returns {:stored stored} when none of them
+  landed (storage still holds the version last seen, or another state this
+  engine did not write), nil when nothing was in doubt. Holds io-lock."
+  [^Engine e]
+  (let [[kind value stored] (resolve-doubt! e)]
+    (case kind
+      nil nil
+      (:not-landed :other) {:stored stored}
+      :landed (if (rolls-back? e)
+                {:adopted (adopt-landed! e value (:version stored))}
+                (do (.set ^AtomicReference (:version e) (:version stored)) {})))))
+
+(defn in-doubt?
+  "Whether a write of unknown outcome has not been settled yet."
+  [^Engine e]
+  (some? (.get ^AtomicReference (:doubt e))))
+
+(defn check-doubt!
+  "Synchronous mode without :error-handler, before a swap! computes its
+  state: when a write of unknown outcome is in doubt, reads storage; if it
+  landed, adopts it and returns [old new] (fire the watches), so the swap!
+  builds on it. Throws when storage cannot be read (nothing was changed
+  then)."
+  [^Engine e]
+  (when (and (rolls-back? e) (in-doubt? e)) ; elsewhere the writer settles it (see write-newest!)
+    (let [^ReentrantLock io-lock (:io-lock e)]
+      (.lock io-lock)
+      (try
+        (when-not (.get ^AtomicBoolean (:closed e))
+          (let [r (try (settle-doubt! e)
+                       (catch Throwable x
+                         (throw (ex-info (str "duratom: " (where e) ": the state was not written: storage could"
+                                              " not be read to learn whether an earlier write of unknown outcome"
+                                              " landed: " (describe x))
+                                         (merge {:duratom/backend (:backend (:store e))
+                                                 :duratom/resource (:resource (:store e))}
+                                                (ex-data x))
+                                         x))))]
+            (:adopted r)))
+        (finally (.unlock io-lock))))))
 
 (defn- drop-unwritten!
   "Sync without :error-handler, after a failed write of `group`: that group,
@@ -274,9 +438,22 @@
             value (nth snapshot 1)
             ^AtomicReference group (nth snapshot 2)
             attempt (nth snapshot 3)
-            x (try (commit-bytes! e ((:encode e) value) (System/nanoTime) nil)
-                   nil
-                   (catch Throwable x x))
+            encoded (volatile! nil)
+            x (try (let [t0 (System/nanoTime)
+                         enc ((:encode e) value)
+                         _ (vreset! encoded enc)
+                         ;; where memory kept the state (asynchronous, or an
+                         ;; :error-handler), learn first whether a write in
+                         ;; doubt landed; elsewhere the next swap! does, before
+                         ;; computing its state (see check-doubt!)
+                         _ (when-not (rolls-back? e) (settle-doubt! e))
+                         doubt? (in-doubt? e)]
+                     (if (commit-bytes! e enc t0 (when doubt? (or (stored-version e) :nothing)))
+                       (do (when doubt? (.set ^AtomicReference (:doubt e) nil)) nil)
+                       (doubt-conflict-ex e)))
+                   (catch Throwable x
+                     (note-doubt! e @encoded value x)
+                     x))
             ;; before flush! hears of it, so that the log says it first
             _ (when (and (nil? x) (.get ^AtomicBoolean (:failing e))) (streak-ends! e))
             x (try (locking monitor
@@ -454,16 +631,26 @@
 (defn reload!
   "Reads what storage holds now, while no commit is in flight; when its
   version is not the one this engine last saw, decodes it with `decode` and
-  adopts it. Returns [old new] when the state changed, else nil."
+  adopts it. A write of this engine whose outcome was unknown and that
+  landed is recognised (by its bytes): synchronous mode adopts it,
+  asynchronous mode records its version and keeps the newest state, which
+  was computed from it. Returns [old new] when the state changed, else nil."
   [^Engine e decode]
   (let [^ReentrantLock io-lock (:io-lock e)]
     (.lock io-lock)
     (try
       (when-not (.get ^AtomicBoolean (:closed e))
-        (when-let [stored (storage/load-stored (:store e))]
-          (when (not= (:version stored) (stored-version e))
-            (let [new (decode (:bytes stored))]
-              [(adopt! e new (:version stored)) new]))))
+        (let [settled (settle-doubt! e)]
+          (cond
+            (:adopted settled) (:adopted settled)
+            (and settled (not (contains? settled :stored))) nil ; its version recorded, memory holds newer
+            :else
+            ;; what the look at storage found (a second look could meet a
+            ;; write in doubt landing, and take it for another's)
+            (when-let [stored (if settled (:stored settled) (storage/load-stored (:store e)))]
+              (when (not= (:version stored) (stored-version e))
+                (let [new (decode (:bytes stored))]
+                  [(adopt! e new (:version stored)) new]))))))
       (finally (.unlock io-lock)))))
 
 (defn shared-update!
@@ -480,10 +667,17 @@
       (when-not (identical? new abort)
         (validate! new)
         (let [version (stored-version e)
-              committed (try (commit-bytes! e ((:encode e) new) (System/nanoTime) (or version :nothing))
-                             (catch Throwable x (throw (failure-ex e (failed! e x)))))]
+              encoded (volatile! nil)
+              committed (try (let [t0 (System/nanoTime)
+                                   enc ((:encode e) new)]
+                               (vreset! encoded enc)
+                               (commit-bytes! e enc t0 (or version :nothing)))
+                             (catch Throwable x
+                               (note-doubt! e @encoded new x) ; a later conflict's reload! recognises it
+                               (throw (failure-ex e (failed! e x)))))]
           (if committed
             (do (locking (:monitor e) ; commit-bytes! already recorded the version
+                  (.set ^AtomicReference (:doubt e) nil)
                   (.set ^AtomicReference (:latest e) new)
                   (.set ^AtomicReference (:visible e) new)
                   (.set ^AtomicReference (:last-error e) nil)
@@ -578,7 +772,7 @@
                 (when (go-on? e (long failed-target)) (recur 0)))
 
             :else
-            (do (streak-begins! e x)
+            (do (when-not (.get closed) (streak-begins! e x)) ; a write racing destroy is no failure streak
                 (when (locking monitor
                         (.notifyAll monitor)
                         (when-not (.get closed)

@@ -226,12 +226,14 @@
         (break! loc)
         (let [e (try (swap! dura inc) nil (catch Exception e e))]
           (is (some? e) "the failed commit is visible")
-          (is (= (:duratom/backend (ex-data e)) (keyword (:name backend)))))
-        (is (= 1 @dura))
-        (is (= 1 (:failures (d/stats dura))))
-        (mend! loc)
-        (is (= 2 (swap! dura inc)))
-        (is (= 2 (d/backend-snapshot dura)))
+          (is (= (:duratom/backend (ex-data e)) (keyword (:name backend))))
+          (is (= 1 @dura))
+          (is (= 1 (:failures (d/stats dura))))
+          (mend! loc)
+          ;; a commit whose outcome was unknown (a frozen server may apply
+          ;; it when it thaws) is adopted by the next swap! if it landed
+          (is (contains? (if (:duratom/outcome-unknown? (ex-data e)) #{2 3} #{2}) (swap! dura inc)))
+          (is (= @dura (d/backend-snapshot dura)) "memory equals storage"))
         (finally (d/destroy dura)))))
   (testing (str (:name backend) " sync with handler: the handler gets the error and a working recommit")
     (let [errors (atom [])

@@ -244,6 +244,62 @@
         (let [v (swap! a update :n inc)]
           (is (= v @a (d/backend-snapshot a)) "memory equals storage after the next swap!"))
         (d/destroy a)))
+    (testing "the write of unknown outcome landed once the server continued: the next swap! adopts it (watches fire) and builds on it"
+      (let [table (str/replace (ts/unique-name "landed") "-" "_")
+            a (d/postgres-atom spec table 0 nil {:n 0} rw)
+            seen (atom [])]
+        (add-watch a :w (fn [_ _ o n] (swap! seen conj [o n])))
+        (swap! a update :n inc)
+        (signal-server! "STOP")
+        (let [e (try (swap! a update :n inc) nil
+                     (catch Throwable e e)
+                     (finally (signal-server! "CONT")))]
+          (is (true? (:duratom/outcome-unknown? (ex-data e))) (messages e))
+          (is (= {:n 1} @a) "the swap! threw: memory holds the last known durable state"))
+        (let [deadline (+ (System/nanoTime) 20e9)]
+          (while (and (pos? (sessions-of app)) (< (System/nanoTime) deadline))
+            (Thread/yield)))
+        (is (= {:n 2} (d/backend-snapshot a)) "the continued server applied the UPDATE it had read")
+        (is (= {:n 3} (swap! a update :n inc)) "the next swap! builds on the landed state")
+        (is (= {:n 3} @a (d/backend-snapshot a)))
+        (is (= [[{:n 0} {:n 1}] [{:n 1} {:n 2}] [{:n 2} {:n 3}]] @seen) "the watches saw the landed state adopted")
+        (d/destroy a)))
+    (testing "asynchronous: the landed write's version is recorded, refresh! keeps the newest state"
+      (let [table (str/replace (ts/unique-name "landed_async") "-" "_")
+            a (d/postgres-atom spec table 0 nil {:n 0} d/default-postgres-rw)
+            seen (atom [])
+            stored #(str/trim (psql (str "SELECT value FROM \"" table "\" WHERE id = 0")))]
+        (add-watch a :w (fn [_ _ o n] (swap! seen conj [o n])))
+        (swap! a update :n inc)
+        (is (true? (d/flush! a 10000)))
+        (signal-server! "STOP")
+        (try
+          (swap! a update :n inc)
+          (is (thrown? Exception (d/flush! a 20000)) "the write of {:n 2} failed (outcome unknown)")
+          (swap! a update :n inc)
+          (finally (signal-server! "CONT")))
+        ;; the continued server applies the UPDATE it had read
+        (let [deadline (+ (System/nanoTime) 20e9)]
+          (while (and (= "{:n 1}" (stored)) (< (System/nanoTime) deadline))
+            (Thread/yield)))
+        (is (not= "{:n 1}" (stored)))
+        (is (= {:n 3} (d/refresh! a)) "refresh! keeps the newest state, which was computed from the landed one")
+        (is (true? (d/flush! a 20000)))
+        (is (= {:n 3} @a (d/backend-snapshot a)))
+        (is (= [[{:n 0} {:n 1}] [{:n 1} {:n 2}] [{:n 2} {:n 3}]] @seen) "memory never went back")
+        (d/destroy a)))
+    (testing "refresh! after the write of unknown outcome landed: memory takes it"
+      (let [table (str/replace (ts/unique-name "landed_refresh") "-" "_")
+            a (d/postgres-atom spec table 0 nil {:n 0} rw)]
+        (swap! a update :n inc)
+        (signal-server! "STOP")
+        (try (swap! a update :n inc) (catch Throwable _ nil) (finally (signal-server! "CONT")))
+        (let [deadline (+ (System/nanoTime) 20e9)]
+          (while (and (pos? (sessions-of app)) (< (System/nanoTime) deadline))
+            (Thread/yield)))
+        (is (= {:n 2} (d/refresh! a) @a (d/backend-snapshot a)))
+        (is (= {:n 3} (swap! a update :n inc) (d/backend-snapshot a)))
+        (d/destroy a)))
     (testing "a row lock held by another session: fails within the bound, works once it is released"
       (let [table (str/replace (ts/unique-name "locked") "-" "_")
             a (d/postgres-atom spec table 0 nil {:n 0} rw)

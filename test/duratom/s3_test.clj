@@ -55,6 +55,35 @@
   ;; a request the frozen server received is applied when it thaws
   (duragent/run-all backend (fn [_] (server-signal! "STOP")) (fn [_] (server-signal! "CONT")) true))
 
+(deftest a-commit-whose-outcome-is-unknown
+  ;; The Why of issue 11 item 5: a synchronous swap! times out while the
+  ;; server is frozen, after its PUT went out; the thawed server stores it.
+  (let [k (str "state/" (ts/unique-name "unknown"))
+        a (d/s3-atom (creds) bucket k nil {:n 1} {:commit-mode :sync})
+        seen (atom [])]
+    (add-watch a :w (fn [_ _ o n] (swap! seen conj [o n])))
+    (server-signal! "STOP")
+    (let [t0 (System/nanoTime)
+          e (try (swap! a update :n inc) nil
+                 (catch Exception e e)
+                 (finally (server-signal! "CONT")))
+          secs (/ (- (System/nanoTime) t0) 1e9)]
+      (println (format "S3 frozen during a synchronous swap!: failed after %.2f s (timeout 10 s)" secs))
+      (is (some? e))
+      (is (re-find #"outcome unknown" (str (ex-message e))) (str e))
+      (is (true? (:duratom/outcome-unknown? (ex-data e))))
+      (is (< secs 15) "within the S3 bound")
+      (is (= {:n 1} @a) "the swap! threw: memory holds the last known durable state"))
+    ;; the thawed server handles the PUT it had received
+    (let [deadline (+ (System/nanoTime) 20e9)]
+      (while (and (= {:n 1} (d/backend-snapshot a)) (< (System/nanoTime) deadline))
+        (Thread/yield)))
+    (is (= {:n 2} (d/backend-snapshot a)) "the unanswered write landed")
+    (is (= {:n 3} (swap! a update :n inc)) "the next swap! adopts the landed state and builds on it")
+    (is (= {:n 3} @a (d/backend-snapshot a)) "memory equals storage")
+    (is (= [[{:n 1} {:n 2}] [{:n 2} {:n 3}]] @seen) "the watches saw the landed state adopted")
+    (d/destroy a)))
+
 (deftest keyword-constructor-and-credentials
   (testing "credentials as a map, with the bucket created when missing"
     (let [b (ts/unique-name "fresh-bucket")
