@@ -603,7 +603,8 @@
       (let [^objects v (::value d)
             x (if (identical? unset (aget v 0)) value (aget v 0))
             path (vec (reverse steps))
-            key-at (first (keep-indexed (fn [i s] (when (instance? KeyStep s) i)) path))
+            key-steps (vec (keep-indexed (fn [i s] (when (instance? KeyStep s) i)) path))
+            key-at (first key-steps)
             plain (mapv #(if (instance? KeyStep %) (.-k ^KeyStep %) %) path)
             resource (when (:resource where) (str (name (:backend where)) " " (:resource where)))]
         (ex-info (str "duratom: " (when resource (str resource ": "))
@@ -615,7 +616,10 @@
                           :duratom/refused (::kind d)
                           :duratom/class (if (nil? x) "nil" (.getName (class x)))
                           :duratom/path plain}
-                   key-at (assoc :duratom/in-map-key (subvec plain 0 (inc key-at)))
+                   key-at (assoc :duratom/in-map-key (subvec plain 0 (inc key-at))
+                                 ;; every step that goes into a map key rather than
+                                 ;; its value (keys may hold maps with keys in turn)
+                                 :duratom/key-steps key-steps)
                    (:backend where) (assoc :duratom/backend (:backend where))
                    (:resource where) (assoc :duratom/resource (:resource where)))))
       e)))

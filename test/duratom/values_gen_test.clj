@@ -213,13 +213,13 @@
 (defn- file-bytes ^bytes [^File f] (when (.exists f) (Files/readAllBytes (.toPath f))))
 
 (defn- navigate
-  "The value at `path` in `state`; `key-at` (a prefix of path) ends at a map
-  key that the path goes into."
-  [state path key-at]
+  "The value at `path` in `state`; `key-steps`: the indices of the steps that
+  go into a map key rather than its value."
+  [state path key-steps]
   (reduce (fn [x [i step]]
             (cond
               (= step :duratom/meta) (meta x)
-              (and key-at (= i (dec (count key-at))) (map? x)) (some #(when (= % step) %) (keys x))
+              (and (contains? (set key-steps) i) (map? x)) (some #(when (= % step) %) (keys x))
               (map? x) (get x step)
               (set? x) (get x step)
               :else (nth (seq x) step)))
@@ -232,13 +232,13 @@
   (or, for :max-bytes, to somewhere in the state)."
   [^Throwable e state ^File f]
   (let [e (loop [^Throwable e e] (if (and e (not (:duratom/path (ex-data e)))) (recur (.getCause e)) e))
-        {:duratom/keys [path class refused in-map-key]} (ex-data e)]
+        {:duratom/keys [path class refused key-steps]} (ex-data e)]
     (cond
       (nil? e) "no refusal with a path"
       (not (str/includes? (ex-message e) (str f))) (str "the message does not name the file: " (ex-message e))
       (not (str/includes? (ex-message e) class)) (str "the message does not name the class: " (ex-message e))
       (= refused :max-bytes) nil
-      :else (let [x (try (navigate state path in-map-key) (catch Exception x x))]
+      :else (let [x (try (navigate state path key-steps) (catch Exception x x))]
               (cond (not= class (if (nil? x) "nil" (.getName (clojure.core/class x))))
                     (str "the path " (pr-str path) " leads to a " (clojure.core/class x) ", not a " class)
                     (not (refused? x)) (str "the path leads to a value that is not refused: " (pr-str x))
