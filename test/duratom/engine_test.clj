@@ -301,9 +301,15 @@
       (break! path)
       (swap! dura inc)
       (is (.await entered 60 TimeUnit/SECONDS))
-      ;; the handler is running now; let it go on a little after flush! starts
-      (future (Thread/sleep 200) (.countDown release))
-      (is (true? (d/flush! dura 60000)) "not the error the handler is recovering from")
+      ;; the handler is running now; flush! must wait for it, not throw the
+      ;; error it is recovering from: release the handler only once the
+      ;; flushing thread is parked in flush!'s wait
+      (let [flusher (promise)
+            flushed (future (deliver flusher (Thread/currentThread)) (d/flush! dura 60000))
+            ^Thread t @flusher]
+        (while (not= java.lang.Thread$State/TIMED_WAITING (.getState t)) (Thread/onSpinWait))
+        (.countDown release)
+        (is (true? (deref flushed 60000 ::timeout)) "not the error the handler is recovering from"))
       (is (= 2 (stored path)))
       (is (= 1 @errors))
       (is (nil? (:last-error (d/stats dura))))

@@ -574,7 +574,9 @@
 ;; ------------------------------------------------------- shared: 3 processes
 
 (defn- open-retrying
-  "Opens the shared duratom at `loc`, retrying while the server is down."
+  "Opens the shared duratom at `loc`, retrying while the server is down.
+  The pause is a retry back-off while another process restarts the server
+  (nothing in this JVM can signal that), not a wait for a commit."
   [loc lock]
   (loop [tries 0]
     (let [r (try (open loc lock nil (rw-for :shared))
