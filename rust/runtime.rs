@@ -1,5 +1,5 @@
 //! The one tokio runtime of the library, for backends whose client library is
-//! async (the S3 SDK).
+//! async (the S3 SDK, tokio-postgres).
 //!
 //! One small runtime serves every store: a runtime per store would cost
 //! threads per duratom and leak them until each store is dropped. It is made

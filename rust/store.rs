@@ -2,8 +2,8 @@
 //!
 //! A store holds one value as bytes. Every stored state carries a version token
 //! (file: a counter in the header line; PostgreSQL: the row's `xmin` system
-//! column; S3: the ETag; SQLite: a SHA-256 of the stored bytes), so "write only
-//! if nobody wrote since I read" is one call everywhere.
+//! column; S3: the ETag; SQLite: a SHA-256 of the stored bytes; Redis: their
+//! SHA-1), so "write only if nobody wrote since I read" is one call everywhere.
 
 use std::fmt;
 
@@ -52,9 +52,11 @@ pub trait Store: Send {
 /// Names what a store stands for, for error messages.
 #[derive(Clone, Debug)]
 pub struct Resource {
-    /// `local-file`, `postgres-db` or `aws-s3`: the constructor keyword.
+    /// The constructor keyword: `local-file`, `postgres-db`, `aws-s3`,
+    /// `sqlite-db` or `redis-db`.
     pub backend: &'static str,
-    /// The path, `table row id`, or `bucket/key`.
+    /// What the backend names it by: the path, the table and row, the
+    /// `bucket/key`, ...
     pub name: String,
 }
 
