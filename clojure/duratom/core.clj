@@ -2,10 +2,11 @@
   "A durable atom: a drop-in replacement for the duratom library.
 
   A duratom behaves as `clojure.core/atom` (IAtom, IAtom2, IRef, IDeref,
-  IReference) and persists every new state to a local file, a PostgreSQL row
-  or an S3 object through duratom's native storage engine. Construct one with
-  the `duratom` multimethod or `file-atom`, `postgres-atom`, `s3-atom`;
-  `duragent` makes an agent whose every state is persisted."
+  IReference) and persists every new state to a local file, a PostgreSQL row,
+  an S3 object, a SQLite row or a Redis key through duratom's native storage
+  engine. Construct one with the `duratom` multimethod or `file-atom`,
+  `postgres-atom`, `s3-atom`, `sqlite-atom`, `redis-atom`; `duragent` makes an
+  agent whose every state is persisted."
   (:require [duratom.agent :as agent]
             [duratom.backend.file :as file-backend]
             [duratom.backend.postgres :as postgres-backend]
@@ -370,8 +371,9 @@
 (defn redis-atom
   "A duratom stored under the Redis key `key-name`. `db-config`: a carmine
   connection spec (`{:pool {} :spec {:host .. :port .. :password .. :db ..
-  :uri .. :timeout-ms ..}}`), the spec map alone, or a
-  `redis://user:pass@host:port/db` String (TLS is not supported yet). What is
+  :uri .. :timeout-ms .. :ssl-fn ..}}`), the spec map alone, a
+  `redis://user:pass@host:port/db` String (`rediss://` for TLS), or nil
+  (127.0.0.1:6379); see `duratom.backend.redis/store-config`. What is
   durable when depends on the server's `appendonly`/`appendfsync` (see the
   README). Otherwise as `file-atom`; `rw`: see `default-redis-rw`."
   ([db-config key-name]
@@ -433,8 +435,10 @@
 (defn stats
   "Commit figures of `dura`: `:commits`, `:failures`, `:bytes-written`,
   `:pending?` (a state not yet durable), `:last-error` (nil or the last
-  persistence exception), `:last-commit-nanos` (duration of the last commit)
-  and `:commit-mode`. A duragent's also have `:queued` (actions waiting)."
+  persistence exception), `:last-commit-nanos` (duration of the last commit),
+  `:commit-mode` (`:sync` or `:async`) and `:conflicts` (shared mode: commits
+  refused because another process wrote first). A duragent's also have `:queued`
+  (actions waiting)."
   [dura]
   (if (instance? Agent dura)
     (agent/stats dura)

@@ -22,12 +22,13 @@
 
 (defn pr-str-fully
   "`value` as EDN text with duratom's tags, unaffected by `*print-length*` and
-  friends. The default `:write` for PostgreSQL and S3."
+  friends. The default `:write` for PostgreSQL, SQLite, Redis and S3."
   ^String [value]
   (dedn/encode-string value))
 
 (defn read-edn-string
-  "Reads EDN text with `duratom.readers/default`. The default `:read` for PostgreSQL."
+  "Reads EDN text with `duratom.readers/default`. The default `:read` for
+  PostgreSQL, SQLite and Redis."
   [^String s]
   (dedn/decode (.getBytes s StandardCharsets/UTF_8)))
 

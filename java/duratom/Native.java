@@ -21,7 +21,8 @@ import java.util.List;
  *
  * Stores are named by handles: numbers into a table the library owns. A closed
  * or unknown handle throws IllegalStateException; it cannot crash the JVM.
- * Values and configuration cross as UTF-8 bytes.
+ * Everything crosses as byte arrays, never as JNI strings: the configuration
+ * as UTF-8 EDN text, values as the bytes the codec made.
  */
 public final class Native {
     private Native() {}

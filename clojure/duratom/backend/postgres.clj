@@ -232,7 +232,9 @@
     (also `:username`; `:host` defaults to 127.0.0.1, `:port` to 5432;
     `:sslmode` \"disable\"/\"prefer\"/\"require\"/\"verify-ca\"/\"verify-full\",
     `:ssl true` meaning \"require\", `:sslrootcert` a PEM file path,
-    `:connectTimeout` in seconds, `:ApplicationName`);
+    `:connectTimeout` in seconds (default 5), `:ApplicationName`, and
+    duratom's own `:timeout-ms`, the bound on every operation, default
+    30000; a URI takes them as parameters);
   - `{:subprotocol \"postgresql\" :subname \"//host:port/db\" :user .. :password ..}`;
   - `{:connection-uri \"jdbc:postgresql://host:port/db?user=..&password=..\"}`;
   - a URI string `\"postgresql://user:pw@host:port/db?sslmode=require\"`

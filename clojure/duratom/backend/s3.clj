@@ -155,7 +155,8 @@
   profile and `:region` to go with an endpoint URL), a no-arg fn returning
   such a map (called now; call `store-config` again for rotated
   credentials), or nil for the AWS default chain (environment, profile,
-  instance role), with the region from `AWS_REGION` or us-east-1.
+  instance role). Without an `:endpoint` or `:region`, the region is
+  `AWS_REGION`, else `AWS_DEFAULT_REGION`, else us-east-1.
   `metadata`: the `:rw` option `:metadata`, e.g. `{:server-side-encryption
   \"AES256\" :user-metadata {\"team\" \"a\"}}` (also `:content-type` and
   `:sse-kms-key-id`).
