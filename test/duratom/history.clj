@@ -370,7 +370,7 @@
 (defn unknown-write-landed?
   "Whether `stored` differs from `memory` only by the last write, whose
   outcome its caller was told is unknown: allowed until the next commit or
-  refresh! checks storage (API.md, section 6)."
+  refresh! checks storage (README: \"A commit whose outcome is unknown\")."
   [history stored memory]
   (let [id (some-> (:last stored) (subvec 1))
         r (first (filter #(= id [(:p %) (:t %) (:op %)]) history))]
