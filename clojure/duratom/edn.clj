@@ -10,10 +10,11 @@
   `#queue`, `#duratom/iobj [x meta]` for collections and symbols carrying
   metadata, the time-literals tags (`#time/instant` ...) for java.time
   values, and `#my.ns.R{...}` for records. Control characters in strings are
-  written as `\\uXXXX`. Seqs are written (and read back) as lists; Integer,
-  Short and Byte as integers, read back as Long; java.math.BigInteger as a
-  BigInt: each `=` to the original, with the same hash. (A Float would read
-  back as a Double, `=` but hashed differently: it is refused.)
+  escaped (`\\n`, `\\t`, ..., the others as `\\uXXXX`, NUL included). Seqs
+  are written (and read back) as lists; Integer, Short and Byte as integers,
+  read back as Long; java.math.BigInteger as a BigInt: each `=` to the
+  original, with the same hash. (A Float would read back as a Double, `=`
+  but hashed differently: it is refused.)
 
   Everything else is refused with an ex-info naming the value's class, its
   path in the state and the resource: values with no tag (fns, atoms and
