@@ -1,10 +1,12 @@
-//! The one tokio runtime of the library, for backends whose client library is
-//! async (the S3 SDK, tokio-postgres).
+//! The one shared tokio runtime of the library, for backends whose client
+//! library is async (the S3 SDK). PostgreSQL does not use it: each of its
+//! stores drives its connection on the calling thread, on a current-thread
+//! runtime of its own (see `postgres/store.rs`).
 //!
-//! One small runtime serves every store: a runtime per store would cost
-//! threads per duratom and leak them until each store is dropped. It is made
-//! on first use, so a program that only uses local files never starts a
-//! thread. Two workers are enough: they only drive sockets and timers, while
+//! One small runtime serves every S3 store: a multi-thread runtime per store
+//! would cost threads per duratom and leak them until each store is dropped.
+//! It is made on first use, so a program that only uses local files never
+//! starts a thread. Two workers are enough: they only drive sockets and timers, while
 //! the calling (JVM) thread waits in `block_on` and does the rest.
 //!
 //! `block_on` must not be called from inside the runtime (tokio panics on

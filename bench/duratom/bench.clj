@@ -16,6 +16,8 @@
   Environment: DURATOM_BENCH_DIR (where files go; default a temp directory
   under target/), DURATOM_BENCH_RUNS (runs per scenario, default 7),
   DURATOM_BENCH_MS (length of one timed run, default 700),
+  DURATOM_BENCH_ONLY (comma-separated scenario groups to run, e.g.
+  `postgres`; default all, see `scenarios`),
   DURATOM_BENCH_RAW (the example binary), DURATOM_TEST_PG_* and
   DURATOM_TEST_S3_* (the servers; rows say \"not available\" without them).
 
@@ -526,15 +528,29 @@
     (println (str "|" (str/join "|" (map #(apply str (repeat (+ 2 %) "-")) widths)) "|"))
     (doseq [r rows] (println (line (map #(cell r (first %)) cols))))))
 
+(def ^:private scenarios
+  "Every scenario group, by the name DURATOM_BENCH_ONLY selects it with."
+  [["file-sync" file-sync-rows] ["file-async" file-async-rows] ["postgres" postgres-rows] ["s3" s3-rows]
+   ["sqlite" sqlite-rows] ["redis" redis-rows] ["large" large-rows] ["large-memory" large-memory-row]])
+
 (defn run-all []
   (let [t0 (System/nanoTime)
+        only (when-let [v (System/getenv "DURATOM_BENCH_ONLY")]
+               (let [names (set (remove str/blank? (str/split v #"[,\s]+")))
+                     unknown (remove (set (map first scenarios)) names)]
+                 (when (seq unknown)
+                   (throw (ex-info (str "DURATOM_BENCH_ONLY names no scenario group: " (str/join ", " unknown)
+                                        "; the groups are " (str/join ", " (map first scenarios)))
+                                   {:unknown (vec unknown)})))
+                 names))
         dir (let [d (or (System/getenv "DURATOM_BENCH_DIR")
                         (str (Files/createTempDirectory (.toPath (doto (io/file "target") (.mkdirs))) "bench"
                                                         (make-array java.nio.file.attribute.FileAttribute 0))))]
               (doto (io/file d) (.mkdirs)))]
     (log "files in" (.getPath dir) "; runs" runs "of" run-ms "ms; JVM"
          (System/getProperty "java.version") (vec (.getInputArguments (ManagementFactory/getRuntimeMXBean))))
-    (doseq [f [file-sync-rows file-async-rows postgres-rows s3-rows sqlite-rows redis-rows large-rows large-memory-row]]
+    (doseq [[label f] scenarios
+            :when (or (nil? only) (contains? only label))]
       (try (f dir)
            (catch Throwable e
              (log "scenario failed:" e)

@@ -20,9 +20,10 @@ pub(super) enum ValueKind {
     Bytea,
 }
 
-/// The task that drives a connection's socket. Dropping it aborts the task,
-/// which closes the socket at once: a connection given up on (the server
-/// stopped answering) must not linger.
+/// The task that drives a connection's socket, on the store's own runtime.
+/// Dropping it aborts the task, which closes the socket the next time that
+/// runtime runs (`PostgresStore::run` lets it before it returns): a
+/// connection given up on (the server stopped answering) must not linger.
 pub(super) struct Driver(JoinHandle<()>);
 
 impl Drop for Driver {
@@ -53,7 +54,7 @@ pub(super) struct Conn {
 impl PostgresStore {
     /// A new connection, with the session's server-side time limits set, the
     /// table created if missing and the statements prepared. Runs on the
-    /// shared runtime; the caller bounds how long it may take.
+    /// store's own runtime; the caller bounds how long it may take.
     pub(super) async fn connect(&self, op: &str) -> Result<Conn, StoreError> {
         let cannot = |e: tokio_postgres::Error| {
             StoreError::backend(

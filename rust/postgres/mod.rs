@@ -22,9 +22,11 @@
 //! `clojure/duratom/backend/postgres.clj`); an unknown key is an error.
 //!
 //! Every operation finishes or fails within `timeout-ms` (default 30000),
-//! whatever the server or network does: it runs on tokio-postgres on the
-//! shared runtime under a deadline, and a connection given up on is closed
-//! at once.
+//! whatever the server or network does: it runs on tokio-postgres under a
+//! deadline, and a connection given up on is closed at once. Each store has
+//! its own current-thread runtime, so the calling thread drives the socket
+//! itself (no hand-off to another thread per round trip); no thread is
+//! kept (resolving a host name borrows a short-lived one).
 //!
 //! The rooms: `settings.rs` reads the configuration, `tls.rs` makes the TLS
 //! connector, `connection.rs` connects and prepares the statements,

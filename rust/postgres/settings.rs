@@ -171,6 +171,8 @@ impl PostgresStore {
         let endpoint = format!("{host}:{port}");
         let resource =
             Resource { backend: BACKEND, name: format!("table \"{table}\" row {row_id} ({endpoint}/{dbname})") };
+        let runtime = super::store::own_runtime()
+            .map_err(|e| StoreError::backend(&resource, "open", format!("cannot make the I/O runtime: {e}")))?;
         Ok(PostgresStore {
             resource,
             pg,
@@ -184,6 +186,7 @@ impl PostgresStore {
             row_id,
             conn: None,
             unanswered: None,
+            runtime: std::sync::Arc::new(runtime),
         })
     }
 }
