@@ -53,12 +53,13 @@ fn main() {
             // from the dependencies' archives, leaving this crate's exports.
             println!("cargo:rustc-cdylib-link-arg=-Wl,--exclude-libs=ALL");
         }
-        Ok("macos") | Ok("ios") => {
-            let list = Path::new(&out).join("exports.txt");
-            // ld64 matches wildcards here; C symbols carry a leading underscore.
-            std::fs::write(&list, "_Java_*\n").expect("writing the exported symbols list");
-            println!("cargo:rustc-cdylib-link-arg=-Wl,-exported_symbols_list,{}", list.display());
-        }
+        // Apple targets need nothing here: rustc hands the linker an
+        // -exported_symbols_list of its own (here exactly the six Java_*
+        // functions; scripts/check-native reads the export trie), ld64 exports
+        // the union of all such lists, so a second list could only add to it;
+        // everything else (the C of SQLite and ring included) stays hidden.
+        // Not emitting a cc-style `-Wl,` argument also lets scripts/release
+        // link macOS with ld64.lld directly (linker flavor ld64.lld).
         // Elsewhere (Windows) symbols are exported only when marked to be.
         _ => {}
     }

@@ -373,7 +373,11 @@ fn holds(dir: &File, temp: &Path, file: &File) -> bool {
     if unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
         return false;
     }
-    file.metadata().is_ok_and(|m| m.dev() == st.st_dev && m.ino() == st.st_ino)
+    // dev_t is i32 on macOS (u64 on Linux); std's dev() widens it with `as`
+    // too, so the same cast keeps both sides equal on every target.
+    #[allow(clippy::unnecessary_cast)]
+    let same = |m: std::fs::Metadata| m.dev() == st.st_dev as u64 && m.ino() == st.st_ino as u64;
+    file.metadata().is_ok_and(same)
 }
 
 /// Runs between a commit's rename and its directory fsync. Tests put a fault
