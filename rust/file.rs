@@ -26,14 +26,16 @@
 //! {:the "value"}
 //! ```
 //!
-//! `version` counts commits and is the store's version token; `length` is the
-//! body's size. `crc32` covers the header's own `version=.. length=..` text
+//! `version` counts commits and is the store's version token (the next
+//! commit numbers its state after the version the caller last saw: the
+//! store keeps no count of its own); `length` is the body's size. `crc32` covers the header's own `version=.. length=..` text
 //! and then the body, so a damaged count or length is caught as well as a
 //! damaged value. Files without the line (written by the original library,
 //! or by hand) load as version 0. A first line one byte away from a tag,
 //! or a file that is a cut-off piece of a tag, is a damaged header rather
 //! than plain EDN. With `:raw true` (a custom `:rw` encoding such as nippy) no
-//! header is written, since the user's reader expects the file as it wrote it.
+//! header is written, since the user's reader expects the file as it wrote it;
+//! the version of such a file is a SHA-256 of its bytes.
 //!
 //! Files that earlier builds wrote with a `;duratom/v1` line (same layout,
 //! but its `crc32` covers only the body) still load, so a user's state
@@ -84,8 +86,6 @@ pub struct FileStore {
     path: PathBuf,
     /// No header line: the bytes are a custom encoding, stored as given.
     raw: bool,
-    /// The version last loaded or committed by this store.
-    version: u64,
     /// Unique among this process's stores; part of every temp-file name.
     store_id: u64,
     /// Makes temp-file names unique within this store.
@@ -119,7 +119,6 @@ impl FileStore {
             resource,
             path,
             raw,
-            version: 0,
             store_id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
             temp_counter: 0,
         };
@@ -233,14 +232,34 @@ impl FileStore {
     /// What the target holds: `None` when there is no file or it is empty,
     /// else the version and body, checked as `load` checks them (length and
     /// checksum), so a damaged file is Corrupt, naming it.
-    fn read_stored(&self, target: &Target, op: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+    fn read_stored(&self, target: &Target, op: &str) -> Result<Option<Stored>, StoreError> {
         let Some(mut file) = self.open_for_reading(target, op)? else { return Ok(None) };
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(|e| StoreError::io(&self.resource, op, e))?;
         if self.raw {
-            return Ok((!bytes.is_empty()).then_some((0, bytes)));
+            return Ok((!bytes.is_empty()).then(|| Stored { version: Version::of_content(&bytes), bytes }));
         }
-        decode(bytes).map_err(|detail| self.corrupt(target, detail))
+        let decoded = decode(bytes).map_err(|detail| self.corrupt(target, detail))?;
+        Ok(decoded.map(|(count, body)| Stored { bytes: body, version: Version(count.to_string()) }))
+    }
+
+    /// The header count of the state stored after `previous` (the version
+    /// last seen or found; `None`: nothing). Raw files have no count.
+    fn next_count(&self, previous: Option<&Version>) -> Result<u64, StoreError> {
+        match previous {
+            _ if self.raw => Ok(0),
+            None => Ok(1),
+            Some(Version(v)) => match decimal(v).and_then(|n| n.checked_add(1)) {
+                Some(next) => Ok(next),
+                None => Err(StoreError::backend(&self.resource, "writing", format!("`{v}` is not a version of this file"))),
+            },
+        }
+    }
+
+    /// The version `bytes` are stored as: the header's count, or for a raw
+    /// file the hash of the bytes.
+    fn version_of(&self, count: u64, bytes: &[u8]) -> Version {
+        if self.raw { Version::of_content(bytes) } else { Version(count.to_string()) }
     }
 
     /// The resource names the configured path; when that is a symlink, the
@@ -251,24 +270,16 @@ impl FileStore {
         StoreError::Corrupt { resource: self.resource.clone(), detail }
     }
 
-    fn write_durably(&mut self, target: &Target, bytes: &[u8], version: u64) -> Result<(), StoreError> {
+    /// Writes `bytes` (after a header with `count`) to a temp file and renames
+    /// it over the target. A failure after the rename is OutcomeUnknown: the
+    /// state may be stored, and the caller's next look at storage learns it.
+    fn write_durably(&mut self, target: &Target, bytes: &[u8], count: u64) -> Result<Version, StoreError> {
         let (file, temp) = self.create_temp(target)?;
-        let result = self.fill_and_rename(file, &temp, target, bytes, version);
+        let result = self.fill_and_rename(file, &temp, target, bytes, count);
         if result.is_err() {
             let _ = fs::remove_file(&temp); // best effort: the error says what went wrong
         }
-        result
-    }
-
-    /// `write_durably` as `version`; when its outcome is unknown the rename
-    /// landed, so the file holds `version` and the next commit counts on
-    /// from it (no two states stored under one version).
-    fn write_landing(&mut self, target: &Target, bytes: &[u8], version: u64) -> Result<(), StoreError> {
-        let result = self.write_durably(target, bytes, version);
-        if let Err(StoreError::OutcomeUnknown { .. }) = result {
-            self.version = version;
-        }
-        result
+        result.map(|()| self.version_of(count, bytes))
     }
 
     /// A new temp file beside the target, created and locked by this store.
@@ -445,47 +456,34 @@ fn remove_dead_writers_temp_files(target: &Target) {
 impl Store for FileStore {
     fn load(&mut self) -> Result<Option<Stored>, StoreError> {
         let target = self.target("reading")?;
-        match self.read_stored(&target, "reading")? {
-            None => {
-                self.version = 0;
-                Ok(None)
-            }
-            Some((version, body)) => {
-                self.version = version;
-                Ok(Some(Stored { bytes: body, version: Version(version.to_string()) }))
-            }
-        }
+        self.read_stored(&target, "reading")
     }
 
     fn commit(&mut self, bytes: &[u8], expect: &Expect) -> Result<Version, StoreError> {
         let target = self.target("writing")?;
-        let next = match expect {
-            Expect::Anything => {
-                let next = self.version + 1;
-                self.write_landing(&target, bytes, next)?;
-                next
+        match expect {
+            Expect::Anything { after } => {
+                let count = self.next_count(after.as_ref())?;
+                self.write_durably(&target, bytes, count)
             }
             Expect::Nothing | Expect::Version(_) => {
                 let _lock = self.lock_file(&target)?; // released when dropped, also on error
                 // The whole file, checked: a damaged file's version number
                 // (or one damaged into the expected number) must not pass
                 // as "unchanged" and be overwritten unseen.
-                let stored = self.read_stored(&target, "reading the stored version")?.map(|(v, _)| v);
-                let holds = match (expect, stored) {
+                let stored = self.read_stored(&target, "reading the stored version")?.map(|s| s.version);
+                let holds = match (expect, &stored) {
                     (Expect::Nothing, None) => true,
-                    (Expect::Version(v), Some(s)) => v.0 == s.to_string(),
+                    (Expect::Version(v), Some(s)) => v == s,
                     _ => false,
                 };
                 if !holds {
                     return Err(StoreError::Conflict { resource: self.resource.clone() });
                 }
-                let next = stored.unwrap_or(0) + 1;
-                self.write_landing(&target, bytes, next)?;
-                next
+                let count = self.next_count(stored.as_ref())?;
+                self.write_durably(&target, bytes, count)
             }
-        };
-        self.version = next;
-        Ok(Version(next.to_string()))
+        }
     }
 
     /// Removes the file the path leads to (a symlink stays, dangling: the
@@ -498,7 +496,6 @@ impl Store for FileStore {
             Err(e) => return Err(StoreError::io(&self.resource, "deleting", e)),
         }
         let _ = fs::remove_file(lock_path(&target)); // only exists after a conditional commit
-        self.version = 0;
         File::open(&target.dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| StoreError::io(&self.resource, "fsync of directory after delete", e))
@@ -613,14 +610,6 @@ fn parse_header(bytes: &[u8], tag: &[u8]) -> Option<Header> {
     let line = std::str::from_utf8(&bytes[tag.len()..end]).ok()?;
     let (numbers, crc) = line.split_once(" crc32=")?;
     let (version, length) = numbers.strip_prefix("version=")?.split_once(" length=")?;
-    // Canonical only: for v1, whose checksum leaves the version out, a digit
-    // damaged into a leading zero is at least caught.
-    let decimal = |s: &str| -> Option<u64> {
-        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0')) {
-            return None;
-        }
-        s.parse().ok()
-    };
     if crc.len() != 8 || !crc.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
@@ -631,6 +620,16 @@ fn parse_header(bytes: &[u8], tag: &[u8]) -> Option<Header> {
         numbers: tag.len()..tag.len() + numbers.len(),
         body_start: end + 1,
     })
+}
+
+/// A decimal number as the header writes it. Canonical only: for v1, whose
+/// checksum leaves the version out, a digit damaged into a leading zero is
+/// at least caught.
+fn decimal(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0')) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 /// A file as the v1 writer (the build before v2) wrote it: its header line,
@@ -684,9 +683,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = store(dir.path(), "a.edn");
         assert!(s.load().unwrap().is_none(), "a new file holds nothing");
-        let v1 = s.commit(b"{:x 1}", &Expect::Anything).unwrap();
-        let v2 = s.commit("{:x \"\u{1F600}\"}".as_bytes(), &Expect::Anything).unwrap();
-        assert_ne!(v1, v2);
+        let v1 = s.commit(b"{:x 1}", &Expect::Anything { after: None }).unwrap();
+        let v2 = s.commit("{:x \"\u{1F600}\"}".as_bytes(), &Expect::Anything { after: Some(v1.clone()) }).unwrap();
+        assert_eq!((v1, v2.clone()), (Version("1".into()), Version("2".into())));
         let got = store(dir.path(), "a.edn").load().unwrap().unwrap();
         assert_eq!(got.bytes, "{:x \"\u{1F600}\"}".as_bytes());
         assert_eq!(got.version, v2);
@@ -706,7 +705,7 @@ mod tests {
     fn damaged_file_is_an_error_and_stays_untouched() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = store(dir.path(), "d.edn");
-        s.commit(b"{:x 12345}", &Expect::Anything).unwrap();
+        s.commit(b"{:x 12345}", &Expect::Anything { after: None }).unwrap();
         let path = dir.path().join("d.edn");
         let mut bytes = fs::read(&path).unwrap();
         let last = bytes.len() - 2;
@@ -722,8 +721,9 @@ mod tests {
     fn a_damaged_commit_count_is_caught_by_the_checksum() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = store(dir.path(), "n.edn");
+        let mut after = None;
         for _ in 0..17 {
-            s.commit(b"{:x 1}", &Expect::Anything).unwrap();
+            after = Some(s.commit(b"{:x 1}", &Expect::Anything { after }).unwrap());
         }
         let path = dir.path().join("n.edn");
         let good = fs::read_to_string(&path).unwrap();
@@ -747,6 +747,44 @@ mod tests {
         assert_eq!(b.load().unwrap().unwrap().bytes, b"3");
     }
 
+    /// The store keeps no count of its own: an unconditional commit is
+    /// numbered after the version the caller hands it, whatever this store
+    /// handle did before.
+    #[test]
+    fn an_unconditional_commit_is_numbered_after_the_version_the_caller_saw() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = store(dir.path(), "u.edn");
+        assert_eq!(s.commit(b"{:a 1}", &Expect::Anything { after: Some(Version("41".into())) }).unwrap(), Version("42".into()));
+        assert_eq!(store(dir.path(), "u.edn").load().unwrap().unwrap().version, Version("42".into()));
+        assert_eq!(s.commit(b"{:a 2}", &Expect::Anything { after: None }).unwrap(), Version("1".into()));
+        let e = s.commit(b"{:a 3}", &Expect::Anything { after: Some(Version("sha256:00".into())) }).unwrap_err();
+        assert!(e.to_string().contains("`sha256:00` is not a version of this file"), "{e}");
+        assert_eq!(s.load().unwrap().unwrap().bytes, b"{:a 2}", "nothing written");
+    }
+
+    fn open_raw(path: &Path) -> FileStore {
+        FileStore::open(&Config::from_pairs("local-file", &[("path", path.to_str().unwrap()), ("raw", "true")])).unwrap()
+    }
+
+    /// A custom `:rw` file has no header: its version is its content's hash,
+    /// so two processes sharing it cannot both pass a compare-and-set.
+    #[test]
+    fn a_raw_file_is_versioned_by_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.bin");
+        let (mut a, mut b) = (open_raw(&path), open_raw(&path));
+        let v1 = a.commit(&[0, 1, 2], &Expect::Nothing).unwrap();
+        assert_eq!(v1, Version::of_content(&[0, 1, 2]));
+        assert_eq!(fs::read(&path).unwrap(), [0, 1, 2], "stored as given, no header");
+        assert_eq!(b.load().unwrap().unwrap().version, v1);
+        let v2 = b.commit(&[3], &Expect::Version(v1.clone())).unwrap();
+        assert!(matches!(a.commit(&[4], &Expect::Version(v1)), Err(StoreError::Conflict { .. })), "a stale version is refused");
+        assert_eq!(fs::read(&path).unwrap(), [3]);
+        a.commit(&[4], &Expect::Version(v2)).unwrap();
+        let unconditional = a.commit(&[5, 6], &Expect::Anything { after: None }).unwrap();
+        assert_eq!((unconditional, fs::read(&path).unwrap()), (Version::of_content(&[5, 6]), vec![5, 6]));
+    }
+
     #[test]
     fn a_symlink_chain_is_written_through_and_stays_a_chain() {
         let dir = tempfile::tempdir().unwrap();
@@ -763,8 +801,8 @@ mod tests {
 
         let mut s = open_at(&link).unwrap();
         assert_eq!(s.load().unwrap().unwrap().bytes, b"{:old true}", "loads through the chain");
-        s.commit(b"{:new 1}", &Expect::Anything).unwrap();
-        let v = s.commit(b"{:new 2}", &Expect::Anything).unwrap();
+        let v = s.commit(b"{:new 1}", &Expect::Anything { after: Some(Version("0".into())) }).unwrap();
+        let v = s.commit(b"{:new 2}", &Expect::Anything { after: Some(v) }).unwrap();
         s.commit(b"{:new 3}", &Expect::Version(v)).unwrap();
 
         for l in [&link, &middle] {
@@ -783,7 +821,7 @@ mod tests {
         assert!(!real.exists() && fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "delete removes the target, not the link");
         let mut again = open_at(&link).unwrap();
         assert!(again.load().unwrap().is_none());
-        again.commit(b"{:again 1}", &Expect::Anything).unwrap();
+        again.commit(b"{:again 1}", &Expect::Anything { after: None }).unwrap();
         assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
         assert!(fs::read_to_string(&real).unwrap().ends_with("{:again 1}"), "a dangling link is written through");
     }
@@ -840,13 +878,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.edn");
         let mut s = open_at(&path).unwrap();
-        s.commit(b"1", &Expect::Anything).unwrap();
+        let v = s.commit(b"1", &Expect::Anything { after: None }).unwrap();
         fs::remove_file(&path).unwrap();
         assert_eq!(unsafe { libc::mkfifo(c_path(&path).as_ptr(), 0o600) }, 0);
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let load = s.load().map(|_| ()).map_err(|e| e.to_string());
-            let commit = s.commit(b"2", &Expect::Anything).map(|_| ()).map_err(|e| e.to_string());
+            let commit = s.commit(b"2", &Expect::Anything { after: Some(v) }).map(|_| ()).map_err(|e| e.to_string());
             let _ = tx.send((load, commit));
         });
         let (load, commit) = rx.recv_timeout(Duration::from_secs(10)).expect("load or commit blocked on the FIFO");
@@ -904,8 +942,9 @@ mod tests {
                 let path = path.clone();
                 std::thread::spawn(move || {
                     let mut s = open_at(&path).unwrap();
+                    let mut after = None;
                     for i in 0..300 {
-                        s.commit(format!("{{:w {w} :i {i}}}").as_bytes(), &Expect::Anything).unwrap();
+                        after = Some(s.commit(format!("{{:w {w} :i {i}}}").as_bytes(), &Expect::Anything { after }).unwrap());
                     }
                 })
             })
@@ -952,7 +991,7 @@ mod tests {
     fn a_file_written_by_the_v1_build_loads_and_the_next_commit_writes_v2() {
         let dir = tempfile::tempdir().unwrap();
         let body = b"{:users #{\"ada\"} :n 41}";
-        for expect in [Expect::Anything, Expect::Version(Version("7".into()))] {
+        for expect in [Expect::Anything { after: Some(Version("7".into())) }, Expect::Version(Version("7".into()))] {
             let path = dir.path().join("old.edn");
             fs::write(&path, v1_file(7, body)).unwrap();
             let mut s = open_at(&path).unwrap();
@@ -1055,10 +1094,10 @@ mod tests {
         fs::create_dir(&dir).unwrap();
         let path = dir.join("s.edn");
         let mut s = open_at(&path).unwrap();
-        s.commit(b"{:n 1}", &Expect::Anything).unwrap();
+        let v1 = s.commit(b"{:n 1}", &Expect::Anything { after: None }).unwrap();
 
         AFTER_RENAME.with(|f| f.set(Some(|dir| fs::rename(dir, moved_away(dir)))));
-        let v = s.commit(b"{:n 2}", &Expect::Anything);
+        let v = s.commit(b"{:n 2}", &Expect::Anything { after: Some(v1) });
         AFTER_RENAME.with(|f| f.set(None));
         fs::rename(moved_away(&dir), &dir).unwrap();
         assert_eq!(v.unwrap(), Version("2".into()), "the commit landed and its directory was fsynced");
@@ -1071,8 +1110,9 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains(&*path.to_string_lossy()) && msg.contains("fsync of directory") && msg.contains("outcome unknown"), "{msg}");
         let stored = open_at(&path).unwrap().load().unwrap().unwrap();
-        assert_eq!((stored.bytes, stored.version), (b"{:n 3}".to_vec(), Version("3".into())), "the state landed");
-        assert_eq!(s.commit(b"{:n 4}", &Expect::Anything).unwrap(), Version("4".into()), "counts on from the landed state");
+        assert_eq!((stored.bytes, stored.version.clone()), (b"{:n 3}".to_vec(), Version("3".into())), "the state landed");
+        let after = Some(stored.version);
+        assert_eq!(s.commit(b"{:n 4}", &Expect::Anything { after }).unwrap(), Version("4".into()), "counts on from the landed state");
         assert_eq!(names_in(&dir), ["s.edn", "s.edn.lock"], "no temp file left");
     }
 
@@ -1219,7 +1259,7 @@ mod properties {
             let mut store = open_at(&path);
             let mut version = None;
             for _ in 0..commits {
-                version = Some(store.commit(&body, &Expect::Anything).unwrap());
+                version = Some(store.commit(&body, &Expect::Anything { after: version }).unwrap());
             }
             let version = version.unwrap();
             let written = fs::read(&path).unwrap();
@@ -1252,8 +1292,9 @@ mod properties {
         let path = dir.path().join("e.edn");
         let mut store = open_at(&path);
         let body = b"{:n 12345 :s \"x\ny\"}".to_vec();
+        let mut after = None;
         for _ in 0..12 {
-            store.commit(&body, &Expect::Anything).unwrap();
+            after = Some(store.commit(&body, &Expect::Anything { after }).unwrap());
         }
         let written = fs::read(&path).unwrap();
         let mut caught = 0;

@@ -97,6 +97,12 @@ fn bytes_in(env: &mut JNIEnv, array: &JByteArray) -> Result<Vec<u8>, Failure> {
     Ok(env.convert_byte_array(array)?)
 }
 
+/// A version token as the JVM hands it back (the UTF-8 text a load or
+/// commit returned).
+fn version_in(env: &mut JNIEnv, array: &JByteArray) -> Result<Version, Failure> {
+    Ok(Version(String::from_utf8_lossy(&bytes_in(env, array)?).into_owned()))
+}
+
 /// The first `length` bytes of the concatenation of `chunks` (a `byte[][]`),
 /// copied out of the JVM heap into one buffer.
 fn joined_prefix(env: &mut JNIEnv, chunks: &JObjectArray, length: jlong) -> Result<Vec<u8>, Failure> {
@@ -152,11 +158,12 @@ pub extern "system" fn Java_duratom_Native_load<'l>(mut env: JNIEnv<'l>, _: JCla
     })
 }
 
-/// `static native byte[] commit(long handle, byte[][] chunks, long length, byte[] expected)`:
+/// `static native byte[] commit(long handle, byte[][] chunks, long length, byte[] expected, byte[] lastSeen)`:
 /// durably stores the first `length` bytes of the chunks' concatenation and
-/// returns the new version. `expected` null: write
-/// unconditionally; empty: only if nothing is stored; else only if the stored
-/// version is still `expected`. A failed condition throws ConflictException.
+/// returns the new version. `expected` null: write unconditionally, after
+/// `lastSeen` (the version the caller last saw, null: none); empty: only if
+/// nothing is stored; else only if the stored version is still `expected`.
+/// A failed condition throws ConflictException.
 #[no_mangle]
 pub extern "system" fn Java_duratom_Native_commit<'l>(
     mut env: JNIEnv<'l>,
@@ -165,15 +172,17 @@ pub extern "system" fn Java_duratom_Native_commit<'l>(
     chunks: JObjectArray<'l>,
     length: jlong,
     expected: JByteArray<'l>,
+    last_seen: JByteArray<'l>,
 ) -> jbyteArray {
     door(&mut env, std::ptr::null_mut(), |env| {
         let store = store_for(handle)?;
         let expect = if expected.is_null() {
-            Expect::Anything
+            let after = if last_seen.is_null() { None } else { Some(version_in(env, &last_seen)?) };
+            Expect::Anything { after }
         } else {
-            match bytes_in(env, &expected)? {
-                v if v.is_empty() => Expect::Nothing,
-                v => Expect::Version(Version(String::from_utf8_lossy(&v).into_owned())),
+            match version_in(env, &expected)? {
+                v if v.0.is_empty() => Expect::Nothing,
+                v => Expect::Version(v),
             }
         };
         let bytes = joined_prefix(env, &chunks, length)?;

@@ -1,15 +1,33 @@
 //! The one contract every backend implements, and the error type they share.
 //!
 //! A store holds one value as bytes. Every stored state carries a version token
-//! (file: a counter in the header line; PostgreSQL: the row's `xmin` system
-//! column; S3: the ETag; SQLite: a SHA-256 of the stored bytes; Redis: their
-//! SHA-1), so "write only if nobody wrote since I read" is one call everywhere.
+//! (file: a counter in the header line, or a SHA-256 of the bytes for a custom
+//! `:rw` encoding; PostgreSQL: the row's `xmin` system column; S3: the ETag;
+//! SQLite: a SHA-256 of the stored bytes; Redis: a SHA-1 of them), so "write
+//! only if nobody wrote since I read" is one call everywhere.
+//!
+//! The version a writer last saw is recorded once, by the caller (the JVM
+//! engine), and handed to every commit; stores keep no copy of it.
 
 use std::fmt;
 
 /// An opaque token naming one stored state. Only equality means anything.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Version(pub String);
+
+impl Version {
+    /// The version of a state that is its content: `sha256:` and the hex
+    /// digest of `bytes`. For stores that keep nothing beside the bytes.
+    pub fn of_content(bytes: &[u8]) -> Version {
+        use sha2::{Digest, Sha256};
+        let mut hex = String::with_capacity(71);
+        hex.push_str("sha256:");
+        for b in Sha256::digest(bytes).iter() {
+            hex.push_str(&format!("{b:02x}"));
+        }
+        Version(hex)
+    }
+}
 
 /// What a load finds: the stored bytes and the version they were stored as.
 #[derive(Debug)]
@@ -21,8 +39,10 @@ pub struct Stored {
 /// The condition a commit is made under.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Expect {
-    /// Write whatever is stored now.
-    Anything,
+    /// Write whatever is stored now. `after` is the version the writer last
+    /// saw (`None`: it saw nothing stored); a store that numbers its states
+    /// (the file header's counter) numbers this one after it.
+    Anything { after: Option<Version> },
     /// Write only if nothing is stored (create).
     Nothing,
     /// Write only if the stored state still has this version.

@@ -169,7 +169,7 @@
     (try
       (when (.get ^AtomicBoolean (:closed e))
         (throw (destroyed-ex e)))
-      (when-let [version (storage/commit! (:store e) encoded expected)]
+      (when-let [version (storage/commit! (:store e) encoded expected (.get ^AtomicReference (:version e)))]
         (.set ^AtomicReference (:version e) version)
         (.incrementAndGet ^AtomicLong (:commits e))
         (.addAndGet ^AtomicLong (:bytes-written e) (long (:size encoded)))

@@ -103,20 +103,25 @@
   the new version string. `expected`: nil to write unconditionally, `:nothing`
   to write only if nothing is stored, or a version string to write only if
   that version is still stored. When the condition fails, returns nil and
-  writes nothing."
-  [store encoded expected]
-  (try
-    (let [expected-bytes (cond (nil? expected) nil
-                               (= :nothing expected) Native/EXPECT_NOTHING
-                               :else (.getBytes ^String expected StandardCharsets/UTF_8))
-          ^Encoded encoded (if (bytes? encoded) (dedn/encoded-bytes encoded) encoded)]
-      (through-door store :commit
-        (String. (Native/commit (handle store) (:chunks encoded) (long (:size encoded)) expected-bytes)
-                 StandardCharsets/UTF_8)))
-    (catch clojure.lang.ExceptionInfo e
-      (if (:duratom/conflict? (ex-data e))
-        nil
-        (throw e)))))
+  writes nothing. `last-seen`, for an unconditional write: the version the
+  caller last saw (nil: none); the file store numbers the new state after
+  it, since the caller, not the store, keeps the record of the version."
+  ([store encoded expected] (commit! store encoded expected nil))
+  ([store encoded expected last-seen]
+   (try
+     (let [utf8 (fn [^String v] (.getBytes v StandardCharsets/UTF_8))
+           expected-bytes (cond (nil? expected) nil
+                                (= :nothing expected) Native/EXPECT_NOTHING
+                                :else (utf8 expected))
+           ^Encoded encoded (if (bytes? encoded) (dedn/encoded-bytes encoded) encoded)]
+       (through-door store :commit
+         (String. (Native/commit (handle store) (:chunks encoded) (long (:size encoded)) expected-bytes
+                                 (some-> last-seen utf8))
+                  StandardCharsets/UTF_8)))
+     (catch clojure.lang.ExceptionInfo e
+       (if (:duratom/conflict? (ex-data e))
+         nil
+         (throw e))))))
 
 (defn delete!
   "Removes what the store holds. Removing nothing is not an error."

@@ -63,9 +63,11 @@ public final class Native {
      * {@code chunks} (an encoder's chunks cross without being joined or trimmed);
      * returns the new version. {@code expected}: null writes unconditionally,
      * {@link #EXPECT_NOTHING} only if nothing is stored, a version only if that
-     * version is still stored (else ConflictException).
+     * version is still stored (else ConflictException). {@code lastSeen}, for an
+     * unconditional write: the version the caller last saw (null: none), which
+     * a store that numbers its states (the file header) counts on from.
      */
-    public static native byte[] commit(long handle, byte[][] chunks, long length, byte[] expected);
+    public static native byte[] commit(long handle, byte[][] chunks, long length, byte[] expected, byte[] lastSeen);
 
     /** Removes what is stored. */
     public static native void delete(long handle);

@@ -101,18 +101,18 @@ fn text_and_bytea_values_round_trip_through_a_reopen() {
     let mut s = open_ok(&text_table, &[]);
     assert!(s.load().unwrap().is_none(), "a new row holds nothing");
     let value = "{:x \"\u{1F600}\" :y [1 2 #{:a}]}".as_bytes();
-    let v1 = s.commit(value, &Expect::Anything).unwrap();
+    let v1 = s.commit(value, &Expect::Anything { after: None }).unwrap();
     let got = open_ok(&text_table, &[]).load().unwrap().unwrap();
     assert_eq!(got.bytes, value);
     assert_eq!(got.version, v1, "load reports the version commit returned");
-    let v2 = s.commit(b"{:x 2}", &Expect::Anything).unwrap();
+    let v2 = s.commit(b"{:x 2}", &Expect::Anything { after: None }).unwrap();
     assert_ne!(v1, v2, "every commit makes a new version");
     assert_eq!(rows_with_id(&mut admin, &ident(&text_table), 0), 1, "updates, never a second row");
 
     // Another row of the same table is independent.
     let mut other = open_ok(&text_table, &[("row-id", "1")]);
     assert!(other.load().unwrap().is_none());
-    other.commit(b"{:other true}", &Expect::Anything).unwrap();
+    other.commit(b"{:other true}", &Expect::Anything { after: None }).unwrap();
     assert_eq!(s.load().unwrap().unwrap().bytes, b"{:x 2}");
 
     let ty: String = admin
@@ -125,21 +125,21 @@ fn text_and_bytea_values_round_trip_through_a_reopen() {
     assert_eq!(ty, "text");
 
     // A text column cannot take binary; the error says what to do.
-    let e = s.commit(&[0xff, 0xfe, 0x00], &Expect::Anything).unwrap_err();
+    let e = s.commit(&[0xff, 0xfe, 0x00], &Expect::Anything { after: None }).unwrap_err();
     assert!(e.to_string().contains("not UTF-8") && e.to_string().contains(":column-type :bytea"), "{e}");
-    let e = s.commit(b"a\0b", &Expect::Anything).unwrap_err();
+    let e = s.commit(b"a\0b", &Expect::Anything { after: None }).unwrap_err();
     assert!(e.to_string().contains("NUL"), "{e}");
     assert_eq!(s.load().unwrap().unwrap().bytes, b"{:x 2}", "a refused value leaves the row as it was");
 
     // 20 MB of text.
     let big: Vec<u8> = b"{:k \"0123456789\"} ".repeat(20 * 1024 * 1024 / 18 + 1);
-    s.commit(&big, &Expect::Anything).unwrap();
+    s.commit(&big, &Expect::Anything { after: None }).unwrap();
     assert_eq!(open_ok(&text_table, &[]).load().unwrap().unwrap().bytes, big);
 
     let bytea_table = unique("rt_bytea");
     let mut b = open_ok(&bytea_table, &[("column-type", "bytea"), ("row-id", "7")]);
     let all_bytes: Vec<u8> = (0..=255u8).chain(0..=255u8).collect();
-    let v = b.commit(&all_bytes, &Expect::Anything).unwrap();
+    let v = b.commit(&all_bytes, &Expect::Anything { after: None }).unwrap();
     let got = open_ok(&bytea_table, &[("column-type", "bytea"), ("row-id", "7")]).load().unwrap().unwrap();
     assert_eq!((got.bytes, got.version), (all_bytes, v));
     let ty: String = admin
@@ -176,7 +176,7 @@ fn tables_written_by_the_original_library_work_as_they_are() {
     assert_eq!(got.bytes, b"{:a #sorted/map {:b 1}}");
     assert!(!got.version.0.is_empty());
 
-    s.commit(b"{:a 2}", &Expect::Anything).unwrap();
+    s.commit(b"{:a 2}", &Expect::Anything { after: None }).unwrap();
     let value: String = admin.query_one(&format!("SELECT value FROM {folded} WHERE id = 0"), &[]).unwrap().get(0);
     assert_eq!(value, "{:a 2}", "written in place, readable as plain text");
     assert_eq!(rows_with_id(&mut admin, &folded, 0), 1);
@@ -186,7 +186,7 @@ fn tables_written_by_the_original_library_work_as_they_are() {
     assert_eq!(rows_with_id(&mut admin, &folded, 0), 0, "destroy deletes the row");
     assert_eq!(rows_with_id(&mut admin, &folded, 3), 1, "and only that row");
     assert!(s.load().unwrap().is_none());
-    s.commit(b"{:back 1}", &Expect::Anything).unwrap();
+    s.commit(b"{:back 1}", &Expect::Anything { after: None }).unwrap();
     assert_eq!(rows_with_id(&mut admin, &folded, 0), 1);
 
     // A NULL value counts as nothing stored.
@@ -231,7 +231,7 @@ fn concurrent_first_writes_make_exactly_one_row() {
     let mut admin = admin();
     let table = unique("race");
     open_ok(&table, &[]); // creates the table, so the threads race on the row only
-    for (row, expect) in [("1", Expect::Nothing), ("2", Expect::Anything)] {
+    for (row, expect) in [("1", Expect::Nothing), ("2", Expect::Anything { after: None })] {
         let barrier = Arc::new(Barrier::new(8));
         let threads: Vec<_> = (0..8)
             .map(|i| {
@@ -275,7 +275,7 @@ fn hostile_table_names_are_identifiers_never_sql() {
     ];
     for name in &hostile {
         let mut s = open_ok(name, &[]);
-        s.commit(b"{:ok true}", &Expect::Anything).unwrap();
+        s.commit(b"{:ok true}", &Expect::Anything { after: None }).unwrap();
         assert_eq!(s.load().unwrap().unwrap().bytes, b"{:ok true}");
         s.delete().unwrap();
         let value: String = admin
@@ -293,8 +293,8 @@ fn hostile_table_names_are_identifiers_never_sql() {
     // Schema-qualified names, plain and quoted.
     let schema = unique("sch");
     admin.batch_execute(&format!("CREATE SCHEMA {schema}")).unwrap();
-    open_ok(&format!("{schema}.plain"), &[]).commit(b"1", &Expect::Anything).unwrap();
-    open_ok(&format!("\"{schema}\".\"Mixed.Case\"\"q\""), &[]).commit(b"2", &Expect::Anything).unwrap();
+    open_ok(&format!("{schema}.plain"), &[]).commit(b"1", &Expect::Anything { after: None }).unwrap();
+    open_ok(&format!("\"{schema}\".\"Mixed.Case\"\"q\""), &[]).commit(b"2", &Expect::Anything { after: None }).unwrap();
     let tables: Vec<String> = admin
         .query("SELECT tablename FROM pg_tables WHERE schemaname = $1 ORDER BY 1", &[&schema])
         .unwrap()
@@ -329,14 +329,14 @@ fn a_killed_connection_is_replaced_on_the_next_call() {
     let table = unique("reconnect");
     let app = unique("app");
     let mut s = open_ok(&table, &[("application-name", &app)]);
-    let v = s.commit(b"1", &Expect::Anything).unwrap();
+    let v = s.commit(b"1", &Expect::Anything { after: None }).unwrap();
 
     kill_session(&mut admin, &app);
     assert_eq!(s.load().unwrap().unwrap().version, v, "load reconnects");
     kill_session(&mut admin, &app);
     let v = s.commit(b"2", &Expect::Version(v)).unwrap();
     kill_session(&mut admin, &app);
-    s.commit(b"3", &Expect::Anything).unwrap();
+    s.commit(b"3", &Expect::Anything { after: None }).unwrap();
     kill_session(&mut admin, &app);
     s.delete().unwrap();
     kill_session(&mut admin, &app);
@@ -346,8 +346,8 @@ fn a_killed_connection_is_replaced_on_the_next_call() {
 
     // The table dropped under a live store comes back on the next call.
     admin.batch_execute(&format!("DROP TABLE {}", ident(&table))).unwrap();
-    assert!(s.commit(b"6", &Expect::Anything).is_err());
-    s.commit(b"7", &Expect::Anything).unwrap();
+    assert!(s.commit(b"6", &Expect::Anything { after: None }).is_err());
+    s.commit(b"7", &Expect::Anything { after: None }).unwrap();
     assert_eq!(s.load().unwrap().unwrap().bytes, b"7");
     admin.batch_execute(&format!("DROP TABLE {}", ident(&table))).unwrap();
 }
@@ -418,7 +418,7 @@ fn tls_is_used_when_sslmode_asks_for_it() {
     ] {
         let app = unique("tls_app");
         let mut store = open_ok(&table, &[("sslmode", mode), ("sslrootcert", root), ("application-name", &app)]);
-        store.commit(mode.as_bytes(), &Expect::Anything).unwrap();
+        store.commit(mode.as_bytes(), &Expect::Anything { after: None }).unwrap();
         assert_eq!(store.load().unwrap().unwrap().bytes, mode.as_bytes());
         assert_eq!(session_uses_tls(&mut admin, &app), encrypted, "sslmode={mode}");
     }
@@ -560,10 +560,10 @@ fn a_row_lock_held_by_another_session_fails_within_the_bound_and_clears() {
     let mut admin = admin();
     let table = unique("locked");
     let mut s = open_ok(&table, &[("timeout-ms", "1500")]);
-    s.commit(b"1", &Expect::Anything).unwrap();
+    s.commit(b"1", &Expect::Anything { after: None }).unwrap();
     let mut holder = admin.transaction().unwrap();
     holder.execute(&format!("SELECT 1 FROM {} WHERE id = 0 FOR UPDATE", ident(&table)), &[]).unwrap();
-    for expect in [Expect::Anything, Expect::Version(s.load().unwrap().unwrap().version)] {
+    for expect in [Expect::Anything { after: None }, Expect::Version(s.load().unwrap().unwrap().version)] {
         let t = Instant::now();
         let e = s.commit(b"2", &expect).unwrap_err();
         let took = t.elapsed();
@@ -573,7 +573,7 @@ fn a_row_lock_held_by_another_session_fails_within_the_bound_and_clears() {
         assert!(took >= Duration::from_millis(1000) && took < Duration::from_millis(2500), "took {took:?}");
     }
     holder.rollback().unwrap();
-    s.commit(b"3", &Expect::Anything).unwrap();
+    s.commit(b"3", &Expect::Anything { after: None }).unwrap();
     assert_eq!(s.load().unwrap().unwrap().bytes, b"3");
     admin.batch_execute(&format!("DROP TABLE {}", ident(&table))).unwrap();
 }
@@ -588,11 +588,11 @@ fn a_stopped_server_process_fails_within_the_bound_with_outcome_unknown() {
     let table = unique("stopped");
     let app = unique("app");
     let mut s = open_ok(&table, &[("timeout-ms", "1500"), ("application-name", &app)]);
-    s.commit(b"1", &Expect::Anything).unwrap();
+    s.commit(b"1", &Expect::Anything { after: None }).unwrap();
     let pid = backend_pid(&mut admin, &app);
     signal(pid, libc::SIGSTOP);
     let t = Instant::now();
-    let e = s.commit(b"2", &Expect::Anything).unwrap_err();
+    let e = s.commit(b"2", &Expect::Anything { after: None }).unwrap_err();
     let took = t.elapsed();
     signal(pid, libc::SIGCONT);
     assert!(matches!(e, StoreError::OutcomeUnknown { .. }), "{e:?}");
@@ -608,7 +608,7 @@ fn a_stopped_server_process_fails_within_the_bound_with_outcome_unknown() {
         std::thread::yield_now();
     }
     assert_eq!(s.load().unwrap().unwrap().bytes, b"2", "the unknown write landed");
-    s.commit(b"3", &Expect::Anything).unwrap();
+    s.commit(b"3", &Expect::Anything { after: None }).unwrap();
     assert_eq!(s.load().unwrap().unwrap().bytes, b"3");
     admin.batch_execute(&format!("DROP TABLE {}", ident(&table))).unwrap();
 }

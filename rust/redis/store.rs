@@ -156,9 +156,9 @@ impl Store for RedisStore {
         let version = version_of(bytes);
         // Setting the same bytes twice is harmless; a conditional write run
         // again could see its own first write and report a false conflict.
-        self.run("commit", *expect == Expect::Anything, |c, s| {
+        self.run("commit", matches!(expect, Expect::Anything { .. }), |c, s| {
             match expect {
-                Expect::Anything => {
+                Expect::Anything { .. } => {
                     let _: () = redis::cmd("SET")
                         .arg(&s.key)
                         .arg(bytes)

@@ -65,7 +65,7 @@ fn values_round_trip_and_conditional_commits_compare() {
     assert!(conflict(s.commit(b"{:a 3}", &Expect::Version(v1))));
     let mut other = open(&config(&key)).unwrap();
     assert_eq!(other.load().unwrap().unwrap().version, v2);
-    other.commit(b"outside", &Expect::Anything).unwrap();
+    other.commit(b"outside", &Expect::Anything { after: None }).unwrap();
     assert!(conflict(s.commit(b"{:a 4}", &Expect::Version(v2))));
     s.delete().unwrap();
     assert!(s.load().unwrap().is_none());
@@ -78,7 +78,7 @@ fn the_version_is_what_redis_lua_computes() {
     let key = unique("sha");
     let mut s = open(&config(&key)).unwrap();
     let v = s
-        .commit("caf\u{e9} \u{1F600}".as_bytes(), &Expect::Anything)
+        .commit("caf\u{e9} \u{1F600}".as_bytes(), &Expect::Anything { after: None })
         .unwrap();
     let client = redis::Client::open(url()).unwrap();
     let mut c = client.get_connection().unwrap();
@@ -137,7 +137,7 @@ fn a_killed_connection_is_replaced_on_the_next_call() {
     let key = unique("kill");
     let name = format!("duratom-kill-test-{}", std::process::id());
     let mut s = open(&config_with(&key, &[("client-name", &name)])).unwrap();
-    s.commit(b"1", &Expect::Anything).unwrap();
+    s.commit(b"1", &Expect::Anything { after: None }).unwrap();
     let client = redis::Client::open(url()).unwrap();
     let mut admin = client.get_connection().unwrap();
     let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut admin).unwrap();
@@ -155,7 +155,7 @@ fn a_killed_connection_is_replaced_on_the_next_call() {
         .unwrap();
     assert_eq!(killed, 1);
     assert_eq!(s.load().unwrap().unwrap().bytes, b"1");
-    s.commit(b"2", &Expect::Anything).unwrap();
+    s.commit(b"2", &Expect::Anything { after: None }).unwrap();
     assert_eq!(s.load().unwrap().unwrap().bytes, b"2");
     // A conditional commit whose connection dies under it is not run again
     // (it could meet its own write and report a false conflict): its outcome

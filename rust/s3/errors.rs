@@ -25,7 +25,7 @@ pub(super) fn is_conflict<E: ProvideErrorMetadata>(
         _ => None,
     };
     match (status_of(err), expect) {
-        (_, Expect::Anything) => false,
+        (_, Expect::Anything { .. }) => false,
         (Some(412), _) => true,
         // Two conditional writes to one key raced; the other one won.
         (Some(409), _) => code == Some("ConditionalRequestConflict"),

@@ -85,7 +85,7 @@ impl S3Store {
     ) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
         let mut put = client.put_object().bucket(&self.bucket).key(&self.key).body(ByteStream::from(bytes.to_vec()));
         put = match expect {
-            Expect::Anything => put,
+            Expect::Anything { .. } => put,
             Expect::Nothing => put.if_none_match("*"),
             Expect::Version(v) => put.if_match(&v.0),
         };
@@ -118,7 +118,7 @@ impl S3Store {
     /// refusal that follows an attempt of unknown outcome is reported as an
     /// error saying so, never as a conflict.
     async fn commit_async(&self, bytes: &[u8], expect: &Expect) -> Result<Version, StoreError> {
-        if *expect == Expect::Anything {
+        if matches!(expect, Expect::Anything { .. }) {
             return match self.put_request(&self.client, bytes, expect).send().await {
                 Ok(out) => self.etag_of(&out),
                 Err(e) => Err(self.fail_write(&e, false)),

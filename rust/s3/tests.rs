@@ -92,7 +92,7 @@ fn creates_a_bucket_with_a_location_constraint_outside_us_east_1() {
 fn round_trips_small_and_20_mb_values_with_the_etag_as_version() {
     let bucket = fresh_bucket("roundtrip");
     let mut store = open_store(&bucket, "state/0");
-    let v1 = store.commit("{:x 1, :s \"héllo 🌍\"}".as_bytes(), &Expect::Anything).unwrap();
+    let v1 = store.commit("{:x 1, :s \"héllo 🌍\"}".as_bytes(), &Expect::Anything { after: None }).unwrap();
     let got = store.load().unwrap().unwrap();
     assert_eq!(got.bytes, "{:x 1, :s \"héllo 🌍\"}".as_bytes());
     assert_eq!(got.version, v1);
@@ -143,7 +143,7 @@ fn a_stale_etag_or_create_over_an_existing_object_is_a_conflict() {
 fn delete_removes_the_object_and_deleting_nothing_is_fine() {
     let bucket = fresh_bucket("delete");
     let mut store = open_store(&bucket, "gone");
-    let v = store.commit(b"{}", &Expect::Anything).unwrap();
+    let v = store.commit(b"{}", &Expect::Anything { after: None }).unwrap();
     store.delete().unwrap();
     assert!(store.load().unwrap().is_none());
     store.delete().unwrap();
@@ -159,7 +159,7 @@ fn writes_carry_user_metadata_encryption_and_content_type() {
     let cfg = config(&bucket, "m", &[("sse", "AES256"), ("content-type", "application/edn")])
         .with_edn("user-metadata", r#"[["owner" "team-a"] ["Purpose" "state of x"]]"#);
     let mut store = S3Store::open(&cfg).unwrap();
-    store.commit(b"{:a 1}", &Expect::Anything).unwrap();
+    store.commit(b"{:a 1}", &Expect::Anything { after: None }).unwrap();
     let head =
         crate::runtime::block_on(store.client.head_object().bucket(&bucket).key("m").send()).unwrap().unwrap();
     let meta = head.metadata().cloned().unwrap_or_default();
@@ -225,7 +225,7 @@ fn credentials_from_the_environment_when_no_access_key_is_given() {
         &[("bucket", &bucket), ("key", "k"), ("endpoint", &s.endpoint), ("region", &s.region)],
     );
     let mut store = S3Store::open(&cfg).unwrap();
-    store.commit(b"from env", &Expect::Anything).unwrap();
+    store.commit(b"from env", &Expect::Anything { after: None }).unwrap();
     assert_eq!(store.load().unwrap().unwrap().bytes, b"from env");
 }
 
@@ -329,13 +329,13 @@ fn an_operation_on_a_store_whose_server_went_away_names_bucket_and_key() {
     // port: what a swap! sees when the server dies under it.
     let bucket = fresh_bucket("gone");
     let mut store = open_store(&bucket, "k");
-    store.commit(b"1", &Expect::Anything).unwrap();
+    store.commit(b"1", &Expect::Anything { after: None }).unwrap();
     let dead = format!("http://127.0.0.1:{}", closed_port());
     let conf = store.client.config().to_builder().endpoint_url(&dead).build();
     store.client = Client::from_conf(conf.clone());
     store.conditional_client = Client::from_conf(conf.to_builder().retry_config(RetryConfig::disabled()).build());
     store.target = dead.clone();
-    let err = store.commit(b"2", &Expect::Anything).unwrap_err();
+    let err = store.commit(b"2", &Expect::Anything { after: None }).unwrap_err();
     let msg = err.to_string();
     assert!(msg.starts_with(&format!("aws-s3 {bucket}/k: writing the object failed: connection refused")), "{msg}");
     // A conditional write to a refusing server: retried, then the same error.

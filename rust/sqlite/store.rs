@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
-use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::store::{Expect, Resource, Store, StoreError, Stored, Version};
@@ -279,16 +278,6 @@ fn read_row(db: &Connection, table: &str, id: i64) -> Result<Option<Vec<u8>>, Fa
     }
 }
 
-fn version_of(bytes: &[u8]) -> Version {
-    let digest = Sha256::digest(bytes);
-    let mut hex = String::with_capacity(71);
-    hex.push_str("sha256:");
-    for b in digest.iter() {
-        hex.push_str(&format!("{b:02x}"));
-    }
-    Version(hex)
-}
-
 /// Writes `bytes` into row `id`: UPDATE, or INSERT when there is no such row.
 fn write_row(
     db: &Connection,
@@ -339,7 +328,7 @@ impl Store for SqliteStore {
         self.run("load", |c, id| {
             let bytes = read_row(&c.db, &table, id).map_err(|f| with_resource(f, &resource))?;
             Ok(bytes.map(|bytes| {
-                let version = version_of(&bytes);
+                let version = Version::of_content(&bytes);
                 Stored { bytes, version }
             }))
         })
@@ -348,7 +337,7 @@ impl Store for SqliteStore {
     fn commit(&mut self, bytes: &[u8], expect: &Expect) -> Result<Version, StoreError> {
         let table = self.table.clone();
         let resource = self.resource.clone();
-        let version = version_of(bytes);
+        let version = Version::of_content(bytes);
         self.run("commit", |c, id| {
             let kind = c.value;
             // BEGIN IMMEDIATE takes the write lock at once: nobody writes
@@ -356,7 +345,7 @@ impl Store for SqliteStore {
             let tx =
                 c.db.transaction_with_behavior(TransactionBehavior::Immediate)?;
             match expect {
-                Expect::Anything => {}
+                Expect::Anything { .. } => {}
                 Expect::Nothing => {
                     if read_row(&tx, &table, id)
                         .map_err(|f| with_resource(f, &resource))?
@@ -367,7 +356,7 @@ impl Store for SqliteStore {
                 }
                 Expect::Version(expected) => {
                     match read_row(&tx, &table, id).map_err(|f| with_resource(f, &resource))? {
-                        Some(stored) if version_of(&stored) == *expected => {}
+                        Some(stored) if Version::of_content(&stored) == *expected => {}
                         _ => return Err(Failure::Conflict),
                     }
                 }

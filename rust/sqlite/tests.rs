@@ -47,7 +47,7 @@ fn values_round_trip_and_versions_follow_the_bytes() {
 fn wal_and_full_sync_are_set() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = open(&config(dir.path(), "t", &[])).unwrap();
-    s.commit(b"1", &Expect::Anything).unwrap();
+    s.commit(b"1", &Expect::Anything { after: None }).unwrap();
     let db = Connection::open(dir.path().join("db.sqlite")).unwrap();
     let mode: String = db
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -69,7 +69,7 @@ fn tables_of_the_original_shape_work_as_they_are() {
     drop(db);
     let mut s = open(&config(dir.path(), "MyTable", &[])).unwrap();
     assert_eq!(s.load().unwrap().unwrap().bytes, b"{:x #{1 2}}");
-    s.commit(b"{:x 2}", &Expect::Anything).unwrap();
+    s.commit(b"{:x 2}", &Expect::Anything { after: None }).unwrap();
     let db = Connection::open(&path).unwrap();
     let (n, v0, v3): (i64, String, String) = db
         .query_row(
@@ -94,7 +94,7 @@ fn tables_of_the_original_shape_work_as_they_are() {
 fn blob_columns_take_bytes_and_text_columns_refuse_them() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = open(&config(dir.path(), "bin", &[("column-type", "blob")])).unwrap();
-    b.commit(&[0, 159, 146, 150, 255], &Expect::Anything)
+    b.commit(&[0, 159, 146, 150, 255], &Expect::Anything { after: None })
         .unwrap();
     assert_eq!(
         b.load().unwrap().unwrap().bytes,
@@ -102,7 +102,7 @@ fn blob_columns_take_bytes_and_text_columns_refuse_them() {
     );
     let mut t = open(&config(dir.path(), "txt", &[])).unwrap();
     let e = t
-        .commit(&[0xff, 0xfe], &Expect::Anything)
+        .commit(&[0xff, 0xfe], &Expect::Anything { after: None })
         .unwrap_err()
         .to_string();
     assert!(
@@ -127,7 +127,7 @@ fn hostile_table_names_are_identifiers_never_sql() {
         "\u{1F600}",
     ] {
         let mut s = open(&config(dir.path(), name, &[])).unwrap();
-        s.commit(b"1", &Expect::Anything).unwrap();
+        s.commit(b"1", &Expect::Anything { after: None }).unwrap();
         assert_eq!(s.load().unwrap().unwrap().bytes, b"1");
     }
     let n: i64 = Connection::open(&path)
@@ -146,15 +146,15 @@ fn hostile_table_names_are_identifiers_never_sql() {
 fn a_lock_held_elsewhere_is_a_bounded_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = open(&config(dir.path(), "t", &[("busy-timeout-ms", "300")])).unwrap();
-    s.commit(b"1", &Expect::Anything).unwrap();
+    s.commit(b"1", &Expect::Anything { after: None }).unwrap();
     let other = Connection::open(dir.path().join("db.sqlite")).unwrap();
     other.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let t0 = std::time::Instant::now();
-    let e = s.commit(b"2", &Expect::Anything).unwrap_err().to_string();
+    let e = s.commit(b"2", &Expect::Anything { after: None }).unwrap_err().to_string();
     assert!(e.contains("locked by another connection"), "{e}");
     assert!(t0.elapsed() < Duration::from_secs(5));
     other.execute_batch("ROLLBACK").unwrap();
-    s.commit(b"2", &Expect::Anything).unwrap();
+    s.commit(b"2", &Expect::Anything { after: None }).unwrap();
     assert_eq!(s.load().unwrap().unwrap().bytes, b"2");
 }
 
@@ -164,13 +164,13 @@ fn a_removed_database_is_reopened_not_written_into_the_void() {
     let sub = dir.path().join("d");
     std::fs::create_dir(&sub).unwrap();
     let mut s = open(&config(&sub, "t", &[])).unwrap();
-    s.commit(b"1", &Expect::Anything).unwrap();
+    s.commit(b"1", &Expect::Anything { after: None }).unwrap();
     std::fs::remove_dir_all(&sub).unwrap();
-    let e = s.commit(b"2", &Expect::Anything).unwrap_err().to_string();
+    let e = s.commit(b"2", &Expect::Anything { after: None }).unwrap_err().to_string();
     assert!(e.contains("does not exist"), "{e}");
     std::fs::create_dir(&sub).unwrap();
     assert!(s.load().unwrap().is_none(), "a new, empty database");
-    s.commit(b"3", &Expect::Anything).unwrap();
+    s.commit(b"3", &Expect::Anything { after: None }).unwrap();
     let v: String = Connection::open(sub.join("db.sqlite"))
         .unwrap()
         .query_row("SELECT value FROM t WHERE id = 0", [], |r| r.get(0))

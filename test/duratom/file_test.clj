@@ -144,7 +144,7 @@
   (testing "bogus handles give exceptions"
     (doseq [h [0 -1 Long/MAX_VALUE 987654321]]
       (is (thrown-with-msg? IllegalStateException #"no open duratom store" (Native/load h)))
-      (is (thrown-with-msg? IllegalStateException #"no open duratom store" (Native/commit h (into-array [(byte-array 1)]) 1 nil)))
+      (is (thrown-with-msg? IllegalStateException #"no open duratom store" (Native/commit h (into-array [(byte-array 1)]) 1 nil nil)))
       (is (thrown-with-msg? IllegalStateException #"no open duratom store" (Native/delete h)))
       (Native/close h))
     (is (thrown? IllegalArgumentException (Native/open (.getBytes "no backend here"))))
@@ -156,9 +156,9 @@
                               (Native/open (.getBytes (str "{:backend :local-file :path " path " :raw \"yes\"}") "UTF-8"))))))
     (let [h (Native/open (.getBytes (str "{:backend :local-file :path " (pr-str (str (io/file (ts/temp-dir) "n.edn"))) "}")
                                     "UTF-8"))]
-      (is (thrown-with-msg? IllegalArgumentException #"length" (Native/commit h (into-array [(byte-array 4)]) 5 nil)))
-      (is (thrown-with-msg? IllegalArgumentException #"length" (Native/commit h (into-array [(byte-array 4)]) -1 nil)))
-      (is (thrown? Exception (Native/commit h nil 1 nil)))
+      (is (thrown-with-msg? IllegalArgumentException #"length" (Native/commit h (into-array [(byte-array 4)]) 5 nil nil)))
+      (is (thrown-with-msg? IllegalArgumentException #"length" (Native/commit h (into-array [(byte-array 4)]) -1 nil nil)))
+      (is (thrown? Exception (Native/commit h nil 1 nil nil)))
       (Native/close h)
       (Native/close h))
     (is (thrown? Exception (Native/open nil))))
@@ -221,6 +221,23 @@
 
 (deftest file-shared-mode
   (shared/run-all shared-backend))
+
+(def nippy-rw {:read nippy/thaw-from-file :write nippy/freeze-to-file})
+
+(def shared-nippy-backend
+  "A custom :rw file has no header; its version is a hash of its bytes."
+  (assoc backend
+         :name "local-file (nippy :rw)"
+         :new-location (fn [] (io/file (ts/temp-dir) "state.nippy"))
+         :open (fn [loc init rw] (d/file-atom loc nil init (merge nippy-rw rw)))
+         :child-open-code (fn [loc] (str "(duratom.core/file-atom \"" loc "\" nil nil"
+                                         " {:read (requiring-resolve 'taoensso.nippy/thaw-from-file)"
+                                         "  :write (requiring-resolve 'taoensso.nippy/freeze-to-file)"
+                                         "  :shared? true})"))))
+
+(deftest file-shared-mode-with-a-custom-rw
+  (shared/three-processes-no-lost-update shared-nippy-backend)
+  (shared/refresh-and-watches shared-nippy-backend))
 
 (deftest a-killed-lock-holder-does-not-block-the-others
   (let [p (io/file (ts/temp-dir) "locked.edn")

@@ -29,19 +29,19 @@
         held (atom nil)
         landed? (atom false)]
     (with-redefs [storage/commit!
-                  (fn [store encoded expected]
-                    (if (compare-and-set! held nil [store encoded])
+                  (fn [store encoded expected last-seen]
+                    (if (compare-and-set! held nil [store encoded last-seen])
                       (throw (ex-info (str "test store: commit: outcome unknown, the write may or may not have"
                                            " taken effect: no answer (arranged by the test)")
                                       {:duratom/backend :local-file :duratom/op :commit
                                        :duratom/outcome-unknown? true}))
-                      (real-commit store encoded expected)))
+                      (real-commit store encoded expected last-seen)))
                   storage/load-stored
                   (fn [store]
                     (let [r (real-load store)]
-                      (when-let [[s enc] @held]
+                      (when-let [[s enc last-seen] @held]
                         (when (compare-and-set! landed? false true)
-                          (real-commit s enc nil)))
+                          (real-commit s enc nil last-seen)))
                       r))]
       {:result (f) :landed? @landed?})))
 
