@@ -381,8 +381,10 @@
   ([db-config key-name lock init]
    (redis-atom db-config key-name lock init default-redis-rw))
   ([db-config key-name lock init rw]
-   (let [rw (or rw default-redis-rw)]
-     (make-duratom (redis-backend/store-config db-config key-name) (rw/redis-codec rw) lock init rw))))
+   (check-rw! rw)
+   (let [rw (or rw default-redis-rw)
+         desc (redis-backend/store-config db-config key-name)]
+     (make-duratom desc (rw/redis-codec rw desc) lock init rw))))
 
 (defmulti duratom
   "Constructs a duratom backed by `backed-by`: `:local-file` (`:file-path`),

@@ -164,16 +164,18 @@
 
 (defn redis-codec
   "Codec for a Redis duratom; `:read` gets the stored bytes as a String when
-  they are UTF-8 text (as carmine gave strings), else the bytes."
-  [rw]
-  (if (default-fns? rw default-redis-rw)
-    {:encode (dedn/encoder) :decode dedn/decode}
-    (let [read (:read rw (:read default-redis-rw))
-          write (:write rw (:write default-redis-rw))]
-      {:encode (fn [value] (to-encoded (write value)))
-       :decode (fn [^bytes stored]
-                 (read (try (str (.decode (.newDecoder StandardCharsets/UTF_8) (java.nio.ByteBuffer/wrap stored)))
-                            (catch java.nio.charset.CharacterCodingException _ stored))))})))
+  they are UTF-8 text (as carmine gave strings), else the bytes. `where`: as
+  for `postgres-codec`."
+  ([rw] (redis-codec rw nil))
+  ([rw where]
+   (if (default-fns? rw default-redis-rw)
+     (default-codec rw where)
+     (let [read (:read rw (:read default-redis-rw))
+           write (:write rw (:write default-redis-rw))]
+       {:encode (fn [value] (to-encoded (write value)))
+        :decode (fn [^bytes stored]
+                  (read (try (str (.decode (.newDecoder StandardCharsets/UTF_8) (java.nio.ByteBuffer/wrap stored)))
+                             (catch java.nio.charset.CharacterCodingException _ stored))))}))))
 
 (defn s3-codec
   "Codec for an S3 duratom; `:read` gets the size and an InputStream, as the

@@ -193,7 +193,8 @@ public final class Native {
 
     /**
      * When this class was compiled in a checkout (loaded from a directory such as
-     * target/classes, not from a jar), the library cargo built next to it.
+     * target/jvm/classes, not from a jar), the library cargo built there: the
+     * checkout is the nearest directory above the classes that holds Cargo.toml.
      */
     private static File builtInCheckout() {
         try {
@@ -201,10 +202,15 @@ public final class Native {
             if (where == null || !"file".equals(where.getProtocol())) return null;
             File classes = new File(where.toURI());
             if (!classes.isDirectory()) return null; // a jar: use its bundled copy
-            File root = classes.getParentFile() == null ? null : classes.getParentFile().getParentFile();
-            if (root == null) return null;
-            File lib = new File(root, "target/release/" + libraryFileName());
-            return lib.isFile() ? lib : null;
+            // Looked for upwards, not at a fixed depth: Leiningen's :target-path
+            // decides how deep the classes sit.
+            for (File dir = classes.getParentFile(); dir != null; dir = dir.getParentFile()) {
+                if (new File(dir, "Cargo.toml").isFile()) {
+                    File lib = new File(dir, "target/release/" + libraryFileName());
+                    return lib.isFile() ? lib : null;
+                }
+            }
+            return null;
         } catch (Exception e) {
             return null;
         }

@@ -297,6 +297,27 @@
           (is (= {:n 2} @dura))
           (finally (d/destroy dura)))))))
 
+(defn refusals-name-the-store
+  "A state the codec refuses (too big for `:max-bytes`, or holding a value
+  EDN cannot carry) throws naming the backend, the resource and the path in
+  the state; nothing stored changes."
+  [backend]
+  (testing (str (:name backend) ": refused states name the store and leave it as it was")
+    (let [[dura _] (fresh backend {:x 1} (assoc (sync-rw backend) :max-bytes 64))]
+      (try
+        (doseq [[what f kind path] [["too big" #(assoc % :big (apply str (repeat 100 "x"))) :max-bytes nil]
+                                    ["a fn" #(assoc % :f (fn [])) nil [:f]]]]
+          (let [e (try (swap! dura f) nil (catch clojure.lang.ExceptionInfo e e))
+                data (ex-data e)]
+            (is (some? e) (str what ": refused"))
+            (is (keyword? (:duratom/backend data)) (str what ": " data))
+            (is (string? (:duratom/resource data)) (str what ": " data))
+            (is (.contains (str (ex-message e)) (str (:duratom/resource data))) (str what ": " (ex-message e)))
+            (when kind (is (= kind (:duratom/refused data)) (str what ": " data)))
+            (when path (is (= path (:duratom/path data)) (str what ": " data)))))
+        (is (= {:x 1} @dura (d/backend-snapshot dura)) "memory and storage hold the last good state")
+        (finally (d/destroy dura))))))
+
 (defn run-all
   "Every behaviour above against `backend`."
   [backend]
@@ -306,4 +327,5 @@
   (commit-modes backend)
   (destroy-semantics backend)
   (concurrency backend)
+  (refusals-name-the-store backend)
   (with-meta-shares-everything-but-meta backend))

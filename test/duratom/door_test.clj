@@ -38,3 +38,12 @@
       (is (str/includes? out "java.lang.UnsatisfiedLinkError") out)
       (is (str/includes? out (str "the native library " foreign " (named by duratom.native.path) carries no door fingerprint")) out)
       (is (str/includes? out (str "expected " (Native/doorFingerprint))) out))))
+
+(deftest classes-compiled-in-a-checkout-load-the-library-cargo-built-there
+  ;; Leiningen compiles Native into target/jvm/classes; the loader finds the
+  ;; checkout (the directory with Cargo.toml) above it, at whatever depth.
+  (let [lib (.getCanonicalFile (io/file "target/release" (System/mapLibraryName "duratom")))]
+    (is (.isFile lib) (str lib " is missing: the test command builds it (scripts/build-native)"))
+    (let [out (ts/child-output "(println (duratom.Native/loadedFrom))"
+                               :env {"DURATOM_NATIVE_PATH" nil})]
+      (is (str/includes? out (str lib " (built in this checkout)")) out))))

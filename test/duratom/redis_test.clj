@@ -42,6 +42,13 @@
 (deftest redis-behaviour
   (behaviour/run-all backend))
 
+(deftest a-non-map-rw-is-refused-before-connecting
+  ;; port 1: nothing listens; the :rw check must come first, as for file-atom
+  (doseq [rw ["sync" :sync [:commit-mode :sync]]]
+    (is (thrown-with-msg? IllegalArgumentException #":rw must be a map or nil"
+                          (d/redis-atom "redis://127.0.0.1:1" "k" nil nil rw))
+        (pr-str rw))))
+
 (deftest redis-shared-mode
   (shared/run-all backend))
 
