@@ -186,16 +186,6 @@
         (is (not (.exists p)) "the file is gone and no writer brought it back")
         (d/destroy a)))))
 
-(defn- last-acknowledged
-  "Reads `n` lines from the child; the last one is the newest acknowledged value."
-  [^BufferedReader r n]
-  (loop [i 0 last nil]
-    (if (< i n)
-      (if-let [line (.readLine r)]
-        (recur (inc i) (Long/parseLong (str/trim line)))
-        last)
-      last)))
-
 (deftest crash-durability-under-sigkill
   (let [dir (ts/temp-dir)
         p (io/file dir "crash.edn")
@@ -204,11 +194,7 @@
                   "(let [a (duratom.core/file-atom \"" p "\" nil {:n 0} {:commit-mode :sync})]"
                   "  (loop [] (let [v (:n (swap! a update :n inc))] (println v) (flush)) (recur)))")]
     (dotimes [i 50]
-      (let [child (ts/child-jvm code)
-            reader (BufferedReader. (InputStreamReader. (.getInputStream child)))
-            acked (last-acknowledged reader (inc (.nextInt rnd 200)))]
-        (.destroyForcibly child) ; SIGKILL
-        (.waitFor child 1 TimeUnit/MINUTES)
+      (let [acked (ts/sigkill-after-acks code (inc (.nextInt rnd 200)))]
         (is (some? acked) "the child acknowledged commits before the kill")
         (let [stored (:n @(d/file-atom p))]
           (is (and (some? stored) (>= stored acked))

@@ -200,16 +200,6 @@
     (is (= "{:n 2}" (python-query path "SELECT value FROM t WHERE id = 0")))
     (d/destroy dura)))
 
-(defn- last-acknowledged
-  "Reads `n` lines from the child; the last one is the newest acknowledged value."
-  [^BufferedReader r n]
-  (loop [i 0 last nil]
-    (if (< i n)
-      (if-let [line (.readLine r)]
-        (recur (inc i) (Long/parseLong (str/trim line)))
-        last)
-      last)))
-
 (deftest crash-durability-under-sigkill
   (let [path (io/file (ts/temp-dir) "crash.db")
         rnd (java.util.Random. 42)
@@ -218,11 +208,7 @@
                   "(let [a (duratom.core/sqlite-atom " (pr-str (spec path)) " \"t\" 0 nil {:n 0} {:commit-mode :sync})]"
                   "  (loop [] (let [v (:n (swap! a update :n inc))] (println v) (flush)) (recur)))")]
     (dotimes [i kills]
-      (let [child (ts/child-jvm code)
-            reader (BufferedReader. (InputStreamReader. (.getInputStream child)))
-            acked (last-acknowledged reader (inc (.nextInt rnd 200)))]
-        (.destroyForcibly child) ; SIGKILL
-        (.waitFor child 1 TimeUnit/MINUTES)
+      (let [acked (ts/sigkill-after-acks code (inc (.nextInt rnd 200)))]
         (is (some? acked) "the child acknowledged commits before the kill")
         (let [stored (:n @(d/sqlite-atom (spec path) "t" 0 nil nil {:commit-mode :sync}))]
           (is (and (some? stored) (>= stored acked))

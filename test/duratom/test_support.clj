@@ -3,9 +3,11 @@
   test command exports, and child JVMs."
   (:require [clojure.java.io :as io]
             [clojure.string :as str])
-  (:import (java.nio.file Files)
+  (:import (java.io BufferedReader InputStreamReader)
+           (java.nio.file Files)
            (java.nio.file.attribute FileAttribute)
-           (java.util UUID)))
+           (java.util UUID)
+           (java.util.concurrent TimeUnit)))
 
 (defn temp-dir
   "A fresh temp directory (a java.io.File)."
@@ -52,6 +54,22 @@
         out (slurp (.getInputStream p))]
     (.waitFor p)
     out))
+
+(defn sigkill-after-acks
+  "Starts `code` in a child JVM (see child-jvm), which prints each value it
+  has durably committed (a number) on a line of its own; reads `n` lines,
+  kills the child with SIGKILL and waits for it. Returns the last number
+  read: the newest state the child acknowledged (nil if none)."
+  [code n]
+  (let [child (child-jvm code)
+        r (BufferedReader. (InputStreamReader. (.getInputStream child)))
+        acked (loop [i 0 last nil]
+                (if-let [line (when (< i n) (.readLine r))]
+                  (recur (inc i) (Long/parseLong (str/trim line)))
+                  last))]
+    (.destroyForcibly child)
+    (.waitFor child 1 TimeUnit/MINUTES)
+    acked))
 
 (defn sh!
   "Runs a command; returns its stdout; throws with its output when it fails."
