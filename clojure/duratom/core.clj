@@ -265,7 +265,7 @@
         (when (and (nil? stored) (some? value))
           (when-not (engine/commit-initial! eng value shared?)
             ;; another process created it meanwhile: its state wins
-            (let [theirs (storage/load-stored store)]
+            (let [theirs (engine/load-stored eng)]
               (engine/adopt! eng ((:decode codec) (:bytes theirs)) (:version theirs)))))
         (Duratom. store codec eng (or lock (ReentrantLock.)) sync? shared? (read-from-storage? rw)
                   (AtomicReference. nil) (AtomicReference. {}) (AtomicBoolean. false) nil))
