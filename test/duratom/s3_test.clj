@@ -146,6 +146,21 @@
       (is (some? e))
       (is (< (/ (- (System/nanoTime) t0) 1e9) 30))
       (is (not (str/includes? (ex-message e) (env "DURATOM_TEST_S3_SECRET_KEY"))))))
+  (testing "an endpoint that accepts and never answers fails within :timeout-ms"
+    (with-open [silent (java.net.ServerSocket. 0)] ; the kernel accepts; nobody reads
+      (let [t0 (System/nanoTime)
+            e (try (d/s3-atom (assoc (creds) :endpoint (str "http://127.0.0.1:" (.getLocalPort silent))
+                                     :timeout-ms 1500)
+                              bucket "k")
+                   nil
+                   (catch Exception e e))
+            secs (/ (- (System/nanoTime) t0) 1e9)]
+        (is (some? e))
+        (is (< 1.0 secs 8.0) (str "failed after " secs " s; the default bound is 10 s")))))
+  (testing ":timeout-ms that is not a positive whole number is refused, naming it"
+    (doseq [bad [0 -5 1.5 "1000"]]
+      (let [e (try (d/s3-atom (assoc (creds) :timeout-ms bad) bucket "k") nil (catch Exception e e))]
+        (is (str/includes? (str (ex-message e)) ":timeout-ms") (pr-str bad)))))
   (testing "no credentials at all"
     (let [out (ts/child-output
                (str "(require 'duratom.core)"

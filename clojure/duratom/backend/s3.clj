@@ -56,7 +56,7 @@
   [creds]
   (when-not (or (nil? creds) (map? creds))
     (fail (str ":credentials must be a map, a no-arg fn returning one, or nil, got " (.getName (class creds))) {}))
-  (let [{:keys [access-key secret-key session-token endpoint region profile]} creds]
+  (let [{:keys [access-key secret-key session-token endpoint region profile timeout-ms]} creds]
     (when (and (some? access-key) (nil? secret-key))
       (fail ":credentials give :access-key but no :secret-key" {}))
     (when (and (some? secret-key) (nil? access-key))
@@ -65,7 +65,13 @@
       access-key (assoc "access-key" (non-blank-string ":access-key in :credentials" access-key)
                         "secret-key" (non-blank-string ":secret-key in :credentials" secret-key))
       session-token (assoc "session-token" (non-blank-string ":session-token in :credentials" session-token))
-      profile (assoc "profile" (non-blank-string ":profile in :credentials" profile)))))
+      profile (assoc "profile" (non-blank-string ":profile in :credentials" profile))
+      (some? timeout-ms) (assoc "timeout-ms"
+                                (if (and (integer? timeout-ms) (pos? timeout-ms) (<= timeout-ms Integer/MAX_VALUE))
+                                  (long timeout-ms)
+                                  (fail (str ":timeout-ms in :credentials must be a positive whole number of"
+                                             " milliseconds, got " (pr-str timeout-ms))
+                                        {:timeout-ms timeout-ms}))))))
 
 (defn- resolve-credentials
   "Calls a credentials fn (rotation: the caller calls `store-config` again
