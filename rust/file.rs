@@ -490,15 +490,16 @@ impl Store for FileStore {
     /// next store there writes through it again) and the lock file beside it.
     fn delete(&mut self) -> Result<(), StoreError> {
         let target = self.target("deleting")?;
+        // Opened before the removal, as for a commit's rename: its fsync
+        // reaches the directory the removal happened in, even if it moves.
+        let dir = File::open(&target.dir).map_err(|e| StoreError::io(&self.resource, format!("opening directory {}", target.dir.display()), e))?;
         match fs::remove_file(&target.file) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(StoreError::io(&self.resource, "deleting", e)),
         }
         let _ = fs::remove_file(lock_path(&target)); // only exists after a conditional commit
-        File::open(&target.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| StoreError::io(&self.resource, "fsync of directory after delete", e))
+        dir.sync_all().map_err(|e| StoreError::io(&self.resource, "fsync of directory after delete", e))
     }
 
     fn resource(&self) -> &Resource {
