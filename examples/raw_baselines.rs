@@ -100,8 +100,9 @@ fn file(path: &str, bytes: &[u8], millis: u64, min_ops: u64) {
     let mut store = FileStore::open(&Config::from_pairs("local-file", &[("path", path)]))
         .unwrap_or_else(|e| fail("opening the file store", e));
     let warmup = if bytes.len() > 1 << 20 { 1 } else { 20 };
+    let mut after = None;
     measure("file", bytes.len(), millis, min_ops, warmup, || {
-        store.commit(bytes, &Expect::Anything).unwrap_or_else(|e| fail("commit", e));
+        after = Some(store.commit(bytes, &Expect::Anything { after: after.take() }).unwrap_or_else(|e| fail("commit", e)));
     });
 }
 
