@@ -19,8 +19,8 @@ fn the_declarations_and_exports_of_this_tree_agree() {
     let names: Vec<&str> = java.iter().map(|j| j.name.as_str()).collect();
     assert_eq!(names, ["close", "commit", "delete", "fingerprint", "load", "open"]);
     let commit = java.iter().find(|j| j.name == "commit").unwrap();
-    assert_eq!(commit.canonical(), "commit(long,byte[][],long,byte[])byte[]");
-    assert_eq!(rust.iter().find(|r| r.name == "commit").unwrap().java_args, 4);
+    assert_eq!(commit.canonical(), "commit(long,byte[][],long,byte[],byte[])byte[]");
+    assert_eq!(rust.iter().find(|r| r.name == "commit").unwrap().java_args, 5);
     assert_eq!(mismatches(&java, &rust), Vec::<String>::new());
 }
 
