@@ -10,7 +10,8 @@
   Every db-spec form clojure.java.jdbc accepted for PostgreSQL is understood:
   a `:dbtype` map, the legacy `:subprotocol`/`:subname` map, a
   `:connection-uri` map, and URI strings with or without the `jdbc:` prefix."
-  (:require [clojure.string :as str])
+  (:require [duratom.backend.args :as args]
+            [clojure.string :as str])
   (:import (java.io ByteArrayOutputStream)
            (java.net URI URISyntaxException)
            (java.nio.charset StandardCharsets)))
@@ -18,14 +19,11 @@
 (set! *warn-on-reflection* true)
 
 (defn- fail
-  "Throws the ex-info every unusable argument becomes. Messages name keys and
-  forms, never values that may hold a password (a URI string, a :password)."
-  ([message] (fail message {}))
-  ([message data]
-   (throw (ex-info (str "duratom :postgres-db: " message) (merge {:duratom/backend :postgres-db} data)))))
+  "See duratom.backend.args/fail."
+  ([message] (args/fail :postgres-db message))
+  ([message data] (args/fail :postgres-db message data)))
 
-(defn- type-name [x]
-  (if (nil? x) "nil" (.getName (class x))))
+(def ^:private type-name args/type-name)
 
 (defn- percent-decode
   "Decodes %XX escapes as UTF-8. `+` stays `+`: in the user-info part of a
@@ -249,15 +247,8 @@
   Throws ex-info naming the key or form that is wrong, never the password,
   with data `{:duratom/backend :postgres-db}`."
   [db-config table-name row-id column-type]
-  (let [table (cond
-                (keyword? table-name) (name table-name)
-                (and (string? table-name) (not (str/blank? table-name))) table-name
-                :else (fail (str ":table-name must be a non-empty String, got "
-                                 (if (string? table-name) "a blank String" (type-name table-name)))
-                            {:key :table-name}))
-        row-id (if (and (integer? row-id) (<= Long/MIN_VALUE row-id Long/MAX_VALUE))
-                 (long row-id)
-                 (fail (str ":row-id must be an integer, got " (pr-str row-id)) {:key :row-id}))
+  (let [table (args/table-name :postgres-db table-name)
+        row-id (args/row-id :postgres-db row-id)
         column-type (case (some-> column-type name)
                       (nil "text") "text"
                       "bytea" "bytea"

@@ -11,21 +11,19 @@
   `redis://user:pass@host:port/db` or `rediss://...` (TLS). carmine's
   `:ssl-fn :default` means TLS as well; our own `:tls-ca-cert-file` names the
   CA to trust instead of the compiled-in Mozilla roots."
-  (:require [clojure.string :as str])
+  (:require [duratom.backend.args :as args]
+            [clojure.string :as str])
   (:import (java.net URI URISyntaxException)
            (java.nio.charset StandardCharsets)))
 
 (set! *warn-on-reflection* true)
 
 (defn- fail
-  "Throws the ex-info every unusable argument becomes. Messages never quote
-  a URI or a password."
-  ([message] (fail message {}))
-  ([message data]
-   (throw (ex-info (str "duratom :redis-db: " message) (merge {:duratom/backend :redis-db} data)))))
+  "See duratom.backend.args/fail."
+  ([message] (args/fail :redis-db message))
+  ([message data] (args/fail :redis-db message data)))
 
-(defn- type-name [x]
-  (if (nil? x) "nil" (.getName (class x))))
+(def ^:private type-name args/type-name)
 
 (defn- percent-encode
   "Every byte but unreserved URI characters as %XX, for user and password."

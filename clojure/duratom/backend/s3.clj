@@ -3,7 +3,8 @@
   bucket, key and the `:rw` option `:metadata`) into a store description for
   `duratom.storage/open`. The storage itself is rust/s3/, whose module doc
   lists the native configuration keys made here."
-  (:require [clojure.string :as str]))
+  (:require [clojure.string :as str]
+            [duratom.backend.args :as args]))
 
 (set! *warn-on-reflection* true)
 
@@ -12,10 +13,10 @@
   "us-east-1")
 
 (defn- fail
-  "Throws the ex-info every bad argument becomes. Messages name keys and
-  never print a credentials map, so a secret key cannot leak into a log."
+  "See duratom.backend.args/fail: messages name keys and never print a
+  credentials map, so a secret key cannot leak into a log."
   [message data]
-  (throw (ex-info (str "duratom :aws-s3: " message) (merge {:duratom/backend :aws-s3} data))))
+  (args/fail :aws-s3 message data))
 
 (defn- non-blank-string [what x]
   (if (and (string? x) (not (str/blank? x)))

@@ -11,18 +11,18 @@
   `{:dbtype \"sqlite\" :dbname path}`, the legacy
   `{:classname \"org.sqlite.JDBC\" :subprotocol \"sqlite\" :subname path}`,
   `{:connection-uri \"jdbc:sqlite:path\"}` and the string `\"jdbc:sqlite:path\"`."
-  (:require [clojure.java.io :as io]
+  (:require [duratom.backend.args :as args]
+            [clojure.java.io :as io]
             [clojure.string :as str]))
 
 (set! *warn-on-reflection* true)
 
 (defn- fail
-  ([message] (fail message {}))
-  ([message data]
-   (throw (ex-info (str "duratom :sqlite-db: " message) (merge {:duratom/backend :sqlite-db} data)))))
+  "See duratom.backend.args/fail."
+  ([message] (args/fail :sqlite-db message))
+  ([message data] (args/fail :sqlite-db message data)))
 
-(defn- type-name [x]
-  (if (nil? x) "nil" (.getName (class x))))
+(def ^:private type-name args/type-name)
 
 (defn- uri-path
   "The file path of a `jdbc:sqlite:` URI's rest: `path`, `file:path` or
@@ -96,15 +96,8 @@
             (fail (str "the database must be a file; got " (pr-str path)
                        " (an in-memory database would not be durable)") {:key :db-config}))
         file (.getAbsoluteFile (io/file path))
-        table (cond
-                (keyword? table-name) (name table-name)
-                (and (string? table-name) (not (str/blank? table-name))) table-name
-                :else (fail (str ":table-name must be a non-empty String, got "
-                                 (if (string? table-name) "a blank String" (type-name table-name)))
-                            {:key :table-name}))
-        row-id (if (and (integer? row-id) (<= Long/MIN_VALUE row-id Long/MAX_VALUE))
-                 (long row-id)
-                 (fail (str ":row-id must be an integer, got " (pr-str row-id)) {:key :row-id}))
+        table (args/table-name :sqlite-db table-name)
+        row-id (args/row-id :sqlite-db row-id)
         column-type (case (some-> column-type name)
                       (nil "text") "text"
                       ("blob" "bytea") "blob"
