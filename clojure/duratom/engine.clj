@@ -133,9 +133,11 @@
 
 (defn engine
   "An engine committing to `store` (duratom.storage) with `encode` (value ->
-  bytes), starting from `value`, which is stored already as `version`.
-  `sync?`: callers wait until their state is durable. `error-handler`: the
-  `:rw` option, `(fn [exception recommit])`."
+  duratom.edn.Encoded), starting from `value`, which is stored already as
+  `version` (nil: nothing stored). The engine keeps the one record of the
+  version last seen and hands it to every commit. `sync?`: callers wait until
+  their state is durable. `error-handler`: the `:rw` option,
+  `(fn [exception recommit])`."
   [store encode sync? error-handler value version]
   (->Engine store encode (boolean sync?) error-handler
             (Object.) (ReentrantLock.)
