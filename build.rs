@@ -8,7 +8,7 @@
 //!   into the library as `DURATOM_DOOR_FINGERPRINT`, which `Native` checks
 //!   right after loading;
 //! - the shared library exports only the `Java_*` symbols: a version script
-//!   for GNU ld and lld (Linux), an exported-symbols list for ld64 (macOS).
+//!   for GNU ld and lld (Linux); on macOS rustc's own exported-symbols list.
 
 #[path = "build/door.rs"]
 mod door;
@@ -51,7 +51,14 @@ fn main() {
             // of every dependency global (the S3 SDK's crc-fast has dozens),
             // and the linker merges the scripts; this hides whatever comes
             // from the dependencies' archives, leaving this crate's exports.
-            println!("cargo:rustc-cdylib-link-arg=-Wl,--exclude-libs=ALL");
+            // zig's linker (scripts/release links through cargo-zigbuild)
+            // refuses the option; there the crc-fast stand-in (patches/) has
+            // no such functions, and check-native lists what is exported.
+            println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
+            let zig = std::env::var("RUSTC_LINKER").is_ok_and(|l| l.contains("zig"));
+            if !zig {
+                println!("cargo:rustc-cdylib-link-arg=-Wl,--exclude-libs=ALL");
+            }
         }
         // Apple targets need nothing here: rustc hands the linker an
         // -exported_symbols_list of its own (here exactly the six Java_*
