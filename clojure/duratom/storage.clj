@@ -63,6 +63,8 @@
 (defrecord Store [backend resource refresh handle-state])
 
 (defn- open-handle ^long [desc]
+  ;; A library that did not load throws its reason here, at every open.
+  (Native/ensureLoaded)
   (through-door desc :open (Native/open (wire (:native-config desc)))))
 
 (defn open

@@ -159,9 +159,59 @@ public final class Native {
     /** Environment variable with the same role (the property wins). */
     public static final String PATH_ENV = "DURATOM_NATIVE_PATH";
 
+    /**
+     * The error that stopped the library from loading, or null once it loaded. The
+     * static initializer records it instead of throwing: a class whose initializer
+     * threw is unusable for the rest of the JVM's life, and every later use would
+     * see only "NoClassDefFoundError: Could not initialize class duratom.Native".
+     */
+    private static volatile UnsatisfiedLinkError loadFailure;
+
     static {
-        load();
-        checkDoor();
+        try {
+            load();
+            checkDoor();
+        } catch (UnsatisfiedLinkError e) {
+            loadFailure = e;
+        } catch (IllegalCallerException e) {
+            loadFailure = nativeAccessRefused(e);
+        } catch (RuntimeException e) {
+            loadFailure = (UnsatisfiedLinkError) new UnsatisfiedLinkError(
+                    "duratom: cannot load the native library " + loadedFrom + ": " + e).initCause(e);
+        }
+    }
+
+    /**
+     * Returns when the native library is loaded; otherwise throws, on every call, an
+     * UnsatisfiedLinkError with the reason it did not load (and what to change).
+     * Callers run this before their first native call.
+     */
+    public static void ensureLoaded() {
+        UnsatisfiedLinkError failure = loadFailure;
+        if (failure != null) {
+            // A fresh error each time, so that its stack shows this caller.
+            throw (UnsatisfiedLinkError) new UnsatisfiedLinkError(failure.getMessage()).initCause(failure);
+        }
+    }
+
+    /** The flag value that grants native access to the code this class is part of. */
+    static String nativeAccessTarget() {
+        Module module = Native.class.getModule();
+        return module.isNamed() ? module.getName() : "ALL-UNNAMED";
+    }
+
+    /**
+     * The error for a JVM that refuses native access (Java 22 and later with
+     * --illegal-native-access=deny, or a later default): it names the flag to add.
+     */
+    static UnsatisfiedLinkError nativeAccessRefused(IllegalCallerException e) {
+        String flag = "--enable-native-access=" + nativeAccessTarget();
+        return (UnsatisfiedLinkError) new UnsatisfiedLinkError(
+                "duratom: this JVM refuses native access to duratom, so it cannot load its native library "
+                + loadedFrom + ". Start the JVM with " + flag
+                + " (Leiningen: :jvm-opts [\"" + flag + "\"]; deps.edn: :jvm-opts in an alias;"
+                + " an executable jar: the manifest line \"Enable-Native-Access: " + nativeAccessTarget() + "\")."
+                + " The JVM said: " + e.getMessage()).initCause(e);
     }
 
     private static void load() {

@@ -32,7 +32,7 @@
                     (io/copy foreign copy)
                     (.getPath copy))
           out (ts/child-output
-               "(try (duratom.Native/doorFingerprint) (println \"loaded\")
+               "(try (duratom.Native/ensureLoaded) (println \"loaded\")
                      (catch Throwable e (println (.getName (class e)) (.getMessage e))))"
                :jvm-opts [(str "-Dduratom.native.path=" foreign)])]
       (is (str/includes? out "java.lang.UnsatisfiedLinkError") out)
@@ -47,3 +47,20 @@
     (let [out (ts/child-output "(println (duratom.Native/loadedFrom))"
                                :env {"DURATOM_NATIVE_PATH" nil})]
       (is (str/includes? out (str lib " (built in this checkout)")) out))))
+
+(deftest a-library-that-did-not-load-gives-its-reason-at-every-construction
+  ;; Not a failed static initializer, whose second use would say only
+  ;; "NoClassDefFoundError: Could not initialize class duratom.Native".
+  (let [missing (str (io/file (ts/temp-dir) "no-such-libduratom.so"))
+        out (ts/child-output
+             (str "(require '[duratom.core :as d])
+                   (dotimes [_ 2]
+                     (try (d/duratom :local-file :file-path " (pr-str (str (io/file (ts/temp-dir) "a.edn"))) " :init 0)
+                          (println \"constructed\")
+                          (catch Throwable e (println (.getName (class e)) (.getMessage e)))))")
+             :jvm-opts [(str "-Dduratom.native.path=" missing)])
+        lines (str/split-lines (str/trim out))]
+    (is (= 2 (count lines)) out)
+    (is (every? #(str/starts-with? % "java.lang.UnsatisfiedLinkError ") lines) out)
+    (is (every? #(str/includes? % missing) lines) out)
+    (is (apply = lines) "the second attempt gives the first one's error")))

@@ -76,7 +76,7 @@
                            (str "duratom/native/linux-x86_64/" lib) (.getBytes "never loaded")
                            (str "duratom/native/macos-aarch64/" lib) (.getBytes "never loaded")})
           out (ts/child-output
-               "(try (Class/forName \"duratom.Native\") (print :loaded)
+               "(try (duratom.Native/ensureLoaded) (print :loaded)
                      (catch Throwable e (print (.getName (class e)) (.getMessage e))))"
                ;; the jar first, so duratom.Native comes from it and not from target/classes
                ;; without native-resources/, whose platforms (four, after
