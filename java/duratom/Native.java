@@ -214,13 +214,27 @@ public final class Native {
                 + " The JVM said: " + e.getMessage()).initCause(e);
     }
 
+    /** System property naming the directory the jar's library is extracted to (default java.io.tmpdir). */
+    public static final String TMPDIR_PROPERTY = "duratom.native.tmpdir";
+    /** Environment variable with the same role (the property wins). */
+    public static final String TMPDIR_ENV = "DURATOM_NATIVE_TMPDIR";
+
+    /**
+     * The value of a setting given as a system property or an environment variable
+     * (the property wins): {value, "the system property NAME"}, or null when neither is set.
+     */
+    static String[] setting(String property, String env) {
+        String value = System.getProperty(property);
+        if (value != null && !value.isEmpty()) return new String[] {value, "the system property " + property};
+        value = System.getenv(env);
+        if (value != null && !value.isEmpty()) return new String[] {value, "the environment variable " + env};
+        return null;
+    }
+
     private static void load() {
-        String override = System.getProperty(PATH_PROPERTY);
-        if (override == null || override.isEmpty()) override = System.getenv(PATH_ENV);
-        if (override != null && !override.isEmpty()) {
-            String path = new File(override).getAbsolutePath();
-            loadedFrom = path + " (named by " + (System.getProperty(PATH_PROPERTY, "").isEmpty() ? PATH_ENV : PATH_PROPERTY) + ")";
-            System.load(path);
+        String[] override = setting(PATH_PROPERTY, PATH_ENV);
+        if (override != null) {
+            loadOverride(new File(override[0]).getAbsoluteFile(), override[1]);
             return;
         }
         File built = builtInCheckout();
@@ -230,6 +244,28 @@ public final class Native {
             return;
         }
         loadFromJar();
+    }
+
+    /** Loads the file an override names; its errors name the override. */
+    private static void loadOverride(File file, String source) {
+        String name = source.substring(source.lastIndexOf(' ') + 1);
+        loadedFrom = file + " (named by " + name + ")";
+        String fix = " Point " + source + " at the library scripts/build-native built, or unset it to use"
+                + " the library in the jar.";
+        if (!file.exists()) {
+            throw new UnsatisfiedLinkError("duratom: the native library " + file + ", named by " + source
+                    + ", does not exist." + fix);
+        }
+        if (!file.isFile()) {
+            throw new UnsatisfiedLinkError("duratom: the native library " + file + ", named by " + source
+                    + ", is not a file." + fix);
+        }
+        try {
+            System.load(file.getPath());
+        } catch (UnsatisfiedLinkError e) {
+            throw (UnsatisfiedLinkError) new UnsatisfiedLinkError("duratom: cannot load the native library "
+                    + file + ", named by " + source + ": " + e.getMessage() + "." + fix).initCause(e);
+        }
     }
 
     private static String libraryFileName() {
@@ -274,13 +310,31 @@ public final class Native {
                 throw new UnsatisfiedLinkError(NativePlatform.noLibraryMessage(platform, System.getProperty("os.name"),
                         System.getProperty("os.arch"), NativePlatform.bundled(Native.class.getClassLoader(), libraryFileName())));
             }
-            // A private file (owner-only) that nobody else can swap before we load it.
-            Path temp = Files.createTempFile("duratom-", "-" + libraryFileName(),
-                    PosixFilePermissions.asFileAttribute(PosixFilePermissions.fromString("rw-------")));
+            loadedFrom = "resource " + resource + " of " + Native.class.getProtectionDomain().getCodeSource().getLocation();
+            String[] chosen = setting(TMPDIR_PROPERTY, TMPDIR_ENV);
+            String dirSource = chosen != null ? chosen[1] : "java.io.tmpdir (the default; " + TMPDIR_PROPERTY
+                    + " or " + TMPDIR_ENV + " chooses another)";
+            File dir = new File(chosen != null ? chosen[0] : System.getProperty("java.io.tmpdir")).getAbsoluteFile();
             try {
+                Files.createDirectories(dir.toPath());
+            } catch (IOException e) {
+                throw new UnsatisfiedLinkError("duratom: cannot create " + dir + ", the directory for the native library"
+                        + " (chosen by " + dirSource + "): " + e);
+            }
+            Path temp;
+            try {
+                temp = createPrivateFile(dir.toPath(), libraryFileName());
                 Files.copy(in, temp, StandardCopyOption.REPLACE_EXISTING);
-                loadedFrom = "resource " + resource + " of " + Native.class.getProtectionDomain().getCodeSource().getLocation();
+            } catch (IOException e) {
+                throw new UnsatisfiedLinkError("duratom: cannot extract the native library " + resource + " to " + dir
+                        + " (chosen by " + dirSource + "): " + e + ". Set " + TMPDIR_PROPERTY + " (or " + TMPDIR_ENV
+                        + ") to a writable directory.");
+            }
+            try {
                 System.load(temp.toAbsolutePath().toString());
+            } catch (UnsatisfiedLinkError e) {
+                throw (UnsatisfiedLinkError) new UnsatisfiedLinkError(extractedLoadFailure(e.getMessage(), dir, dirSource))
+                        .initCause(e);
             } finally {
                 // Once loaded, the mapping stays valid after the file is gone.
                 Files.deleteIfExists(temp);
@@ -288,5 +342,32 @@ public final class Native {
         } catch (IOException e) {
             throw new UnsatisfiedLinkError("duratom: cannot extract the native library " + resource + ": " + e);
         }
+    }
+
+    /** An empty file in {@code dir} that only this user can read or write, so nobody can swap it before it loads. */
+    private static Path createPrivateFile(Path dir, String libraryFile) throws IOException {
+        if (dir.getFileSystem().supportedFileAttributeViews().contains("posix")) {
+            return Files.createTempFile(dir, "duratom-", "-" + libraryFile,
+                    PosixFilePermissions.asFileAttribute(PosixFilePermissions.fromString("rw-------")));
+        }
+        return Files.createTempFile(dir, "duratom-", "-" + libraryFile);
+    }
+
+    /**
+     * The error text for a library extracted to {@code dir} that the system would not load:
+     * it names the directory, what chose it, and the setting that moves it. A file system
+     * mounted {@code noexec} makes the dynamic loader fail to map the file.
+     */
+    static String extractedLoadFailure(String systemMessage, File dir, String dirSource) {
+        String move = "set the system property " + TMPDIR_PROPERTY + " (or the environment variable " + TMPDIR_ENV
+                + ") to a directory on a file system that allows it.";
+        if (systemMessage != null && systemMessage.contains("failed to map segment")) {
+            return "duratom: cannot load the native library extracted to " + dir + " (chosen by " + dirSource
+                    + "): its file system does not allow running code from it (mounted noexec?); " + move
+                    + " The system said: " + systemMessage + " (the extracted copy is removed).";
+        }
+        return "duratom: cannot load the native library extracted to " + dir + " (chosen by " + dirSource + "): "
+                + systemMessage + " (the extracted copy is removed). If that directory does not allow loading code, "
+                + move;
     }
 }

@@ -61,6 +61,7 @@
              :jvm-opts [(str "-Dduratom.native.path=" missing)])
         lines (str/split-lines (str/trim out))]
     (is (= 2 (count lines)) out)
-    (is (every? #(str/starts-with? % "java.lang.UnsatisfiedLinkError ") lines) out)
+    (is (every? #(str/starts-with? % "java.lang.UnsatisfiedLinkError duratom: ") lines) out)
+    (is (every? #(str/includes? % "named by the system property duratom.native.path") lines) out)
     (is (every? #(str/includes? % missing) lines) out)
     (is (apply = lines) "the second attempt gives the first one's error")))

@@ -66,6 +66,25 @@
     (with-open [loader (URLClassLoader. (into-array URL []) nil)]
       (is (= [] (vec (NativePlatform/bundled loader lib)))))))
 
+(defn- child-loading-from-jar
+  "Runs `code` in a child JVM whose duratom.Native comes from `jar` (first on
+  the class path, so not from target/classes, and without native-resources/,
+  whose platforms would count as the jar's); no DURATOM_NATIVE_PATH unless
+  `env` sets it. Returns its stdout."
+  [jar code & {:keys [jvm-opts env]}]
+  (ts/child-output code
+                   :jvm-opts (concat jvm-opts
+                                     ["-cp" (str/join java.io.File/pathSeparator
+                                                      (cons jar (remove #(str/ends-with? % "native-resources")
+                                                                        (str/split (System/getProperty "java.class.path")
+                                                                                   (re-pattern java.io.File/pathSeparator)))))])
+                   :env (merge {"DURATOM_NATIVE_PATH" nil "DURATOM_NATIVE_TMPDIR" nil} env)))
+
+(def ^:private print-load-outcome
+  "Child code: loads duratom.Native and prints :loaded or the error's class and message."
+  "(try (duratom.Native/ensureLoaded) (print :loaded)
+        (catch Throwable e (print (.getName (class e)) (.getMessage e))))")
+
 (deftest a-platform-the-jar-lacks-gets-an-error-naming-both
   (testing "in a child JVM that reports another architecture and loads duratom.Native from a jar"
     (let [dir (ts/temp-dir)
@@ -75,20 +94,83 @@
                            "duratom/NativePlatform.class" (class-bytes "NativePlatform")
                            (str "duratom/native/linux-x86_64/" lib) (.getBytes "never loaded")
                            (str "duratom/native/macos-aarch64/" lib) (.getBytes "never loaded")})
-          out (ts/child-output
-               "(try (duratom.Native/ensureLoaded) (print :loaded)
-                     (catch Throwable e (print (.getName (class e)) (.getMessage e))))"
-               ;; the jar first, so duratom.Native comes from it and not from target/classes
-               ;; without native-resources/, whose platforms (four, after
-               ;; scripts/release staged them) would be counted as the jar's
-               :jvm-opts ["-Dos.arch=ppc64le"
-                          "-cp" (str/join java.io.File/pathSeparator
-                                          (cons jar (remove #(str/ends-with? % "native-resources")
-                                                            (str/split (System/getProperty "java.class.path")
-                                                                       (re-pattern java.io.File/pathSeparator)))))]
-               :env {"DURATOM_NATIVE_PATH" nil})]
+          out (child-loading-from-jar jar print-load-outcome :jvm-opts ["-Dos.arch=ppc64le"])]
       (is (str/starts-with? out "java.lang.UnsatisfiedLinkError") out)
       (is (str/includes? out "platform linux-ppc64le") out)
       (is (str/includes? out "os.arch=\"ppc64le\"") out)
       (is (str/includes? out "it carries linux-x86_64, macos-aarch64.") out)
       (is (str/includes? out "duratom.native.path") out))))
+
+(deftest an-override-that-cannot-load-names-the-override
+  (let [dir (ts/temp-dir)
+        missing (str (io/file dir "missing" "libduratom.so"))
+        not-a-library (doto (io/file dir "libduratom.so") (spit (apply str (repeat 200 "not a library "))))]
+    (testing "the system property, naming a missing file"
+      (let [out (ts/child-output print-load-outcome :jvm-opts [(str "-Dduratom.native.path=" missing)])]
+        (is (str/starts-with? out "java.lang.UnsatisfiedLinkError") out)
+        (is (str/includes? out (str missing ", named by the system property duratom.native.path, does not exist")) out)))
+    (testing "the environment variable, naming a missing file"
+      (let [out (ts/child-output print-load-outcome :env {"DURATOM_NATIVE_PATH" missing})]
+        (is (str/includes? out (str missing ", named by the environment variable DURATOM_NATIVE_PATH, does not exist")) out)))
+    (testing "a directory"
+      (let [out (ts/child-output print-load-outcome :env {"DURATOM_NATIVE_PATH" (str dir)})]
+        (is (str/includes? out (str dir ", named by the environment variable DURATOM_NATIVE_PATH, is not a file")) out)))
+    (testing "a file that is not a library: the system's reason and the override"
+      (let [out (ts/child-output print-load-outcome :jvm-opts [(str "-Dduratom.native.path=" not-a-library)])]
+        (is (str/includes? out (str "cannot load the native library " not-a-library
+                                    ", named by the system property duratom.native.path: ")) out)
+        (is (str/includes? out "ELF") out)))))
+
+(defn- jar-with-this-library
+  "A jar in `dir` holding duratom.Native and the library cargo built, for this platform."
+  [dir]
+  (let [lib (System/mapLibraryName "duratom")
+        built (io/file "target/release" lib)]
+    (is (.isFile built) (str built " is missing: the test command builds it (scripts/build-native)"))
+    (write-jar! (io/file dir "duratom.jar")
+                {"duratom/Native.class" (class-bytes "Native")
+                 "duratom/NativePlatform.class" (class-bytes "NativePlatform")
+                 (str "duratom/native/" (NativePlatform/current) "/" lib) (java.nio.file.Files/readAllBytes (.toPath built))})))
+
+(defn- mount-noexec-tmpfs!
+  "Mounts a small tmpfs with noexec at a fresh directory; returns it. Needs root."
+  []
+  (let [dir (ts/temp-dir)]
+    (ts/sh! "mount" "-t" "tmpfs" "-o" "noexec,size=64m" "tmpfs" (str dir))
+    dir))
+
+(deftest the-extraction-directory-is-a-setting-and-a-noexec-one-is-named
+  (let [jar (jar-with-this-library (ts/temp-dir))
+        noexec (try (mount-noexec-tmpfs!)
+                    (catch Exception e
+                      (is false (str "this test mounts a noexec tmpfs, as root, to make a hardened host's "
+                                     "java.io.tmpdir; it could not: " (.getMessage e)))
+                      nil))]
+    (when noexec
+      (try
+        (testing "java.io.tmpdir on a noexec file system: the error names the directory and the setting"
+          (let [out (child-loading-from-jar jar print-load-outcome :jvm-opts [(str "-Djava.io.tmpdir=" noexec)])]
+            (is (str/starts-with? out "java.lang.UnsatisfiedLinkError duratom: ") out)
+            (is (str/includes? out (str "extracted to " noexec " (chosen by java.io.tmpdir")) out)
+            (is (str/includes? out "noexec") out)
+            (is (str/includes? out "set the system property duratom.native.tmpdir (or the environment variable DURATOM_NATIVE_TMPDIR)") out)
+            (is (empty? (.list noexec)) "the extracted copy is removed")))
+        (testing "duratom.native.tmpdir moves the extraction elsewhere; the directory is made if missing"
+          (let [elsewhere (io/file (ts/temp-dir) "made" "here")
+                out (child-loading-from-jar jar print-load-outcome
+                                            :jvm-opts [(str "-Djava.io.tmpdir=" noexec)
+                                                       (str "-Dduratom.native.tmpdir=" elsewhere)])]
+            (is (= ":loaded" out))
+            (is (empty? (.list elsewhere)) "the loaded copy is removed once mapped")))
+        (testing "DURATOM_NATIVE_TMPDIR does the same"
+          (let [elsewhere (ts/temp-dir)
+                out (child-loading-from-jar jar print-load-outcome
+                                            :jvm-opts [(str "-Djava.io.tmpdir=" noexec)]
+                                            :env {"DURATOM_NATIVE_TMPDIR" (str elsewhere)})]
+            (is (= ":loaded" out))))
+        (testing "the setting pointing at the noexec directory is named as the chooser"
+          (let [out (child-loading-from-jar jar print-load-outcome
+                                            :env {"DURATOM_NATIVE_TMPDIR" (str noexec)})]
+            (is (str/includes? out (str "extracted to " noexec " (chosen by the environment variable DURATOM_NATIVE_TMPDIR)")) out)))
+        (finally
+          (ts/sh! "umount" (str noexec)))))))
