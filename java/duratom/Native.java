@@ -307,8 +307,10 @@ public final class Native {
         String resource = NativePlatform.resource(platform, libraryFileName());
         try (InputStream in = Native.class.getClassLoader().getResourceAsStream(resource)) {
             if (in == null) {
-                throw new UnsatisfiedLinkError(NativePlatform.noLibraryMessage(platform, System.getProperty("os.name"),
-                        System.getProperty("os.arch"), NativePlatform.bundled(Native.class.getClassLoader(), libraryFileName())));
+                String os = System.getProperty("os.name");
+                throw new UnsatisfiedLinkError(NativePlatform.noLibraryMessage(platform, os, System.getProperty("os.arch"),
+                        platform.startsWith("linux") ? NativePlatform.libc() : null,
+                        NativePlatform.bundled(Native.class.getClassLoader(), libraryFileName())));
             }
             loadedFrom = "resource " + resource + " of " + Native.class.getProtectionDomain().getCodeSource().getLocation();
             String[] chosen = setting(TMPDIR_PROPERTY, TMPDIR_ENV);

@@ -3,6 +3,8 @@ package duratom;
 import java.io.IOException;
 import java.io.InputStream;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Paths;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.LinkedHashSet;
@@ -12,7 +14,7 @@ import java.util.Locale;
 /**
  * Which bundled native library fits this JVM: the platform names of the jar's
  * resource folders {@code duratom/native/<platform>/} and the mapping from the
- * JVM's {@code os.name} / {@code os.arch} to them. Kept apart from
+ * JVM's {@code os.name} / {@code os.arch} (and on Linux its C library) to them. Kept apart from
  * {@link Native} so that it can be used (and tested) without loading the
  * library.
  */
@@ -29,11 +31,63 @@ public final class NativePlatform {
     public static final String INDEX = RESOURCE_ROOT + "platforms.txt";
     /** The platforms a release jar carries (scripts/release builds them). */
     public static final List<String> KNOWN =
-        List.of("linux-x86_64", "linux-aarch64", "macos-aarch64", "macos-x86_64");
+        List.of("linux-x86_64", "linux-aarch64", "linux-musl-x86_64", "linux-musl-aarch64",
+                "macos-aarch64", "macos-x86_64");
 
-    /** The platform of this JVM, from its system properties. */
+    /** The platform of this JVM, from its system properties and, on Linux, its C library. */
     public static String current() {
-        return of(System.getProperty("os.name"), System.getProperty("os.arch"));
+        String os = System.getProperty("os.name");
+        return of(os, System.getProperty("os.arch"), isLinux(os) ? libc() : null);
+    }
+
+    private static boolean isLinux(String osName) {
+        return osName != null && osName.trim().toLowerCase(Locale.ROOT).startsWith("linux");
+    }
+
+    private static volatile String libc;
+
+    /**
+     * The C library this process runs on, "musl" or "glibc", read from its own
+     * mappings (/proc/self/maps); "unknown" when they cannot be read or name
+     * neither. Not from the files on disk: a glibc system can have the musl
+     * loader installed, and an Alpine one glibc's compatibility files.
+     */
+    public static String libc() {
+        String known = libc;
+        if (known == null) {
+            String maps;
+            try {
+                maps = new String(Files.readAllBytes(Paths.get("/proc/self/maps")), StandardCharsets.UTF_8);
+            } catch (IOException | RuntimeException e) {
+                maps = "";
+            }
+            libc = known = libcOf(maps);
+        }
+        return known;
+    }
+
+    /**
+     * The C library that mappings in the format of /proc/PID/maps show: "musl"
+     * when the musl loader/libc (ld-musl-ARCH.so.1, Alpine's libc.musl-ARCH.so.1)
+     * is mapped, else "glibc" when glibc's libc (libc.so.6, libc-2.NN.so) is,
+     * else "unknown". musl wins, since glibc compatibility layers on musl
+     * (Alpine's gcompat) map files with glibc's names. Pure.
+     */
+    public static String libcOf(String maps) {
+        boolean glibc = false;
+        for (String line : maps.split("\n")) {
+            int slash = line.lastIndexOf('/');
+            if (slash < 0) continue;
+            String file = line.substring(slash + 1).trim();
+            if (file.startsWith("ld-musl-") || file.startsWith("libc.musl-")) return "musl";
+            if (file.equals("libc.so.6") || file.matches("libc-2\\.[0-9]+\\.so")) glibc = true;
+        }
+        return glibc ? "glibc" : "unknown";
+    }
+
+    /** {@link #of(String, String, String)} for a platform whose C library does not matter (glibc on Linux). */
+    public static String of(String osName, String osArch) {
+        return of(osName, osArch, null);
     }
 
     /**
@@ -43,9 +97,11 @@ public final class NativePlatform {
      * aarch64 and arm64). An OS or architecture it does not know keeps its own
      * name, lower-cased, with everything but letters, digits and '_' dropped,
      * so that an error can say which platform it saw ("freebsd-x86_64",
-     * "linux-ppc64le"). Pure: reads no system property.
+     * "linux-ppc64le"). On Linux, {@code libc} "musl" gives {@code linux-musl-<arch>};
+     * any other value (glibc, unknown, null) the glibc name {@code linux-<arch>}.
+     * Pure: reads no system property.
      */
-    public static String of(String osName, String osArch) {
+    public static String of(String osName, String osArch, String libc) {
         String os = osName == null ? "" : osName.trim().toLowerCase(Locale.ROOT);
         String arch = osArch == null ? "" : osArch.trim().toLowerCase(Locale.ROOT);
         if (os.startsWith("linux")) os = "linux";
@@ -62,6 +118,7 @@ public final class NativePlatform {
             default:
                 arch = arch.replaceAll("[^a-z0-9_]", "");
         }
+        if (os.equals("linux") && "musl".equals(libc)) os = "linux-musl";
         return (os.isEmpty() ? "unknown" : os) + "-" + (arch.isEmpty() ? "unknown" : arch);
     }
 
@@ -93,9 +150,11 @@ public final class NativePlatform {
     }
 
     /** The error text for a jar that has no library for {@code platform}. */
-    public static String noLibraryMessage(String platform, String osName, String osArch, List<String> bundled) {
+    public static String noLibraryMessage(String platform, String osName, String osArch, String libc,
+                                          List<String> bundled) {
         return "duratom: this jar has no native library for platform " + platform
-            + " (os.name=\"" + osName + "\", os.arch=\"" + osArch + "\"); it carries "
+            + " (os.name=\"" + osName + "\", os.arch=\"" + osArch + "\""
+            + (libc == null ? "" : ", C library " + libc) + "); it carries "
             + (bundled.isEmpty() ? "none" : String.join(", ", bundled))
             + ". To run here, build the library on this machine with scripts/build-native (in a duratom"
             + " checkout) and set the system property " + Native.PATH_PROPERTY + " or the environment variable "

@@ -26,14 +26,56 @@
            ["Darwin" "x86_64" "macos-x86_64"]
            ["macOS" "aarch64" "macos-aarch64"]
            ["LINUX" " AMD64 " "linux-x86_64"]
-           ;; platforms no jar carries keep a recognisable name for the error
+           ;; Windows, as JVMs there report it
            ["Windows 10" "amd64" "windows-x86_64"]
+           ["Windows 11" "amd64" "windows-x86_64"]
+           ["Windows Server 2022" "amd64" "windows-x86_64"]
+           ["Windows 11" "aarch64" "windows-aarch64"]
+           ["Windows 7" "x86" "windows-x86"]
+           ;; platforms no jar carries keep a recognisable name for the error
            ["FreeBSD" "amd64" "freebsd-x86_64"]
            ["Linux" "ppc64le" "linux-ppc64le"]
            ["Linux" "i386" "linux-x86"]
            ["SunOS" "sparcv9" "sunos-sparcv9"]
            [nil nil "unknown-unknown"]]]
     (is (= expected (NativePlatform/of os-name os-arch)) (str os-name " / " os-arch))))
+
+(deftest the-c-library-picks-the-musl-or-glibc-library-on-linux
+  (doseq [[os-name os-arch libc expected]
+          [["Linux" "amd64" "musl" "linux-musl-x86_64"]
+           ["Linux" "x86_64" "musl" "linux-musl-x86_64"]
+           ["Linux" "aarch64" "musl" "linux-musl-aarch64"]
+           ["Linux" "arm64" "musl" "linux-musl-aarch64"]
+           ["Linux" "ppc64le" "musl" "linux-musl-ppc64le"]
+           ["Linux" "amd64" "glibc" "linux-x86_64"]
+           ["Linux" "aarch64" "glibc" "linux-aarch64"]
+           ;; mappings that name neither: glibc's name, as before the check existed
+           ["Linux" "amd64" "unknown" "linux-x86_64"]
+           ["Linux" "amd64" nil "linux-x86_64"]
+           ;; only Linux has the two
+           ["Mac OS X" "aarch64" "musl" "macos-aarch64"]
+           ["Windows 10" "amd64" "musl" "windows-x86_64"]]]
+    (is (= expected (NativePlatform/of os-name os-arch libc)) (str os-name " / " os-arch " / " libc))))
+
+(deftest the-c-library-is-read-from-the-process-mappings
+  (let [line (fn [path] (str "7f0c5a600000-7f0c5a628000 r--p 00000000 fe:01 1835250                    " path))]
+    (testing "an Alpine JVM: musl's loader is its libc"
+      (is (= "musl" (NativePlatform/libcOf (str/join "\n" [(line "/usr/lib/jvm/java-21-openjdk/bin/java")
+                                                             (line "/lib/ld-musl-x86_64.so.1")
+                                                             "7ffd1b9e2000-7ffd1ba03000 rw-p 00000000 00:00 0  [stack]"]))))
+      (is (= "musl" (NativePlatform/libcOf (line "/lib/ld-musl-aarch64.so.1"))))
+      (is (= "musl" (NativePlatform/libcOf (line "/usr/lib/libc.musl-x86_64.so.1")))))
+    (testing "gcompat on Alpine maps files with glibc's names; musl still wins"
+      (is (= "musl" (NativePlatform/libcOf (str/join "\n" [(line "/lib/libc.so.6") (line "/lib/ld-musl-x86_64.so.1")])))))
+    (testing "a glibc JVM, with the musl loader merely installed on disk"
+      (is (= "glibc" (NativePlatform/libcOf (str/join "\n" [(line "/usr/lib/x86_64-linux-gnu/libc.so.6")
+                                                              (line "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")]))))
+      (is (= "glibc" (NativePlatform/libcOf (line "/lib64/libc-2.17.so")))))
+    (testing "neither"
+      (is (= "unknown" (NativePlatform/libcOf "")))
+      (is (= "unknown" (NativePlatform/libcOf (line "/usr/lib/libmusl-notes.txt")))))
+    (testing "this JVM, on the glibc machines that run the test command, with /lib/ld-musl-x86_64.so.1 possibly installed"
+      (is (= "glibc" (NativePlatform/libc))))))
 
 (deftest this-jvm-maps-to-a-known-platform
   ;; The machines that run the test command are ones the jar carries.
@@ -97,7 +139,7 @@
           out (child-loading-from-jar jar print-load-outcome :jvm-opts ["-Dos.arch=ppc64le"])]
       (is (str/starts-with? out "java.lang.UnsatisfiedLinkError") out)
       (is (str/includes? out "platform linux-ppc64le") out)
-      (is (str/includes? out "os.arch=\"ppc64le\"") out)
+      (is (str/includes? out "os.arch=\"ppc64le\", C library glibc)") out)
       (is (str/includes? out "it carries linux-x86_64, macos-aarch64.") out)
       (is (str/includes? out "duratom.native.path") out))))
 
