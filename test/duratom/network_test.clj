@@ -1,0 +1,237 @@
+(ns duratom.network-test
+  "Network faults made by the kernel between a duratom and its server.
+  PostgreSQL, S3 (moto) and Redis run inside a network namespace
+  (scripts/netns; scripts/test sets it up as root and removes it after), and
+  the tests cut, slow and reset the link while a synchronous or asynchronous
+  duratom commits through it: every failure is bounded, a request that went
+  out and got no answer is reported as of unknown outcome, the duratom
+  recovers without being reopened, and nothing acknowledged is lost."
+  (:require [clojure.java.io :as io]
+            [clojure.string :as str]
+            [clojure.test :refer [deftest is testing]]
+            [duratom.core :as d]
+            [duratom.test-support :as ts]))
+
+(defn net-dir
+  "The directory of the namespace and its servers (DURATOM_TEST_NET_DIR,
+  which scripts/test exports); throws, saying how to make one, when missing:
+  a backend test never silently skips."
+  []
+  (or (not-empty (System/getenv "DURATOM_TEST_NET_DIR"))
+      (throw (ex-info (str "Missing environment variable DURATOM_TEST_NET_DIR: the network fault tests need "
+                           "servers inside a network namespace. Run the tests with scripts/test as root (it "
+                           "sets them up), or run scripts/netns up DIR, then with DIR/env's variables set "
+                           "scripts/postgres-server start DIR/pg, scripts/s3-server start DIR/s3 and "
+                           "scripts/redis-server start DIR/redis, and export DURATOM_TEST_NET_DIR=DIR.")
+                      {:missing "DURATOM_TEST_NET_DIR"}))))
+
+(defn server-env
+  "The variables `server`'s env file (DIR/<server>/env) exports, as a map."
+  [server]
+  (let [f (io/file (net-dir) server "env")]
+    (when-not (.exists f)
+      (throw (ex-info (str "No " f ": the " server " server of the network fault tests is not running "
+                           "(scripts/test starts it inside the namespace)")
+                      {:missing (str f)})))
+    (into {} (for [line (str/split-lines (slurp f))
+                   :let [[_ k v] (re-matches #"export ([A-Z0-9_]+)=(.*)" line)]
+                   :when k]
+               [k v]))))
+
+(defn fault!
+  "Replaces the fault on the link with `kind` (:blackhole, :reset, :slow,
+  :down or :clear), through scripts/netns."
+  [kind]
+  (ts/sh! "scripts/netns" "fault" (net-dir) (name kind)))
+
+(defn pg-spec
+  "The namespace's PostgreSQL server as a :dbtype map, waits bounded by
+  `timeout-ms`."
+  [timeout-ms]
+  (let [e (server-env "pg")]
+    {:dbtype "postgresql" :host (e "DURATOM_TEST_PG_HOST") :port (Long/parseLong (e "DURATOM_TEST_PG_PORT"))
+     :dbname (e "DURATOM_TEST_PG_DB") :user (e "DURATOM_TEST_PG_USER") :password (e "DURATOM_TEST_PG_PASSWORD")
+     :timeout-ms timeout-ms}))
+
+(defn s3-creds
+  "The namespace's S3 server's credentials, waits bounded by `timeout-ms`."
+  [timeout-ms]
+  (let [e (server-env "s3")]
+    {:access-key (e "DURATOM_TEST_S3_ACCESS_KEY") :secret-key (e "DURATOM_TEST_S3_SECRET_KEY")
+     :endpoint (e "DURATOM_TEST_S3_ENDPOINT") :timeout-ms timeout-ms}))
+
+(defn redis-conn
+  "The namespace's Redis server as carmine's connection spec, waits bounded
+  by `timeout-ms`."
+  [timeout-ms]
+  (let [e (server-env "redis")]
+    {:pool {} :spec {:host (e "DURATOM_TEST_REDIS_HOST") :port (Long/parseLong (e "DURATOM_TEST_REDIS_PORT"))
+                     :password (e "DURATOM_TEST_REDIS_PASSWORD") :db 0 :timeout-ms timeout-ms}}))
+
+(def ^:private timeout-ms 1500)
+
+(def backends
+  {:postgres {:name "postgres-db"
+              :open (fn [init rw] (d/postgres-atom (pg-spec timeout-ms) (str/replace (ts/unique-name "net") "-" "_")
+                                                   0 nil init rw))}
+   :s3 {:name "aws-s3"
+        :open (fn [init rw] (d/s3-atom (s3-creds timeout-ms) "duratom-network" (str "net/" (ts/unique-name "k"))
+                                       nil init rw))}
+   :redis {:name "redis-db"
+           :open (fn [init rw] (d/redis-atom (redis-conn timeout-ms) (str "duratom:net:" (ts/unique-name "k"))
+                                             nil init rw))}})
+
+(defn- timed
+  "Runs `f`; returns [what it returned or nil, its exception or nil, seconds taken]."
+  [f]
+  (let [t0 (System/nanoTime)
+        [r e] (try [(f) nil] (catch Throwable e [nil e]))]
+    [r e (/ (- (System/nanoTime) t0) 1e9)]))
+
+(defn- messages [^Throwable e]
+  (str/join " | " (map #(.getMessage ^Throwable %) (take-while some? (iterate #(.getCause ^Throwable %) e)))))
+
+(defn- add-id [v id] (update v :ids conj id))
+
+;; The bound on a failing call: the backend's :timeout-ms covers each wait on
+;; the server, and a call may wait twice (a connect after a send that failed);
+;; a second of slack for scheduling on a loaded machine.
+(def ^:private bound-secs (+ (* 2 (/ timeout-ms 1000.0)) 1.0))
+
+(def ^:private slow-pad
+  "About 6 KB: on the throttled link (64 kbit/s after a 1600-byte burst) a
+  commit carrying it takes most of a second, well inside :timeout-ms."
+  (apply str (repeat 6000 "p")))
+
+(defn- report [backend mode fault secs e]
+  (println (format "network %s %s %s: %s after %.2f s%s" (:name backend) (name mode) (name fault)
+                   (if e "failed" "returned") secs
+                   (if e (str " (" (if (:duratom/outcome-unknown? (ex-data e)) "outcome unknown" "outcome known")
+                              "): " (subs (messages e) 0 (min 160 (count (messages e)))))
+                       ""))))
+
+(defn- check-acknowledged
+  "Every acknowledged id is in memory and in a fresh read of storage, and
+  memory equals storage."
+  [dura acked]
+  (let [stored (d/backend-snapshot dura)]
+    (is (= @dura stored) "memory equals storage")
+    (is (every? (:ids stored) acked) (str "every acknowledged commit is stored; missing: "
+                                          (remove (:ids stored) acked)))))
+
+(defn- sync-faults
+  "A synchronous duratom of `backend` through each fault in turn."
+  [backend]
+  (let [dura ((:open backend) {:ids #{}} {:commit-mode :sync})
+        acked (atom [])
+        ack! (fn [id] (swap! dura add-id id) (swap! acked conj id))]
+    (try
+      (ack! 0)
+      (doseq [[i fault] (map-indexed vector [:blackhole :down])]
+        (testing (str (:name backend) " sync, link " (name fault) " for longer than :timeout-ms")
+          (let [before @dura
+                id (- -1 i)
+                _ (fault! fault)
+                [_ e secs] (try (timed #(swap! dura add-id id)) (finally (fault! :clear)))]
+            (report backend :sync fault secs e)
+            (is (some? e) "the swap! fails")
+            (is (<= (* 0.9 (/ timeout-ms 1000.0)) secs bound-secs) (str "after the bound, not before; took " secs " s"))
+            (is (contains? (ex-data e) :duratom/backend) (messages e))
+            (is (true? (:duratom/outcome-unknown? (ex-data e)))
+                (str "the commit went out on an open connection and got no answer: " (messages e)))
+            (is (or (= before @dura) (= (add-id before id) @dura)) "memory holds the last known state")
+            (let [[_ e2] (timed #(ack! (inc i)))]
+              (is (nil? e2) (str "the next swap! succeeds without a reopen: " (some-> e2 messages))))
+            (check-acknowledged dura @acked))))
+      (testing (str (:name backend) " sync, connections reset by the server's host")
+        (let [before @dura
+              _ (fault! :reset)
+              [_ e secs] (try (timed #(swap! dura add-id -10)) (finally (fault! :clear)))]
+          (report backend :sync :reset secs e)
+          (is (some? e) "the swap! fails")
+          (is (< secs bound-secs) (str "took " secs " s"))
+          (is (or (= before @dura) (and (:duratom/outcome-unknown? (ex-data e)) (= (add-id before -10) @dura)))
+              "memory holds the last known state")
+          (when-not (:duratom/outcome-unknown? (ex-data e))
+            (is (not (contains? (:ids (d/backend-snapshot dura)) -10)) "a commit of known failure left no trace"))
+          (let [[_ e2] (timed #(ack! 10))]
+            (is (nil? e2) (str "the next swap! succeeds without a reopen: " (some-> e2 messages))))
+          (check-acknowledged dura @acked)))
+      (testing (str (:name backend) " sync, a slow link (every packet waits for the throttle)")
+        (fault! :slow)
+        (let [[_ e secs] (try (timed #(do (swap! dura assoc :pad slow-pad) (ack! 20)))
+                              (finally (fault! :clear)))]
+          (report backend :sync :slow secs e)
+          (is (nil? e) (str "commits slower than usual but inside :timeout-ms succeed: " (some-> e messages)))
+          (is (>= secs 0.3) (str "the link was slow: " secs " s"))
+          (swap! dura dissoc :pad)
+          (check-acknowledged dura @acked)))
+      (finally (d/destroy dura)))))
+
+(defn- flush-within
+  "flush! with a wait of `ms`: [true/false or nil, exception or nil, seconds]."
+  [dura ms]
+  (timed #(d/flush! dura ms)))
+
+(defn- async-faults
+  "An asynchronous duratom of `backend` through each fault in turn: swap!
+  returns at once, flush! reports the failure within the bound, and once the
+  link is back the kept state lands without a reopen."
+  [backend]
+  (let [dura ((:open backend) {:ids #{}} {:commit-mode :duratom.core/async})
+        acked (atom [])
+        ack! (fn [id] (swap! dura add-id id) (is (true? (d/flush! dura 20000))) (swap! acked conj id))]
+    (try
+      (ack! 0)
+      (doseq [[i fault] (map-indexed vector [:blackhole :down :reset])]
+        (testing (str (:name backend) " async, link " (name fault))
+          (let [id (inc i)
+                _ (fault! fault)
+                [flushed e secs] (try
+                                   (let [[_ e0 swap-secs] (timed #(swap! dura add-id id))]
+                                     (is (nil? e0) "swap! returns at once")
+                                     (is (< swap-secs 0.5) (str "swap! does not wait for the link: " swap-secs " s"))
+                                     (flush-within dura (* 2 timeout-ms)))
+                                   (finally (fault! :clear)))]
+            (report backend :async fault secs e)
+            (is (not (true? flushed)) "flush! does not claim the state durable while the link is cut")
+            (is (< secs (+ bound-secs (* 2 (/ timeout-ms 1000.0)))) (str "flush! came back after " secs " s"))
+            (when (and e (#{:blackhole :down} fault))
+              (is (true? (:duratom/outcome-unknown? (ex-data e)))
+                  (str "the commit went out on an open connection and got no answer: " (messages e))))
+            (is (contains? (:ids @dura) id) "memory keeps the swapped state")
+            (let [[flushed2 e2] (flush-within dura 20000)]
+              (is (true? flushed2) (str "the kept state lands once the link is back, without a reopen: "
+                                        (some-> e2 messages))))
+            (swap! acked conj id)
+            (check-acknowledged dura @acked))))
+      (testing (str (:name backend) " async, a slow link")
+        (fault! :slow)
+        (let [[flushed e secs] (try (swap! dura assoc :pad slow-pad)
+                                    (flush-within dura 20000)
+                                    (finally (fault! :clear)))]
+          (report backend :async :slow secs e)
+          (is (true? flushed) (str "the state lands over the slow link: " (some-> e messages)))
+          (is (>= secs 0.3) (str "the link was slow: " secs " s"))
+          (swap! dura dissoc :pad)
+          (ack! 20)
+          (check-acknowledged dura @acked)))
+      (finally (d/destroy dura)))))
+
+(deftest postgres-sync-through-network-faults
+  (sync-faults (:postgres backends)))
+
+(deftest postgres-async-through-network-faults
+  (async-faults (:postgres backends)))
+
+(deftest s3-sync-through-network-faults
+  (sync-faults (:s3 backends)))
+
+(deftest s3-async-through-network-faults
+  (async-faults (:s3 backends)))
+
+(deftest redis-sync-through-network-faults
+  (sync-faults (:redis backends)))
+
+(deftest redis-async-through-network-faults
+  (async-faults (:redis backends)))
