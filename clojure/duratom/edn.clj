@@ -34,7 +34,7 @@
   (:import (clojure.lang IPersistentVector ISeq IPersistentList IPersistentCollection IMeta IRecord
                          PersistentArrayMap PersistentHashMap PersistentHashSet PersistentTreeMap
                          PersistentTreeSet PersistentQueue BigInt Ratio Keyword Symbol ExceptionInfo RT
-                         IFn IDeref TaggedLiteral IReduceInit IKVReduce)
+                         IFn IDeref TaggedLiteral IReduceInit IKVReduce LazySeq)
            (java.lang ClassValue)
            (java.math BigDecimal BigInteger)
            (java.nio.charset StandardCharsets)
@@ -44,7 +44,9 @@
            (java.time.format DateTimeFormatter DateTimeFormatterBuilder SignStyle)
            (java.time.temporal ChronoField)
            (java.util Arrays ArrayList Calendar Date GregorianCalendar HashMap TimeZone UUID)
+           (java.util.concurrent ConcurrentHashMap)
            (java.util.concurrent.atomic AtomicReference)
+           (java.lang.ref WeakReference)
            (java.util.regex Pattern)))
 
 (set! *warn-on-reflection* true)
@@ -91,7 +93,39 @@
   (or `unset`, then the innermost value being written fills it in), `kind` a
   keyword, `reason` the words. It collects the path while it unwinds."
   ^ExceptionInfo [kind ^String reason x]
-  (ex-info reason {::kind kind ::steps (ArrayList.) ::value (doto (object-array 1) (aset 0 x))}))
+  (ex-info reason {::kind kind ::steps (ArrayList.) ::value (doto (object-array 1) (aset 0 x))
+                   ::cause (object-array 1)}))
+
+;; ------------------------------------------------------ lazy seqs that threw
+;;
+;; A lazy seq's body is a once-only fn that lets go of what it captured when
+;; first called, so a lazy seq whose realisation threw realises as () the
+;; next time: writing it again would store a hole. Such seqs are remembered
+;; here, weakly and by identity (equality would realise them), with what
+;; they threw, and refused from then on, in this state and in every later
+;; state that still holds them.
+
+(def ^:private ^ConcurrentHashMap failed-seqs
+  "System/identityHashCode -> [[WeakReference-to-seq Throwable] ...]"
+  (ConcurrentHashMap.))
+
+(defn- failed-seq
+  "What the realisation of lazy seq `s` threw, or nil when it never threw."
+  [s]
+  (some (fn [[^WeakReference r t]] (when (identical? s (.get r)) t))
+        (.get failed-seqs (System/identityHashCode s))))
+
+(defn- live [entries]
+  (not-empty (filterv (fn [[^WeakReference r]] (some? (.get r))) entries)))
+
+(defn- remember-failed!
+  "Remembers that realising lazy seq `s` threw `t`."
+  [s t]
+  (when (> (.size failed-seqs) 4096) ; let go of seqs the GC took
+    (doseq [k (vec (.keySet failed-seqs))]
+      (.computeIfPresent failed-seqs k (reify java.util.function.BiFunction (apply [_ _ v] (live v))))))
+  (.merge failed-seqs (System/identityHashCode s) [[(WeakReference. s) t]]
+          (reify java.util.function.BiFunction (apply [_ old new] (into (or (live old) []) new)))))
 
 ;; A path step through a map key (rather than a value).
 (deftype KeyStep [k])
@@ -432,7 +466,7 @@
 
 ;; ------------------------------------------------------------------- writer
 
-(declare write-value)
+(declare write-value write-seq)
 
 (defn- write-items
   "Writes the elements of `coll`, space separated, between `open` and
@@ -508,9 +542,50 @@
       (when-not (natural-order? c) (throw (custom-comparator x c)))
       (write-items out "#sorted/set #{" x "}" true))
     (instance? PersistentQueue x) (write-items out "#queue [" x "]" false)
-    (or (instance? ISeq x) (instance? IPersistentList x)) (write-items out "(" x ")" false)
+    (instance? IPersistentList x) (write-items out "(" x ")" false)
+    (instance? ISeq x) (write-seq out x)
     :else (throw (no-tag x)))
   (.leave out))
+
+(defn- threw-refusal
+  "The refusal of lazy seq `s`, whose realisation threw `t` (its cause)."
+  ^ExceptionInfo [s ^Throwable t]
+  (let [e (refusal :threw
+                   (str "a lazy seq whose realisation threw " (.getName (class t))
+                        (when-let [m (.getMessage t)] (str " (" m ")"))
+                        "; realised again it would read as () and store a hole, so it is refused"
+                        " until the state no longer holds it")
+                   s)]
+    (aset ^objects (.valAt (.getData e) ::cause) 0 t)
+    e))
+
+(defn- realize-seq
+  "The realised seq at node `s` (nil when empty). A lazy seq whose
+  realisation throws is remembered (see failed-seqs) and refused."
+  [s]
+  (if (instance? LazySeq s)
+    (if-let [t (failed-seq s)]
+      (throw (threw-refusal s t))
+      (try (.seq ^LazySeq s)
+           (catch StackOverflowError x (throw x)) ; the encoder retries on a deeper stack
+           (catch Throwable t
+             (remember-failed! s t)
+             (throw (threw-refusal s t)))))
+    (.seq ^ISeq s)))
+
+(defn- write-seq
+  "Writes seq `x` as a list, node by node, so that every lazy node is
+  realised through realize-seq."
+  [^Utf8Out out x]
+  (.text out "(")
+  (loop [s (realize-seq x) i 0]
+    (when s
+      (when (pos? i) (.ascii out 32))
+      (let [v (.first ^ISeq s)]
+        (try (write-value out v)
+             (catch ExceptionInfo e (throw (step! e i v)))))
+      (recur (realize-seq (.more ^ISeq s)) (unchecked-inc i))))
+  (.text out ")"))
 
 (defn- write-meta [out x m]
   (try (write-value out m)
@@ -622,7 +697,8 @@
                                  ;; its value (keys may hold maps with keys in turn)
                                  :duratom/key-steps key-steps)
                    (:backend where) (assoc :duratom/backend (:backend where))
-                   (:resource where) (assoc :duratom/resource (:resource where)))))
+                   (:resource where) (assoc :duratom/resource (:resource where)))
+                 (aget ^objects (::cause d) 0)))
       e)))
 
 (defn- encode-with

@@ -303,3 +303,36 @@
       (is (str/includes? line "| next: true {:ok 1}") line))
     (is (= "ok" status) (str "the rest of the application ran without an error: " (last lines)))
     (is (pos? (Long/parseLong rounds)))))
+
+(deftest a-lazy-seq-that-threw-is-never-stored
+  (doseq [mode modes]
+    (testing (str mode)
+      (let [f (io/file (ts/temp-dir) "state.edn")
+            a (open f mode {:n 0})
+            stored (file-bytes f)
+            bad (map #(Long/parseLong %) ["1" "x"])
+            outcome (fn [thunk] (try (thunk) nil (catch Exception e e)))
+            write! (fn [g] (if (= mode :sync)
+                             (outcome #(swap! a g))
+                             (do (swap! a g) (outcome #(d/flush! a 60000)))))
+            check (fn [^Throwable e what]
+                    (is (some? e) (str what ": refused"))
+                    (when e
+                      (is (= [:xs] (:duratom/path (ex-data e))) (str what ": the path is in the data"))
+                      (is (str/includes? (ex-message e) "[:xs]") (str what ": names the path"))
+                      (is (str/includes? (ex-message e) "NumberFormatException")
+                          (str what ": names the original exception: " (ex-message e)))
+                      (is (some #(instance? NumberFormatException %)
+                                (take-while some? (iterate #(.getCause ^Throwable %) e)))
+                          (str what ": keeps it among the causes"))))]
+        (check (write! #(assoc % :xs bad)) "the state that holds it")
+        (is (= (seq stored) (seq (file-bytes f))) "the file is untouched")
+        (testing "the seq is broken now: realised again it reads as ()"
+          (is (nil? (seq bad))))
+        (if (= mode :sync)
+          (check (write! #(assoc % :xs bad)) "the same seq, put in again")
+          (check (write! #(assoc % :y 1)) "a later state that still holds the same seq"))
+        (is (= (seq stored) (seq (file-bytes f))) "the file is still untouched")
+        (is (nil? (write! #(dissoc % :xs))) "once the seq is replaced, the state is written")
+        (is (= (dissoc @a :xs) (reopened f)))
+        (is (not (contains? (reopened f) :xs)))))))
