@@ -636,7 +636,9 @@
   adopts it. A write of this engine whose outcome was unknown and that
   landed is recognised (by its bytes): synchronous mode adopts it,
   asynchronous mode records its version and keeps the newest state, which
-  was computed from it. Returns [old new] when the state changed, else nil."
+  was computed from it. When nothing is stored, keeps the state in memory
+  and records that nothing is stored (the next commit creates the value).
+  Returns [old new] when the state changed, else nil."
   [^Engine e decode]
   (let [^ReentrantLock io-lock (:io-lock e)]
     (.lock io-lock)
@@ -649,19 +651,47 @@
             :else
             ;; what the look at storage found (a second look could meet a
             ;; write in doubt landing, and take it for another's)
-            (when-let [stored (if settled (:stored settled) (storage/load-stored (:store e)))]
+            (if-let [stored (if settled (:stored settled) (storage/load-stored (:store e)))]
               (when (not= (:version stored) (stored-version e))
                 (let [new (decode (:bytes stored))]
-                  [(adopt! e new (:version stored)) new]))))))
+                  [(adopt! e new (:version stored)) new]))
+              ;; nothing stored (removed elsewhere): memory keeps its state,
+              ;; and the next commit creates the value anew
+              (do (.set ^AtomicReference (:version e) nil) nil)))))
       (finally (.unlock io-lock)))))
+
+(defn- vanished-ex
+  "Shared mode: the stored value this duratom shared is gone."
+  [^Engine e]
+  (ex-info (str "duratom: " (where e) ": the stored value is gone (destroyed through another duratom, or"
+                " deleted by hand), so this shared swap! was not written. The duratom keeps its last"
+                " state in memory; the next swap! stores its result as a new value")
+           {:duratom/backend (:backend (:store e))
+            :duratom/resource (:resource (:store e))
+            :duratom/op :commit
+            :duratom/vanished? true}))
+
+(defn- unresolved-conflict-ex
+  "Shared mode: storage refused the commit, and reading it found the version
+  this duratom already had."
+  [^Engine e]
+  (ex-info (str "duratom: " (where e) ": storage refused the shared commit as a conflict, but reading it"
+                " found the version this duratom already holds; nothing was written")
+           {:duratom/backend (:backend (:store e))
+            :duratom/resource (:resource (:store e))
+            :duratom/op :commit
+            :duratom/conflict? true}))
 
 (defn shared-update!
   "Shared mode: a compare-and-set loop whose register is the storage itself.
   Computes `(f state)`, validates, and commits only if storage still holds
   the version this engine last saw. When another process wrote meanwhile,
   calls `(reload!)` (which must adopt! the stored state) and starts again, so
-  `f` may run more than once. Returns [old new], or nil when `f` returns
-  `abort`. Call under the duratom's lock."
+  `f` may run more than once; each retry follows a newer stored version, so
+  the loop ends. When the stored value is gone, throws (data
+  `:duratom/vanished? true`) and records that nothing is stored, so the next
+  call creates it anew from the state in memory. Returns [old new], or nil
+  when `f` returns `abort`. Call under the duratom's lock."
   [^Engine e f validate! abort reload!]
   (loop []
     (let [old (.get ^AtomicReference (:visible e))
@@ -685,9 +715,16 @@
                   (.set ^AtomicReference (:last-error e) nil)
                   (.set ^AtomicLong (:written e) (.incrementAndGet ^AtomicLong (:requested e))))
                 [old new])
-            (do (.incrementAndGet ^AtomicLong (:conflicts e))
-                (reload!)
-                (recur))))))))
+            (let [seen (stored-version e)]
+              (.incrementAndGet ^AtomicLong (:conflicts e))
+              (reload!)
+              ;; Retry only when the reload learnt a newer version: a
+              ;; conflict that reading storage does not explain would refuse
+              ;; every retry the same way.
+              (cond
+                (and (some? seen) (nil? (stored-version e))) (throw (vanished-ex e))
+                (= seen (stored-version e)) (throw (unresolved-conflict-ex e))
+                :else (recur)))))))))
 
 ;; ------------------------------------------------------ asynchronous mode
 

@@ -111,8 +111,27 @@
       (is (thrown-with-msg? IllegalArgumentException #":shared\?"
                             ((:open backend) loc 0 {:shared? true :commit-mode :duratom.core/async}))))))
 
+(defn vanished-value-ends-at-once [backend]
+  (testing (str (:name backend) " shared: a swap! after the stored value was removed elsewhere ends at once")
+    (let [loc ((:new-location backend))
+          dura ((:open backend) loc {:n 1} {:shared? true})
+          other ((:open backend) loc nil {:shared? true})]
+      (d/destroy other)
+      (let [x (deref (future (try (swap! dura update :n inc) (catch Exception x x))) 60000 ::hung)]
+        (is (not= ::hung x) "the swap! returned")
+        (is (true? (:duratom/vanished? (ex-data x))) (str "a clear outcome: " x))
+        (is (re-find #"the stored value is gone" (str (ex-message x))))
+        (is (<= (:conflicts (d/stats dura)) 1) "no compare-and-set loop")
+        (is (nil? (d/backend-snapshot dura)) "nothing was written")
+        (is (= {:n 1} @dura) "memory keeps the last state"))
+      (testing "the next swap! stores its result as a new value"
+        (is (= {:n 2} (swap! dura update :n inc)))
+        (is (= {:n 2} (d/backend-snapshot dura))))
+      (d/destroy dura))))
+
 (defn run-all [backend]
   (shared-and-async-is-an-error backend)
+  (vanished-value-ends-at-once backend)
   (refresh-and-watches backend)
   (three-processes-no-lost-update backend)
   (three-processes-keep-order backend))
