@@ -1,6 +1,14 @@
 (defproject duratom "0.1.0-SNAPSHOT"
   :description "A durable atom for Clojure: a drop-in replacement for the duratom library whose storage engine is a native Rust library."
-  :license {:name "Eclipse Public License 1.0" :url "https://www.eclipse.org/legal/epl-v10.html"}
+  ;; The pom's <url>, <scm> and <licenses> (Clojars requires a licence). The
+  ;; repository address is where this repository is to be published; the
+  ;; SCM tag is the commit `lein deploy` runs at (Leiningen reads it from git).
+  :url "https://github.com/duratom-native/duratom"
+  :scm {:name "git" :url "https://github.com/duratom-native/duratom"
+        :connection "scm:git:https://github.com/duratom-native/duratom.git"}
+  :license {:name "Eclipse Public License 1.0" :url "https://www.eclipse.org/legal/epl-v10.html"
+            :distribution :repo}
+  :pom-addition ([:developers [:developer [:name "The duratom authors"]]])
   ;; Debian installs its Clojure jars as a Maven repository; with this line the
   ;; build works offline. Where Maven Central is reachable it is harmless.
   :repositories [["debian" {:url "file:///usr/share/maven-repo" :snapshots false :checksum :ignore}]]
