@@ -6,14 +6,19 @@ import java.io.InputStream;
 import java.lang.reflect.Method;
 import java.lang.reflect.Modifier;
 import java.net.URL;
+import java.nio.channels.FileChannel;
+import java.nio.channels.FileLock;
+import java.nio.channels.OverlappingFileLockException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
+import java.nio.file.StandardOpenOption;
 import java.nio.file.attribute.PosixFilePermissions;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.List;
+import java.util.UUID;
 
 /**
  * The one door between the JVM and duratom's Rust storage engine
@@ -323,10 +328,19 @@ public final class Native {
                 throw new UnsatisfiedLinkError("duratom: cannot create " + dir + ", the directory for the native library"
                         + " (chosen by " + dirSource + "): " + e);
             }
+            // Windows cannot delete a loaded DLL: the copy stays, under a name of its
+            // own with a lock file held while this JVM lives, and a later start
+            // removes the copies whose lock is free.
+            boolean keep = libraryFileName().endsWith(".dll");
             Path temp;
             try {
-                temp = createPrivateFile(dir.toPath(), libraryFileName());
-                Files.copy(in, temp, StandardCopyOption.REPLACE_EXISTING);
+                if (keep) {
+                    removeStaleCopies(dir.toPath());
+                    temp = extractLocked(in, dir.toPath());
+                } else {
+                    temp = createPrivateFile(dir.toPath(), libraryFileName());
+                    Files.copy(in, temp, StandardCopyOption.REPLACE_EXISTING);
+                }
             } catch (IOException e) {
                 throw new UnsatisfiedLinkError("duratom: cannot extract the native library " + resource + " to " + dir
                         + " (chosen by " + dirSource + "): " + e + ". Set " + TMPDIR_PROPERTY + " (or " + TMPDIR_ENV
@@ -339,11 +353,79 @@ public final class Native {
                         .initCause(e);
             } finally {
                 // Once loaded, the mapping stays valid after the file is gone.
-                Files.deleteIfExists(temp);
+                if (!keep) Files.deleteIfExists(temp);
             }
         } catch (IOException e) {
             throw new UnsatisfiedLinkError("duratom: cannot extract the native library " + resource + ": " + e);
         }
+    }
+
+    /** Prefix of the copies {@link #extractLocked} makes; the version and door fingerprint tell builds apart. */
+    public static String copyPrefix() {
+        return "duratom-" + CRATE_VERSION + "-" + doorFingerprint() + "-";
+    }
+
+    /** Suffix of a copy's lock file: {@code <copy>.lck}. */
+    static final String LOCK_SUFFIX = ".lck";
+
+    /** The lock this JVM holds on its copy's lock file, for as long as it lives. */
+    private static FileLock copyLock;
+
+    /**
+     * Copies {@code in} to a new file {@code duratom-<version>-<fingerprint>-<random>.dll} in
+     * {@code dir} and returns it, after creating and locking {@code <that name>.lck}: the lock
+     * stays held until this JVM exits, and tells {@link #removeStaleCopies} the copy is in use.
+     */
+    public static synchronized Path extractLocked(InputStream in, Path dir) throws IOException {
+        String name = copyPrefix() + UUID.randomUUID() + ".dll";
+        Path lockFile = dir.resolve(name + LOCK_SUFFIX);
+        FileChannel channel = FileChannel.open(lockFile, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE);
+        copyLock = channel.lock();
+        Path copy = dir.resolve(name);
+        Files.copy(in, copy);
+        return copy;
+    }
+
+    /**
+     * Removes from {@code dir} the copies of duratom's library (any version) that no live JVM
+     * uses: those whose lock file can be locked now, and those without a lock file (the lock
+     * file is made first, so its copy is left from a crash or a clean-up). A copy that is
+     * loaded all the same cannot be deleted on Windows and stays. Returns the removed copies.
+     */
+    public static List<Path> removeStaleCopies(Path dir) {
+        List<Path> removed = new ArrayList<>();
+        File[] files = dir.toFile().listFiles();
+        if (files == null) return removed;
+        for (File f : files) {
+            String name = f.getName();
+            if (!name.startsWith("duratom-") || !name.endsWith(".dll")) continue;
+            Path copy = f.toPath();
+            Path lockFile = dir.resolve(name + LOCK_SUFFIX);
+            try {
+                if (!Files.exists(lockFile)) {
+                    if (Files.deleteIfExists(copy)) removed.add(copy);
+                    continue;
+                }
+                try (FileChannel channel = FileChannel.open(lockFile, StandardOpenOption.WRITE)) {
+                    FileLock lock;
+                    try {
+                        lock = channel.tryLock();
+                    } catch (OverlappingFileLockException e) {
+                        lock = null; // this JVM's own copy
+                    }
+                    if (lock == null) continue;
+                    try {
+                        if (Files.deleteIfExists(copy)) removed.add(copy);
+                    } finally {
+                        lock.release();
+                    }
+                }
+                Files.deleteIfExists(lockFile);
+            } catch (IOException e) {
+                // In use or not ours to remove: a later start tries again.
+            }
+        }
+        return removed;
     }
 
     /** An empty file in {@code dir} that only this user can read or write, so nobody can swap it before it loads. */

@@ -7,7 +7,7 @@
             [clojure.string :as str]
             [clojure.test :refer [deftest is testing]]
             [duratom.test-support :as ts])
-  (:import (duratom NativePlatform)
+  (:import (duratom Native NativePlatform)
            (java.net URLClassLoader URL)
            (java.util.jar JarEntry JarOutputStream)))
 
@@ -216,3 +216,32 @@
             (is (str/includes? out (str "extracted to " noexec " (chosen by the environment variable DURATOM_NATIVE_TMPDIR)")) out)))
         (finally
           (ts/sh! "umount" (str noexec)))))))
+
+(deftest dll-copies-in-use-stay-and-stale-ones-are-removed
+  ;; Windows cannot delete a loaded DLL, so there the loader keeps its copy
+  ;; with a lock file locked while the JVM lives; the locking and clean-up are
+  ;; the JVM's own file locks, the same on Linux, where this runs.
+  (let [dir (ts/temp-dir)
+        named (fn [] (set (.list dir)))
+        child (ts/child-jvm (str "(let [copy (duratom.Native/extractLocked (java.io.ByteArrayInputStream. (.getBytes \"dll\"))"
+                                 " (.toPath (java.io.File. " (pr-str (str dir)) ")))]"
+                                 " (println (str (.getFileName copy))) (flush) (read-line))"))
+        live (.readLine (java.io.BufferedReader. (java.io.InputStreamReader. (.getInputStream child))))
+        crashed (str (Native/copyPrefix) "0000.dll")
+        orphan (str (Native/copyPrefix) "1111.dll")]
+    (is (str/starts-with? live (Native/copyPrefix)) live)
+    (is (= (str "duratom-0.1.0-" (Native/doorFingerprint) "-") (Native/copyPrefix)) "named by version and door fingerprint")
+    (is (str/ends-with? live ".dll") live)
+    (spit (io/file dir crashed) "left by a JVM that died")
+    (spit (io/file dir (str crashed ".lck")) "")
+    (spit (io/file dir orphan) "lock file already gone")
+    (spit (io/file dir "duratom-notes.txt") "not a copy")
+    (testing "a copy whose lock a live JVM holds stays; unlocked and lock-less copies go"
+      (is (= #{(io/file dir crashed) (io/file dir orphan)}
+             (set (map #(.toFile ^java.nio.file.Path %) (Native/removeStaleCopies (.toPath dir))))))
+      (is (= #{live (str live ".lck") "duratom-notes.txt"} (named))))
+    (testing "once that JVM has exited, its copy is stale too"
+      (.close (.getOutputStream child))
+      (is (zero? (.waitFor child)))
+      (is (= [(io/file dir live)] (map #(.toFile ^java.nio.file.Path %) (Native/removeStaleCopies (.toPath dir)))))
+      (is (= #{"duratom-notes.txt"} (named))))))
