@@ -37,21 +37,14 @@
 
   A JVM shutdown hook flushes every engine with pending states (bounded)."
   (:require [duratom.storage :as storage])
-  (:import (java.util.concurrent Executors ExecutorService ThreadFactory ConcurrentHashMap)
+  (:import (java.util.concurrent ThreadFactory ConcurrentHashMap LinkedBlockingQueue
+                                 ScheduledThreadPoolExecutor ScheduledFuture TimeUnit)
            (java.util.concurrent.atomic AtomicLong AtomicBoolean AtomicReference)
            (java.util.concurrent.locks ReentrantLock)
            (java.util Set)
            (java.lang System$Logger System$Logger$Level)))
 
 (set! *warn-on-reflection* true)
-
-(defonce ^:private ^ExecutorService writers
-  (let [n (AtomicLong.)]
-    (Executors/newCachedThreadPool
-     (reify ThreadFactory
-       (newThread [_ r]
-         (doto (Thread. ^Runnable r (str "duratom-writer-" (.incrementAndGet n)))
-           (.setDaemon true)))))))
 
 ;; Engines whose writer is running, for the shutdown hook.
 (defonce ^:private ^Set writing (ConcurrentHashMap/newKeySet))
@@ -92,6 +85,86 @@
           (.log logger lvl msg))))
     (catch Throwable _ nil)))
 
+;; ------------------------------------------------------------ writer threads
+;;
+;; Asynchronous writers run on at most `writer-threads` daemon threads, shared
+;; by every duratom of the JVM, so thousands of duratoms writing at once take
+;; a handful of threads. A job waits in `jobs` until a thread is free. Threads
+;; start when every running one is busy, and stay. A thread that cannot be
+;; started (the process is out of threads) is tried again later by
+;; `retries`, whose one thread is started when this namespace loads; the
+;; jobs wait meanwhile. Backoff after a failed write is a job scheduled on
+;; `retries`, not a sleeping writer.
+
+(def ^:private writer-threads
+  (max 1 (long (or (Long/getLong "duratom.writer.threads") 8))))
+
+(defonce ^:private ^LinkedBlockingQueue jobs (LinkedBlockingQueue.))
+(defonce ^:private ^AtomicLong started-writers (AtomicLong.))
+(defonce ^:private ^AtomicLong idle-writers (AtomicLong.))
+(defonce ^:private ^AtomicLong writer-names (AtomicLong.))
+
+(defn- daemon-factory ^ThreadFactory [prefix ^AtomicLong n]
+  (reify ThreadFactory
+    (newThread [_ r]
+      (doto (Thread. ^Runnable r (str prefix (.incrementAndGet n)))
+        (.setDaemon true)))))
+
+(defonce ^:private ^ScheduledThreadPoolExecutor retries
+  (doto (ScheduledThreadPoolExecutor. 1 (daemon-factory "duratom-retry-" (AtomicLong.)))
+    (.prestartCoreThread)))
+
+(defn- writer-thread-body
+  "A writer thread: runs jobs, forever. A job never throws (write-loop
+  catches everything); this catch keeps the thread if one does."
+  []
+  (loop []
+    (.incrementAndGet idle-writers)
+    (let [^Runnable job (try (.take jobs) (finally (.decrementAndGet idle-writers)))]
+      (try (.run job) (catch Throwable _ nil)))
+    (recur)))
+
+(defonce ^:private ^AtomicBoolean cannot-start (AtomicBoolean.)) ; in a streak of failed thread starts
+(defonce ^:private ^AtomicBoolean retry-scheduled (AtomicBoolean.))
+
+(defn- start-writers!
+  "Starts a writer thread when jobs wait, none is idle and fewer than
+  `writer-threads` run. When no thread can be started and none runs, tries
+  again in `delay-ms` (doubling, at most a second). Logs the start and the
+  end of a streak of failed starts."
+  [^long delay-ms]
+  (loop []
+    (let [n (.get started-writers)]
+      (when (and (pos? (.size jobs)) (zero? (.get idle-writers)) (< n (long writer-threads)))
+        (when (.compareAndSet started-writers n (inc n))
+          (let [started? (try (.start (.newThread (daemon-factory "duratom-writer-" writer-names)
+                                                  ^Runnable writer-thread-body))
+                              true
+                              (catch Throwable x
+                                (.decrementAndGet started-writers)
+                                (when (.compareAndSet cannot-start false true)
+                                  (log! :warn (str "duratom: no writer thread can be started; pending states"
+                                                   " wait, and starting one is tried again: " x)
+                                        nil))
+                                false))]
+            (if started?
+              (do (when (.compareAndSet cannot-start true false)
+                    (log! :info "duratom: writer threads start again; pending states are being written" nil))
+                  (recur))
+              (when (and (zero? (.get started-writers))
+                         (.compareAndSet retry-scheduled false true))
+                (.schedule retries
+                           ^Runnable (fn []
+                                       (.set retry-scheduled false)
+                                       (start-writers! (min 1000 (* 2 delay-ms))))
+                           delay-ms TimeUnit/MILLISECONDS)))))))))
+
+(defn- submit!
+  "Queues `job` for a writer thread."
+  [^Runnable job]
+  (.add jobs job)
+  (start-writers! 50))
+
 ;; ------------------------------------------------------------------- engine
 
 ;; All mutable state sits in atomics. Synchronous mode changes it while
@@ -123,7 +196,8 @@
                    ^AtomicBoolean closed
                    ^AtomicReference version    ; version of the durable state as last seen
                    ^AtomicLong conflicts       ; shared: commits refused because storage moved
-                   ^AtomicReference doubt])    ; writes of unknown outcome since `version`: [[encoded value] ...] or nil
+                   ^AtomicReference doubt      ; writes of unknown outcome since `version`: [[encoded value] ...] or nil
+                   ^AtomicReference backoff])  ; async: [ScheduledFuture attempt] of the writer's next round after a failure, or nil
 
 (defn- new-group
   "A group's outcome cell: nil while pending, then ::ok or the Throwable its
@@ -146,7 +220,7 @@
             (AtomicLong.) (AtomicLong.) (AtomicLong.) (AtomicLong.) (AtomicLong.)
             (AtomicReference. (new-group)) (AtomicReference.) (AtomicLong.)
             (AtomicBoolean.) (AtomicReference.) (AtomicBoolean.) (AtomicBoolean.)
-            (AtomicReference. version) (AtomicLong.) (AtomicReference.)))
+            (AtomicReference. version) (AtomicLong.) (AtomicReference.) (AtomicReference.)))
 
 (defn- describe
   "A Throwable's message, or its class when it has none (StackOverflowError)."
@@ -738,14 +812,7 @@
                (not (.get ^AtomicBoolean (:closed e)))
                (.compareAndSet scheduled false true))
       (.add writing e)
-      (try
-        (.execute writers ^Runnable (fn [] (write-loop e)))
-        (catch Throwable x ; no thread to be had: say so rather than leave `scheduled` set
-          (locking (:monitor e)
-            (failed! e x)
-            (.set scheduled false)
-            (.remove writing e)
-            (.notifyAll ^Object (:monitor e))))))))
+      (submit! (fn [] (write-loop e 0))))))
 
 (defn- stop-writer!
   "Marks the writer stopped. Call holding the monitor."
@@ -785,17 +852,41 @@
          (catch Throwable _ nil) ; the contract: handler exceptions are swallowed
          (finally (.set handling nil)))))
 
+(defn- back-off!
+  "Schedules the writer's next round, its `attempt`th retry, after a backoff
+  that grows with it. The writer stays scheduled meanwhile (flush! waits);
+  the thread is free."
+  [^Engine e ^long attempt]
+  (let [^AtomicReference backoff (:backoff e)
+        cell (object-array 1)
+        job (fn [] (when (.compareAndSet backoff (aget cell 0) nil)
+                     (submit! (fn [] (write-loop e attempt)))))
+        delay-ms (min max-backoff-ms (bit-shift-left 10 (min (dec attempt) 10)))]
+    (locking cell
+      (let [f (.schedule retries ^Runnable (fn [] (locking cell (job))) (long delay-ms) TimeUnit/MILLISECONDS)
+            entry [f attempt]]
+        (aset cell 0 entry)
+        (.set backoff entry)))))
+
+(defn- cut-backoff!
+  "Runs a writer round waiting out its backoff now (flush!, destroy!)."
+  [^Engine e]
+  (when-let [[^ScheduledFuture f attempt] (.getAndSet ^AtomicReference (:backoff e) nil)]
+    (when (.cancel f false)
+      (submit! (fn [] (write-loop e attempt))))))
+
 (defn- write-loop
   "The writer: writes the newest state until none is pending. On failure
   calls the :error-handler and stops unless it recommitted or newer states
-  came; without one, logs, backs off and retries, except when the state
-  itself was refused: retrying would only encode it again, so it stops until
-  a newer state comes (flush! then throws the refusal)."
-  [^Engine e]
+  came; without one, logs and retries after a backoff (see back-off!),
+  except when the state itself was refused: retrying would only encode it
+  again, so it stops until a newer state comes (flush! then throws the
+  refusal). `attempt`: the retries so far."
+  [^Engine e ^long attempt]
   (let [^Object monitor (:monitor e)
         ^AtomicBoolean closed (:closed e)]
     (try
-      (loop [attempt 0]
+      (loop [attempt attempt]
         (let [[x _ failed-target] (write-newest! e)]
           (cond
             (nil? x)
@@ -812,15 +903,11 @@
 
             :else
             (do (when-not (.get closed) (streak-begins! e x)) ; a write racing destroy is no failure streak
-                (when (locking monitor
-                        (.notifyAll monitor)
-                        (when-not (.get closed)
-                          ;; back off; flush! and destroy! wake us early
-                          (.wait monitor (long (min max-backoff-ms (bit-shift-left 10 (min attempt 10))))))
-                        (if (.get closed)
-                          (do (stop-writer! e) false)
-                          true))
-                  (recur (inc attempt)))))))
+                (locking monitor
+                  (.notifyAll monitor)
+                  (if (.get closed)
+                    (stop-writer! e)
+                    (back-off! e (inc attempt))))))))
       (catch Throwable x ; our own bookkeeping failed: never die silently, never stay scheduled
         (try (failed! e x) (catch Throwable _ nil))
         (log! :warn (str "duratom: the asynchronous writer of " (where e) " stopped: " (describe x)) x)
@@ -839,12 +926,12 @@
         (loop [started? false]
           (cond
             (or (>= (.get ^AtomicLong (:written e)) target) (.get ^AtomicBoolean (:closed e))) nil
-            (.get scheduled) (do (.notifyAll monitor) (.wait monitor) (recur started?))
+            (.get scheduled) (do (cut-backoff! e) (.wait monitor) (recur started?))
             started? (throw (failure-ex e (or (.get ^AtomicReference (:last-error e))
                                              (IllegalStateException. "duratom: the recommit did not land"))))
             (.compareAndSet scheduled false true)
             (do (.add writing e)
-                (.execute writers ^Runnable (fn [] (write-loop e)))
+                (submit! (fn [] (write-loop e 0)))
                 (recur true))
             :else (recur started?))))))) ; a swap! started one just now
 
@@ -889,7 +976,7 @@
     (locking monitor
       (let [target (.get ^AtomicLong (:requested e))
             attempts-before (.get ^AtomicLong (:attempts e))]
-        (.notifyAll monitor) ; cut a writer's backoff short
+        (cut-backoff! e)
         (loop []
           (cond
             (or (>= (.get ^AtomicLong (:written e)) target) (.get ^AtomicBoolean (:closed e)))
@@ -939,6 +1026,8 @@
       (storage/delete! (:store e))
       (locking (:monitor e)
         (.set ^AtomicBoolean (:closed e) true)
+        (when-let [[^ScheduledFuture f] (.getAndSet ^AtomicReference (:backoff e) nil)]
+          (.cancel f false))
         (stop-writer! e))
       (storage/close! (:store e))
       (finally (.unlock io-lock)))))
