@@ -9,7 +9,7 @@ use crate::store::{Store, StoreError};
 /// Opens the store the config names.
 pub fn open_store(config: &Config) -> Result<Box<dyn Store>, StoreError> {
     match config.backend.as_str() {
-        "local-file" => Ok(Box::new(crate::file::FileStore::open(config)?)),
+        "local-file" => crate::file::open(config),
         "postgres-db" => crate::postgres::open(config),
         "aws-s3" => crate::s3::open(config),
         "sqlite-db" => crate::sqlite::open(config),

@@ -1,6 +1,6 @@
 (ns duratom.backend.file
   "Turns the local-file constructor's arguments into a store description for
-  `duratom.storage/open` (the storage itself is rust/file.rs)."
+  `duratom.storage/open` (the storage itself is rust/file/)."
   (:import (java.io File)))
 
 (defn ->file

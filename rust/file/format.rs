@@ -1,0 +1,166 @@
+//! The on-disk format of an EDN file: one header line that EDN readers
+//! skip, then the body.
+//!
+//! ```text
+//! ;duratom/v2 version=7 length=1234 crc32=0a1b2c3d
+//! {:the "value"}
+//! ```
+//!
+//! `version` counts commits and is the store's version token; `length` is
+//! the body's size. `crc32` covers the header's own `version=.. length=..`
+//! text and then the body, so a damaged count or length is caught as well as
+//! a damaged value. Files without the line (written by the original library,
+//! or by hand) load as version 0. A first line one byte away from a tag, or a
+//! file that is a cut-off piece of a tag, is a damaged header rather than
+//! plain EDN.
+//!
+//! Files that earlier builds wrote with a `;duratom/v1` line (same layout,
+//! but its `crc32` covers only the body) still load, so a user's state
+//! survives the upgrade; the next commit writes v2. A v1 line is read as
+//! strictly as v1 allows: exactly as the v1 writer wrote it, length and body
+//! checksum checked. Only a digit of its `version` changed into another digit
+//! goes unseen, since v1 checksummed no number; the value is still exactly
+//! the stored one.
+
+/// The tag of the header line we write.
+pub(super) const HEADER_TAG: &[u8] = b";duratom/v2 ";
+/// The tag earlier builds wrote: still read, never written.
+pub(super) const HEADER_TAG_V1: &[u8] = b";duratom/v1 ";
+/// Longer than any header we write (two u64 numbers and the checksum).
+const HEADER_MAX: usize = 128;
+
+const DAMAGED_HEADER: &str = "the first line is a damaged duratom header (expected \
+     `;duratom/v2 version=N length=N crc32=HEX`, or `;duratom/v1 ...` as earlier builds wrote it)";
+
+/// How a file's first bytes read.
+#[derive(Debug, PartialEq, Clone, Copy)]
+pub(super) enum Lead {
+    /// Our header tag.
+    V2,
+    /// The tag earlier builds wrote.
+    V1,
+    /// No header: plain EDN (the original library's, or hand-written).
+    Plain,
+    /// A tag with one byte changed, or a file cut off inside a tag.
+    Damaged,
+}
+
+pub(super) fn lead_of(bytes: &[u8]) -> Lead {
+    let tags = [HEADER_TAG, HEADER_TAG_V1];
+    if bytes.len() < HEADER_TAG.len() {
+        return if tags.iter().any(|t| t.starts_with(bytes)) { Lead::Damaged } else { Lead::Plain };
+    }
+    let lead = &bytes[..HEADER_TAG.len()];
+    if lead == HEADER_TAG {
+        return Lead::V2;
+    }
+    if lead == HEADER_TAG_V1 {
+        return Lead::V1;
+    }
+    let one_off = |tag: &[u8]| lead.iter().zip(tag).filter(|(a, b)| a != b).count() == 1;
+    if tags.iter().any(|t| one_off(t)) {
+        Lead::Damaged
+    } else {
+        Lead::Plain
+    }
+}
+
+/// The header line for `body` stored as `version`.
+pub(super) fn header(version: u64, body: &[u8]) -> Vec<u8> {
+    let numbers = format!("version={version} length={}", body.len());
+    let crc = checksum(numbers.as_bytes(), body);
+    let mut line = HEADER_TAG.to_vec();
+    line.extend_from_slice(format!("{numbers} crc32={crc:08x}\n").as_bytes());
+    line
+}
+
+/// CRC-32 of the header's numbers text and the body: any one damaged byte in
+/// either changes it.
+fn checksum(numbers: &[u8], body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(numbers);
+    h.update(body);
+    h.finalize()
+}
+
+/// What a file's bytes hold: `None` when empty, else the version and body.
+/// The error says how the bytes are damaged.
+pub(super) fn decode(mut bytes: Vec<u8>) -> Result<Option<(u64, Vec<u8>)>, String> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let tag = match lead_of(&bytes) {
+        Lead::Plain => return Ok(Some((0, bytes))),
+        Lead::Damaged => return Err(DAMAGED_HEADER.into()),
+        Lead::V2 => HEADER_TAG,
+        Lead::V1 => HEADER_TAG_V1,
+    };
+    let h = parse_header(&bytes, tag).ok_or(DAMAGED_HEADER)?;
+    let body = &bytes[h.body_start..];
+    if body.len() as u64 != h.length {
+        return Err(format!("header says {} bytes, file holds {}", h.length, body.len()));
+    }
+    let crc = if tag == HEADER_TAG_V1 {
+        crc32fast::hash(body) // v1 checksummed the body only
+    } else {
+        checksum(&bytes[h.numbers.clone()], body)
+    };
+    if crc != h.crc32 {
+        return Err(format!("checksum {crc:08x} does not match the header's {:08x}", h.crc32));
+    }
+    bytes.drain(..h.body_start);
+    Ok(Some((h.version, bytes)))
+}
+
+struct Header {
+    version: u64,
+    length: u64,
+    crc32: u32,
+    /// Where the `version=.. length=..` text lies in the file.
+    numbers: std::ops::Range<usize>,
+    body_start: usize,
+}
+
+/// Parses `<tag>version=N length=N crc32=HEX\n` exactly as `header` (and,
+/// with the v1 tag, the v1 writer) writes it: decimal numbers without a
+/// leading zero, eight lower-case hex digits, single spaces. `None` when it
+/// is anything else.
+fn parse_header(bytes: &[u8], tag: &[u8]) -> Option<Header> {
+    if !bytes.starts_with(tag) {
+        return None;
+    }
+    let end = bytes.iter().take(HEADER_MAX).position(|&b| b == b'\n')?;
+    let line = std::str::from_utf8(&bytes[tag.len()..end]).ok()?;
+    let (numbers, crc) = line.split_once(" crc32=")?;
+    let (version, length) = numbers.strip_prefix("version=")?.split_once(" length=")?;
+    if crc.len() != 8 || !crc.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    Some(Header {
+        version: decimal(version)?,
+        length: decimal(length)?,
+        crc32: u32::from_str_radix(crc, 16).ok()?,
+        numbers: tag.len()..tag.len() + numbers.len(),
+        body_start: end + 1,
+    })
+}
+
+/// A decimal number as the header writes it. Canonical only: for v1, whose
+/// checksum leaves the version out, a digit damaged into a leading zero is
+/// at least caught.
+pub(super) fn decimal(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0')) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// A file as the v1 writer (the build before v2) wrote it: its header line,
+/// whose checksum covers the body only, then the body. Tests only: v1 is
+/// read, never written.
+#[cfg(test)]
+pub(super) fn v1_file(version: u64, body: &[u8]) -> Vec<u8> {
+    let line = format!(";duratom/v1 version={version} length={} crc32={:08x}\n", body.len(), crc32fast::hash(body));
+    [line.as_bytes(), body].concat()
+}
+

@@ -1,0 +1,124 @@
+//! Linux and macOS: POSIX calls, `flock` for whole-file locks.
+
+use std::fs::{self, File, Metadata, OpenOptions, Permissions, TryLockError};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// The permission bits a new file gets when there is none to copy.
+pub const DEFAULT_MODE: u32 = 0o666;
+
+/// Makes `options` open `path` itself, never what a symlink there points to
+/// (`O_NOFOLLOW`), and never block (`O_NONBLOCK`): were a regular file
+/// swapped for a link or a FIFO after it was examined, the open fails
+/// instead of following or blocking.
+pub fn no_follow_no_block(options: &mut OpenOptions) -> &mut OpenOptions {
+    options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+}
+
+/// Makes `options` create a new file with permission bits `mode` (less the
+/// umask).
+pub fn with_mode(options: &mut OpenOptions, mode: u32) -> &mut OpenOptions {
+    options.mode(mode)
+}
+
+/// What `meta` describes when it is not a regular file ("a FIFO", "a
+/// directory", ...); `None` for a regular file.
+pub fn special_kind(meta: &Metadata) -> Option<&'static str> {
+    let t = meta.file_type();
+    Some(if t.is_file() {
+        return None;
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    })
+}
+
+/// The permission bits of the file `meta` describes.
+pub fn permission_bits(meta: &Metadata) -> u32 {
+    meta.permissions().mode() & 0o777
+}
+
+/// Gives `file` exactly the permission bits `mode`.
+pub fn set_permission_bits(file: &File, mode: u32) -> io::Result<()> {
+    file.set_permissions(Permissions::from_mode(mode))
+}
+
+/// Whether `a` and `b` describe the same file (device and inode).
+pub fn same_file(a: &Metadata, b: &Metadata) -> bool {
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+/// Whether `path` still names the file `file` is open on.
+pub fn names_file(path: &Path, file: &File) -> bool {
+    match (fs::symlink_metadata(path), file.metadata()) {
+        (Ok(a), Ok(b)) => same_file(&a, &b),
+        _ => false,
+    }
+}
+
+/// Whether the directory `dir` is open on holds an entry `name` that is the
+/// file `file` is open on.
+pub fn dir_holds(dir: &File, name: &Path, file: &File) -> bool {
+    let Some(name) = name.file_name().and_then(|n| std::ffi::CString::new(n.as_bytes()).ok()) else { return false };
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid directory fd, a NUL-terminated name and a stat buffer of ours.
+    if unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+        return false;
+    }
+    // dev_t is i32 on macOS (u64 on Linux); std's dev() widens it with `as`
+    // too, so the same cast keeps both sides equal on every target.
+    #[allow(clippy::unnecessary_cast)]
+    let same = |m: Metadata| m.dev() == st.st_dev as u64 && m.ino() == st.st_ino as u64;
+    file.metadata().is_ok_and(same)
+}
+
+/// Opens a directory so that `sync_dir` can fsync it later, wherever it
+/// has moved by then.
+pub fn open_dir(dir: &Path) -> io::Result<File> {
+    File::open(dir)
+}
+
+/// Fsyncs a directory, making the renames and removals in it durable.
+pub fn sync_dir(dir: &File) -> io::Result<()> {
+    dir.sync_all()
+}
+
+/// Renames `from` over `to` in one atomic step: at every moment `to` names
+/// either the old file or the new one.
+pub fn rename_over(from: &Path, to: &Path) -> io::Result<()> {
+    fs::rename(from, to)
+}
+
+/// Takes the exclusive `flock` on `file`, waiting for it. The OS releases
+/// it when the descriptor closes or its process dies.
+pub fn lock(file: &File) -> io::Result<()> {
+    file.lock()
+}
+
+/// Takes the exclusive `flock` on `file` if no one holds it: `Ok(false)`
+/// when someone does.
+pub fn try_lock(file: &File) -> io::Result<bool> {
+    match file.try_lock() {
+        Ok(()) => Ok(true),
+        Err(TryLockError::WouldBlock) => Ok(false),
+        Err(TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// Opens `path` for taking its lock: flock over NFS is emulated with locks
+/// that need write access.
+pub fn open_for_locking(path: &Path) -> io::Result<File> {
+    no_follow_no_block(OpenOptions::new().write(true)).open(path)
+}

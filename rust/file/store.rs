@@ -1,0 +1,226 @@
+//! The store: loads, commits and deletes, built from the settings.
+//!
+//! A commit is crash-durable: the new state goes to a temp file in the
+//! directory of the file it replaces, which is fsynced, renamed over that
+//! file, and then the directory is fsynced. Whenever the process or machine
+//! dies, the file holds either the previous or the new complete state.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::path::{Path, PathBuf};
+
+use super::format::{decimal, decode, header};
+use super::os;
+use super::resolve::{refuse_unless_regular, resolve, Target};
+use super::temp::{lock_path, remove_dead_writers_temp_files, take_lock, TempNames};
+use super::BACKEND;
+use crate::config::Config;
+use crate::store::{Expect, Resource, Store, StoreError, Stored, Version};
+
+/// The keys a file store is configured with (made by
+/// `clojure/duratom/backend/file.clj`); any other key is an error at open.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    /// The file. Its parent directory must exist.
+    path: String,
+    /// A custom `:rw` encoding: the bytes are stored without the header line.
+    #[serde(default)]
+    raw: bool,
+}
+
+pub struct FileStore {
+    resource: Resource,
+    /// The path as configured; it may be a symlink.
+    path: PathBuf,
+    /// No header line: the bytes are a custom encoding, stored as given.
+    raw: bool,
+    temp_names: TempNames,
+}
+
+impl FileStore {
+    /// Opens `path` from the config. The (target's) directory must exist; a
+    /// missing file is created empty (empty means "nothing stored"). A path
+    /// that is, or links to, anything but a regular file is an error and is
+    /// left untouched.
+    pub fn open(config: &Config) -> Result<FileStore, StoreError> {
+        let Settings { path, raw } = config.settings()?;
+        let path = PathBuf::from(path);
+        let resource = Resource { backend: BACKEND, name: path.display().to_string() };
+        if path.file_name().is_none() {
+            return Err(StoreError::config(BACKEND, format!("`{}` does not name a file", path.display())));
+        }
+        let store = FileStore { resource, path, raw, temp_names: TempNames::new() };
+        let target = store.target("opening")?;
+        if !target.dir.is_dir() {
+            let why = format!("{} directory {} does not exist", target.whose("parent"), target.dir.display());
+            return Err(StoreError::backend(&store.resource, "opening", why));
+        }
+        let file = os::no_follow_no_block(OpenOptions::new().create(true).append(true))
+            .open(&target.file)
+            .map_err(|e| StoreError::io(&store.resource, "creating the file", e))?;
+        let meta = file.metadata().map_err(|e| StoreError::io(&store.resource, "examining the file", e))?;
+        refuse_unless_regular(&store.resource, &store.path, &target.file, &meta, "opening")?;
+        remove_dead_writers_temp_files(&target);
+        Ok(store)
+    }
+
+    fn target(&self, op: &str) -> Result<Target, StoreError> {
+        resolve(&self.resource, &self.path, op)
+    }
+
+    /// The target opened for reading, or `None` when there is no file.
+    fn open_for_reading(&self, target: &Target, op: &str) -> Result<Option<File>, StoreError> {
+        let file = match os::no_follow_no_block(OpenOptions::new().read(true)).open(&target.file) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io(&self.resource, op, e)),
+        };
+        let meta = file.metadata().map_err(|e| StoreError::io(&self.resource, op, e))?;
+        refuse_unless_regular(&self.resource, &self.path, &target.file, &meta, op)?;
+        Ok(Some(file))
+    }
+
+    /// What the target holds: `None` when there is no file or it is empty,
+    /// else the version and body, checked as `load` checks them (length and
+    /// checksum), so a damaged file is Corrupt, naming it.
+    fn read_stored(&self, target: &Target, op: &str) -> Result<Option<Stored>, StoreError> {
+        let Some(mut file) = self.open_for_reading(target, op)? else { return Ok(None) };
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(|e| StoreError::io(&self.resource, op, e))?;
+        if self.raw {
+            return Ok((!bytes.is_empty()).then(|| Stored { version: Version::of_content(&bytes), bytes }));
+        }
+        let decoded = decode(bytes).map_err(|detail| target.corrupt(&self.resource, detail))?;
+        Ok(decoded.map(|(count, body)| Stored { bytes: body, version: Version(count.to_string()) }))
+    }
+
+    /// The header count of the state stored after `previous` (the version
+    /// last seen or found; `None`: nothing). Raw files have no count.
+    fn next_count(&self, previous: Option<&Version>) -> Result<u64, StoreError> {
+        match previous {
+            _ if self.raw => Ok(0),
+            None => Ok(1),
+            Some(Version(v)) => match decimal(v).and_then(|n| n.checked_add(1)) {
+                Some(next) => Ok(next),
+                None => Err(StoreError::backend(&self.resource, "writing", format!("`{v}` is not a version of this file"))),
+            },
+        }
+    }
+
+    /// The version `bytes` are stored as: the header's count, or for a raw
+    /// file the hash of the bytes.
+    fn version_of(&self, count: u64, bytes: &[u8]) -> Version {
+        if self.raw { Version::of_content(bytes) } else { Version(count.to_string()) }
+    }
+
+    /// Writes `bytes` (after a header with `count`) to a temp file and renames
+    /// it over the target. A failure after the rename is OutcomeUnknown: the
+    /// state may be stored, and the caller's next look at storage learns it.
+    fn write_durably(&mut self, target: &Target, bytes: &[u8], count: u64) -> Result<Version, StoreError> {
+        let (file, temp) = self.temp_names.create(&self.resource, target)?;
+        let result = self.fill_and_rename(file, &temp, target, bytes, count);
+        if result.is_err() {
+            let _ = fs::remove_file(&temp); // best effort: the error says what went wrong
+        }
+        result.map(|()| self.version_of(count, bytes))
+    }
+
+    fn fill_and_rename(&self, mut file: File, temp: &Path, target: &Target, bytes: &[u8], version: u64) -> Result<(), StoreError> {
+        let r = &self.resource;
+        if !self.raw {
+            file.write_all(&header(version, bytes)).map_err(|e| StoreError::io(r, "writing temp file", e))?;
+        }
+        file.write_all(bytes).map_err(|e| StoreError::io(r, "writing temp file", e))?;
+        file.sync_data().map_err(|e| StoreError::io(r, "fsync of temp file", e))?;
+        // The directory is opened before the rename, and must be the one
+        // holding the temp file: its fsync then reaches the directory the
+        // rename landed in, even if that directory is moved meanwhile (by
+        // path, it would fail or reach another one).
+        let dir = os::open_dir(&target.dir).map_err(|e| StoreError::io(r, format!("opening directory {}", target.dir.display()), e))?;
+        if !os::dir_holds(&dir, temp, &file) {
+            let why = format!("the directory {} was moved or replaced during the commit; nothing was replaced", target.dir.display());
+            return Err(StoreError::backend(r, "writing", why));
+        }
+        // A failed rename changed nothing: a plain failure.
+        os::rename_over(temp, &target.file).map_err(|e| StoreError::io(r, "renaming temp file over the target", e))?;
+        drop(file); // releases the temp file's lock, now that the name is gone
+        // The file holds the new state now. Should what follows fail, it may
+        // not survive a crash, and the caller must not take it as not written.
+        after_rename(&target.dir)
+            .and_then(|()| os::sync_dir(&dir))
+            .map_err(|e| StoreError::outcome_unknown(r, format!("fsync of directory {} after the rename", target.dir.display()), e))
+    }
+}
+
+/// Runs between a commit's rename and its directory fsync. Tests put a fault
+/// there (a moved directory; an error, as a failing fsync gives, which a real
+/// file system cannot be made to give on demand); elsewhere it does nothing.
+#[cfg(not(test))]
+fn after_rename(_dir: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+thread_local! {
+    pub(super) static AFTER_RENAME: std::cell::Cell<Option<fn(&Path) -> std::io::Result<()>>> = const { std::cell::Cell::new(None) };
+}
+
+#[cfg(test)]
+fn after_rename(dir: &Path) -> std::io::Result<()> {
+    AFTER_RENAME.with(|f| f.get().map_or(Ok(()), |f| f(dir)))
+}
+
+impl Store for FileStore {
+    fn load(&mut self) -> Result<Option<Stored>, StoreError> {
+        let target = self.target("reading")?;
+        self.read_stored(&target, "reading")
+    }
+
+    fn commit(&mut self, bytes: &[u8], expect: &Expect) -> Result<Version, StoreError> {
+        let target = self.target("writing")?;
+        match expect {
+            Expect::Anything { after } => {
+                let count = self.next_count(after.as_ref())?;
+                self.write_durably(&target, bytes, count)
+            }
+            Expect::Nothing | Expect::Version(_) => {
+                let _lock = take_lock(&self.resource, &target)?; // released when dropped, also on error
+                // The whole file, checked: a damaged file's version number
+                // (or one damaged into the expected number) must not pass
+                // as "unchanged" and be overwritten unseen.
+                let stored = self.read_stored(&target, "reading the stored version")?.map(|s| s.version);
+                let holds = match (expect, &stored) {
+                    (Expect::Nothing, None) => true,
+                    (Expect::Version(v), Some(s)) => v == s,
+                    _ => false,
+                };
+                if !holds {
+                    return Err(StoreError::Conflict { resource: self.resource.clone() });
+                }
+                let count = self.next_count(stored.as_ref())?;
+                self.write_durably(&target, bytes, count)
+            }
+        }
+    }
+
+    /// Removes the file the path leads to (a symlink stays, dangling: the
+    /// next store there writes through it again) and the lock file beside it.
+    fn delete(&mut self) -> Result<(), StoreError> {
+        let target = self.target("deleting")?;
+        // Opened before the removal, as for a commit's rename: its fsync
+        // reaches the directory the removal happened in, even if it moves.
+        let dir = os::open_dir(&target.dir).map_err(|e| StoreError::io(&self.resource, format!("opening directory {}", target.dir.display()), e))?;
+        match fs::remove_file(&target.file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io(&self.resource, "deleting", e)),
+        }
+        let _ = fs::remove_file(lock_path(&target)); // only exists after a conditional commit
+        os::sync_dir(&dir).map_err(|e| StoreError::io(&self.resource, "fsync of directory after delete", e))
+    }
+
+    fn resource(&self) -> &Resource {
+        &self.resource
+    }
+}
