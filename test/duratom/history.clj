@@ -1,9 +1,10 @@
 (ns duratom.history
-  "A history checker for the commit engine's promises (issue 14).
+  "A history checker for the commit engine's promises.
 
   Many threads run random operations on one duratom while faults are
   injected from outside (the directory moved away and back, the PostgreSQL
-  server stopped and started, threads interrupted). Every operation records
+  server stopped and started, the network link to the server cut by the
+  kernel, threads interrupted). Every operation records
   when it started and ended (System/nanoTime) and whether it returned (with
   what) or threw (with what). A watch records every transition. At the end a
   reopen reads storage, and `check` looks for broken promises.
@@ -32,6 +33,7 @@
   exact interleaving."
   (:require [clojure.edn :as edn]
             [clojure.java.io :as io]
+            [clojure.set :as set]
             [clojure.string :as str]
             [duratom.core :as d]
             [duratom.test-support :as ts])
@@ -57,8 +59,8 @@
   DURATOM_HISTORY_SEED  replay only this seed;
   DURATOM_HISTORY_THREADS  worker threads per process (default: the test's
     choice, else 6);
-  DURATOM_HISTORY_FAULTS  all, none, or a list of storage, refusal, interrupts
-    (default: the test's choice);
+  DURATOM_HISTORY_FAULTS  all, none, or a list of storage, refusal, network,
+    interrupts (default: the test's choice);
   DURATOM_HISTORY_WITHOUT  operation kinds to leave out, e.g. refresh,reset;
   DURATOM_HISTORY_OPS_PER_SEC  the most operations a thread runs per second (default 100)."
   []
@@ -68,7 +70,7 @@
    :faults (when-let [f (not-empty (System/getenv "DURATOM_HISTORY_FAULTS"))]
              (if (= f "none")
                #{}
-               (set (mapcat #(if (= % "all") [:storage :refusal :interrupts] [(keyword %)])
+               (set (mapcat #(if (= % "all") [:storage :refusal :network :interrupts] [(keyword %)])
                             (str/split f #",")))))
    ;; operation kinds to leave out, e.g. "refresh,reset" (to triage a violation)
    :without (when-let [w (System/getenv "DURATOM_HISTORY_WITHOUT")]
@@ -146,6 +148,11 @@
     :reset (do (.lock lock)
                (try
                  (let [flushed (if (= mode :sync) (d/flush! dura 2000) true)]
+                   ;; sync: refresh! adopts a landed write of unknown outcome
+                   ;; now, so the reset! builds on it rather than discard it;
+                   ;; if storage cannot be read, reset! meets the same fault
+                   (when (and flushed (= mode :sync))
+                     (try (d/refresh! dura) (catch Exception _ nil)))
                    (if flushed
                      {:ret (:last (reset! dura (tagged @dura :reset p t op)))}
                      {:skipped "flush! timed out: reset! not attempted"}))
@@ -183,11 +190,15 @@
                )))))
 
 (defn- watch-recorder
-  "A watch fn that appends a summary of every transition to `q`."
+  "A watch fn that appends a summary of every transition to `q`, with the
+  ids it added when it added more than one (a reload, or a landed write of
+  unknown outcome adopted)."
   [^ConcurrentLinkedQueue q]
   (fn [_ _ old new]
-    (.add q {:th (.getName (Thread/currentThread)) :at (System/nanoTime)
-             :o (summary old) :n (summary new)})))
+    (.add q (cond-> {:th (.getName (Thread/currentThread)) :at (System/nanoTime)
+                     :o (summary old) :n (summary new)}
+              (> (- (long (or (:n new) 0)) (long (or (:n old) 0))) 1)
+              (assoc :added (set/difference (:ids new) (:ids old)))))))
 
 (defn interrupter
   "Interrupts a random one of `threads` every few milliseconds until `stop?`;
@@ -247,12 +258,11 @@
     [#(rename! dir away) #(rename! away dir)]))
 
 (defn pg-faults
-  "Stops and starts the test PostgreSQL server (scripts/postgres-server with
-  DURATOM_TEST_PG_DIR, which scripts/test exports). Returns [break! mend!]."
-  []
-  (let [dir (ts/required-env "DURATOM_TEST_PG_DIR" "scripts/postgres-server")]
-    [#(ts/sh! "scripts/postgres-server" "stop" dir)
-     #(ts/sh! "scripts/postgres-server" "start" dir)]))
+  "Stops and starts the PostgreSQL server of `loc` (scripts/postgres-server
+  with its :server-dir). Returns [break! mend!]."
+  [{dir :server-dir}]
+  [#(ts/sh! "scripts/postgres-server" "stop" dir)
+   #(ts/sh! "scripts/postgres-server" "start" dir)])
 
 (defn- psql!
   "Runs `sql` on the server of `db-spec` with psql, as its user."
@@ -269,39 +279,63 @@
     [#(psql! db-spec (str "REVOKE UPDATE, INSERT ON " t " FROM " (:user db-spec)))
      #(psql! db-spec (str "GRANT UPDATE, INSERT ON " t " TO " (:user db-spec)))]))
 
+(def network-faults
+  "The network faults, taken in turn: the link dropping every packet, down,
+  or resetting every connection (scripts/netns). Mending ends the server
+  side of connections that were open across a blackhole or the link down,
+  as a long outage does."
+  [:blackhole :down :reset])
+
+(defn net-faults
+  "Cuts the link to the network namespace (whose servers the locations of
+  the :network fault use) with the `i`th of network-faults, and mends it.
+  Returns [break! mend!]."
+  [i]
+  [#(ts/net-fault! (nth network-faults (mod i (count network-faults))))
+   #(ts/net-fault! :clear)])
+
 (defn faults-for
   "[break! mend! up-ms down-ms] for fault `kind` (:storage: the directory
   moved away, the server stopped; :refusal: the table's write privilege
-  revoked) on the backend of `loc`."
-  [loc kind]
+  revoked; :network: the link cut, see net-faults, `i` choosing how) on the
+  backend of `loc`."
+  [loc kind i]
   (case [(:backend loc) kind]
     [:file :storage] (conj (dir-faults (:path loc)) [20 300] [5 150])
-    [:pg :storage] (conj (pg-faults) [1000 2000] [100 700])
-    [:pg :refusal] (conj (pg-refusals loc) [100 400] [20 200])))
+    [:pg :storage] (conj (pg-faults loc) [1000 2000] [100 700])
+    [:pg :refusal] (conj (pg-refusals loc) [100 400] [20 200])
+    ([:pg :network] [:s3 :network]) (conj (net-faults i) [300 900] [200 1300])))
 
 (defn- park-ms [^Random rnd [from spread]]
   (LockSupport/parkNanos (* 1000000 (+ (long from) (.nextInt rnd (int spread))))))
 
+(def storage-fault-kinds
+  "The faults start-faults injects, as named in a run's :faults."
+  [:storage :refusal :network])
+
 (defn start-faults
-  "Starts injecting the storage faults among `faults` (:storage, :refusal)
-  for `loc`, one at a time, each of a kind picked at random, until stopped;
-  returns a fn that stops them, leaves things mended, and returns the count."
+  "Starts injecting the faults among `faults` of storage-fault-kinds for
+  `loc`, one at a time, the kinds taken in turn (so each comes up once a
+  run has room for a round), until stopped; returns a fn that stops them,
+  leaves things mended, and returns the count of each kind injected, e.g.
+  {:storage 3 :network 2}."
   [loc faults ^long seed]
-  (let [kinds (vec (filter faults [:storage :refusal]))]
+  (let [kinds (vec (filter faults storage-fault-kinds))]
     (if (empty? kinds)
-      (constantly 0)
-      (let [_ (run! #(faults-for loc %) kinds) ; a missing server setting fails here, saying so
+      (constantly {})
+      (let [_ (run! #(faults-for loc % 0) kinds) ; a missing server setting fails here, saying so
             stop (volatile! false)
             rnd (Random. (+ seed 17))
             f (future
-                (loop [n 0]
-                  (let [[break! mend! up down] (faults-for loc (nth kinds (.nextInt rnd (count kinds))))]
+                (loop [n 0 counts (zipmap kinds (repeat 0))]
+                  (let [kind (nth kinds (mod n (count kinds)))
+                        [break! mend! up down] (faults-for loc kind (get counts kind))]
                     (park-ms rnd up)
                     (if @stop
-                      n
+                      counts
                       (do (break!)
                           (try (park-ms rnd down) (finally (mend!)))
-                          (recur (inc n)))))))]
+                          (recur (inc n) (update counts kind inc)))))))]
         (fn [] (vreset! stop true) @f)))))
 
 ;; --------------------------------------------------------------- finishing
@@ -367,16 +401,23 @@
        (boolean (re-find #"(?i)outcome unknown|outcome is unknown|may or may not have taken effect"
                          (str (second (:ex r)))))))
 
+(defn unknown-ids
+  "The ids of the mutations in `history` told that their outcome is unknown."
+  [history]
+  (set (map op-id (filter outcome-unknown? history))))
+
 (defn unknown-write-landed?
   "Whether `stored` differs from `memory` only by the last write, whose
-  outcome its caller was told is unknown: allowed until the next commit or
-  refresh! checks storage (README: \"A commit whose outcome is unknown\")."
+  outcome its callers were told is unknown (one swap's, or a group's that
+  one commit carried): allowed until the next commit or refresh! checks
+  storage (README: \"A commit whose outcome is unknown\")."
   [history stored memory]
-  (let [id (some-> (:last stored) (subvec 1))
-        r (first (filter #(= id [(:p %) (:t %) (:op %)]) history))]
-    (boolean (and r (outcome-unknown? r)
-                  (= (:n stored) (inc (:n memory)))
-                  (= (disj (:ids stored) id) (:ids memory))))))
+  (let [added (set/difference (set (:ids stored)) (set (:ids memory)))
+        unknown (unknown-ids history)]
+    (boolean (and (seq added) (every? unknown added)
+                  (contains? added (some-> (:last stored) (subvec 1)))
+                  (= (:n stored) (+ (:n memory) (count added)))
+                  (set/subset? (set (:ids memory)) (set (:ids stored)))))))
 
 (defn left-no-trace?
   "Whether op record `r` must be absent from the state: a mutation that
@@ -405,9 +446,11 @@
   "The watch calls of one process form one sequence: starting at `start`
   (the :last of the state the process began with), every call's old is the
   previous call's new. Every state keeps :n = (count :ids) and holds its own
-  id; a local transition adds exactly one. Returns {:violations .. :pos {tag
-  index}} where :pos orders the states reached."
-  [watches start p]
+  id; a local transition adds exactly one, or, when it adopts a landed write
+  of unknown outcome (one commit for a group of swaps), the ids of swaps all
+  told their outcome is unknown (`unknown`). Returns {:violations .. :pos
+  {tag index}} where :pos orders the states reached."
+  [watches start p unknown]
   (let [by-old (group-by (comp :last :o) watches)
         branches (for [[o ws] by-old :when (> (count ws) 1)]
                    {:check "watch calls form one sequence (no state has two successors)"
@@ -425,9 +468,12 @@
                                                  (select-keys w [:th :o :n])))}])
         shape (for [w watches
                     :let [{:keys [o n]} w
-                          local? (= p (second (:last n)))]
+                          local? (= p (second (:last n)))
+                          adopted? (and (seq (:added w)) (= (count (:added w)) (- (:n n) (:n o)))
+                                        (every? unknown (:added w)))]
                     :when (or (not= (:n o) (:c o)) (not= (:n n) (:c n)) (not (:has-own n))
-                              (and local? (or (not= (:n n) (inc (:n o))) (not= (:c n) (inc (:c o)))))
+                              (and local? (not adopted?)
+                                   (or (not= (:n n) (inc (:n o))) (not= (:c n) (inc (:c o)))))
                               (and (not local?) (<= (:n n) (:n o))))]
                 {:check "each watched state adds exactly its own id to the one before" :watch w})]
     {:violations (concat branches unreached shape) :pos pos}))
@@ -480,6 +526,12 @@
   [history]
   (frequencies (map (juxt :kind #(if (outcome-unknown? %) :outcome-unknown (:outcome %))) history)))
 
+(defn fault-phase
+  "What ran while faults were injected: {:ops n :returned n}, the second the
+  mutations that took effect."
+  [history]
+  {:ops (count history) :returned (count (filter took-effect? history))})
+
 (defn errors
   "Counts of what the ops that threw threw (class and the start of the message)."
   [history]
@@ -510,13 +562,13 @@
         _ (add-watch dura :history (watch-recorder q))
         max-ops (max-ops-per-thread secs)
         t0 (System/nanoTime)
-        [r1 fault-count] (let [stop-faults (start-faults loc faults seed)
+        [r1 fault-counts] (let [stop-faults (start-faults loc faults seed)
                           r (try (run-threads dura lock opts 0 threads secs seed max-ops 0)
                                  (catch Throwable x (stop-faults) (throw x)))]
                       [r (stop-faults)])]
     (if (seq (:hung r1))
       {:violations [{:check "no operation hangs" :hung (:hung r1)}]
-       :ops (count (:history r1)) :faults fault-count :interrupts (:interrupts r1)}
+       :ops (count (:history r1)) :faults fault-counts :interrupts (:interrupts r1)}
       (let [flush-error (flush-until-durable! dura 60)
             memory @dura
             stored (reopen-read loc 60)
@@ -545,7 +597,7 @@
             history (into h1 (:history r2))
             after @dura
             watches (vec q)
-            {chain-violations :violations pos :pos} (check-chain watches nil 0)
+            {chain-violations :violations pos :pos} (check-chain watches nil 0 (unknown-ids history))
             last-tag (when (seq pos) (key (apply max-key val pos)))
             gone (reopen-read loc 30)
             v2 (concat
@@ -564,10 +616,11 @@
                     :reopened (if (:error gone) (exception-summary (:error gone)) (summary (:value gone)))}]))]
         {:violations (vec (concat v1 v2))
          :ops (count history)
+         :fault-phase (fault-phase h1)
          :tally (tally history)
          :errors (errors history)
          :watches (count watches)
-         :faults fault-count
+         :faults fault-counts
          :interrupts (+ (:interrupts r1) (:interrupts r2))
          :secs (/ (- (System/nanoTime) t0) 1e9)}))))
 
@@ -619,7 +672,8 @@
   "Checks the results of the children of one shared run against `stored`."
   [results stored]
   (let [sv (:value stored)
-        history (vec (mapcat :history results))]
+        history (vec (mapcat :history results))
+        unknown (unknown-ids history)]
     (vec (concat
           (when (:error stored)
             [{:check "a reopen reads storage" :error (exception-summary (:error stored))}])
@@ -627,7 +681,7 @@
           (check-ids history sv "storage")
           (mapcat (fn [{:keys [history watches start final refresh-error hung]}]
                     (let [p (:p (first history))
-                          {cv :violations pos :pos} (check-chain watches start p)]
+                          {cv :violations pos :pos} (check-chain watches start p unknown)]
                       (concat
                        (when (seq hung) [{:check "no operation hangs" :hung hung}])
                        (when refresh-error [{:check "a final refresh! reads storage" :p p :error refresh-error}])
@@ -694,8 +748,8 @@
                 t0 (System/nanoTime)
                 not-ready (await! "ready" 300)
                 _ (tell! "start")
-                [not-ran fault-count] (if (seq not-ready)
-                                        [nil 0]
+                [not-ran fault-counts] (if (seq not-ready)
+                                        [nil {}]
                                         (let [stop-faults (start-faults loc faults seed)
                                               r (try (await! "ran" (+ secs 180))
                                                      (catch Throwable x (stop-faults) (throw x)))]
@@ -714,10 +768,11 @@
                    (conj reports {:seed seed
                                   :violations violations
                                   :ops (count history)
+                                  :fault-phase (fault-phase history)
                                   :tally (tally history)
                                   :errors (errors history)
                                   :watches (reduce + (map (comp count :watches) results))
-                                  :faults fault-count
+                                  :faults fault-counts
                                   :interrupts (reduce + (map :interrupts results))
                                   :secs (/ (- (System/nanoTime) t0) 1e9)})
                    (seq failed-handshake)))))

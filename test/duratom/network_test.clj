@@ -6,65 +6,36 @@
   duratom commits through it: every failure is bounded, a request that went
   out and got no answer is reported as of unknown outcome, the duratom
   recovers without being reopened, and nothing acknowledged is lost."
-  (:require [clojure.java.io :as io]
-            [clojure.string :as str]
+  (:require [clojure.string :as str]
             [clojure.test :refer [deftest is testing]]
             [duratom.core :as d]
             [duratom.test-support :as ts]))
 
-(defn net-dir
-  "The directory of the namespace and its servers (DURATOM_TEST_NET_DIR,
-  which scripts/test exports); throws, saying how to make one, when missing:
-  a backend test never silently skips."
-  []
-  (or (not-empty (System/getenv "DURATOM_TEST_NET_DIR"))
-      (throw (ex-info (str "Missing environment variable DURATOM_TEST_NET_DIR: the network fault tests need "
-                           "servers inside a network namespace. Run the tests with scripts/test as root (it "
-                           "sets them up), or run scripts/netns up DIR, then with DIR/env's variables set "
-                           "scripts/postgres-server start DIR/pg, scripts/s3-server start DIR/s3 and "
-                           "scripts/redis-server start DIR/redis, and export DURATOM_TEST_NET_DIR=DIR.")
-                      {:missing "DURATOM_TEST_NET_DIR"}))))
-
-(defn server-env
-  "The variables `server`'s env file (DIR/<server>/env) exports, as a map."
-  [server]
-  (let [f (io/file (net-dir) server "env")]
-    (when-not (.exists f)
-      (throw (ex-info (str "No " f ": the " server " server of the network fault tests is not running "
-                           "(scripts/test starts it inside the namespace)")
-                      {:missing (str f)})))
-    (into {} (for [line (str/split-lines (slurp f))
-                   :let [[_ k v] (re-matches #"export ([A-Z0-9_]+)=(.*)" line)]
-                   :when k]
-               [k v]))))
-
-(defn fault!
-  "Replaces the fault on the link with `kind` (:blackhole, :reset, :slow,
-  :down or :clear), through scripts/netns."
-  [kind]
-  (ts/sh! "scripts/netns" "fault" (net-dir) (name kind)))
-
 (defn pg-spec
   "The namespace's PostgreSQL server as a :dbtype map, waits bounded by
-  `timeout-ms`."
-  [timeout-ms]
-  (let [e (server-env "pg")]
-    {:dbtype "postgresql" :host (e "DURATOM_TEST_PG_HOST") :port (Long/parseLong (e "DURATOM_TEST_PG_PORT"))
-     :dbname (e "DURATOM_TEST_PG_DB") :user (e "DURATOM_TEST_PG_USER") :password (e "DURATOM_TEST_PG_PASSWORD")
-     :timeout-ms timeout-ms}))
+  `timeout-ms` when given."
+  ([] (pg-spec nil))
+  ([timeout-ms]
+   (let [e (ts/net-server-env "pg")]
+     (cond-> {:dbtype "postgresql" :host (e "DURATOM_TEST_PG_HOST") :port (Long/parseLong (e "DURATOM_TEST_PG_PORT"))
+              :dbname (e "DURATOM_TEST_PG_DB") :user (e "DURATOM_TEST_PG_USER") :password (e "DURATOM_TEST_PG_PASSWORD")}
+       timeout-ms (assoc :timeout-ms timeout-ms)))))
 
 (defn s3-creds
-  "The namespace's S3 server's credentials, waits bounded by `timeout-ms`."
-  [timeout-ms]
-  (let [e (server-env "s3")]
-    {:access-key (e "DURATOM_TEST_S3_ACCESS_KEY") :secret-key (e "DURATOM_TEST_S3_SECRET_KEY")
-     :endpoint (e "DURATOM_TEST_S3_ENDPOINT") :timeout-ms timeout-ms}))
+  "The namespace's S3 server's credentials, waits bounded by `timeout-ms`
+  when given."
+  ([] (s3-creds nil))
+  ([timeout-ms]
+   (let [e (ts/net-server-env "s3")]
+     (cond-> {:access-key (e "DURATOM_TEST_S3_ACCESS_KEY") :secret-key (e "DURATOM_TEST_S3_SECRET_KEY")
+              :endpoint (e "DURATOM_TEST_S3_ENDPOINT")}
+       timeout-ms (assoc :timeout-ms timeout-ms)))))
 
 (defn redis-conn
   "The namespace's Redis server as carmine's connection spec, waits bounded
   by `timeout-ms`."
   [timeout-ms]
-  (let [e (server-env "redis")]
+  (let [e (ts/net-server-env "redis")]
     {:pool {} :spec {:host (e "DURATOM_TEST_REDIS_HOST") :port (Long/parseLong (e "DURATOM_TEST_REDIS_PORT"))
                      :password (e "DURATOM_TEST_REDIS_PASSWORD") :db 0 :timeout-ms timeout-ms}}))
 
@@ -131,8 +102,8 @@
         (testing (str (:name backend) " sync, link " (name fault) " for longer than :timeout-ms")
           (let [before @dura
                 id (- -1 i)
-                _ (fault! fault)
-                [_ e secs] (try (timed #(swap! dura add-id id)) (finally (fault! :clear)))]
+                _ (ts/net-fault! fault)
+                [_ e secs] (try (timed #(swap! dura add-id id)) (finally (ts/net-fault! :clear)))]
             (report backend :sync fault secs e)
             (is (some? e) "the swap! fails")
             (is (<= (* 0.9 (/ timeout-ms 1000.0)) secs bound-secs) (str "after the bound, not before; took " secs " s"))
@@ -145,8 +116,8 @@
             (check-acknowledged dura @acked))))
       (testing (str (:name backend) " sync, connections reset by the server's host")
         (let [before @dura
-              _ (fault! :reset)
-              [_ e secs] (try (timed #(swap! dura add-id -10)) (finally (fault! :clear)))]
+              _ (ts/net-fault! :reset)
+              [_ e secs] (try (timed #(swap! dura add-id -10)) (finally (ts/net-fault! :clear)))]
           (report backend :sync :reset secs e)
           (is (some? e) "the swap! fails")
           (is (< secs bound-secs) (str "took " secs " s"))
@@ -158,9 +129,9 @@
             (is (nil? e2) (str "the next swap! succeeds without a reopen: " (some-> e2 messages))))
           (check-acknowledged dura @acked)))
       (testing (str (:name backend) " sync, a slow link (every packet waits for the throttle)")
-        (fault! :slow)
+        (ts/net-fault! :slow)
         (let [[_ e secs] (try (timed #(do (swap! dura assoc :pad slow-pad) (ack! 20)))
-                              (finally (fault! :clear)))]
+                              (finally (ts/net-fault! :clear)))]
           (report backend :sync :slow secs e)
           (is (nil? e) (str "commits slower than usual but inside :timeout-ms succeed: " (some-> e messages)))
           (is (>= secs 0.3) (str "the link was slow: " secs " s"))
@@ -186,13 +157,13 @@
       (doseq [[i fault] (map-indexed vector [:blackhole :down :reset])]
         (testing (str (:name backend) " async, link " (name fault))
           (let [id (inc i)
-                _ (fault! fault)
+                _ (ts/net-fault! fault)
                 [flushed e secs] (try
                                    (let [[_ e0 swap-secs] (timed #(swap! dura add-id id))]
                                      (is (nil? e0) "swap! returns at once")
                                      (is (< swap-secs 0.5) (str "swap! does not wait for the link: " swap-secs " s"))
                                      (flush-within dura (* 2 timeout-ms)))
-                                   (finally (fault! :clear)))]
+                                   (finally (ts/net-fault! :clear)))]
             (report backend :async fault secs e)
             (is (not (true? flushed)) "flush! does not claim the state durable while the link is cut")
             (is (< secs (+ bound-secs (* 2 (/ timeout-ms 1000.0)))) (str "flush! came back after " secs " s"))
@@ -206,10 +177,10 @@
             (swap! acked conj id)
             (check-acknowledged dura @acked))))
       (testing (str (:name backend) " async, a slow link")
-        (fault! :slow)
+        (ts/net-fault! :slow)
         (let [[flushed e secs] (try (swap! dura assoc :pad slow-pad)
                                     (flush-within dura 20000)
-                                    (finally (fault! :clear)))]
+                                    (finally (ts/net-fault! :clear)))]
           (report backend :async :slow secs e)
           (is (true? flushed) (str "the state lands over the slow link: " (some-> e messages)))
           (is (>= secs 0.3) (str "the link was slow: " secs " s"))

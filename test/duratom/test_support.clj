@@ -1,6 +1,7 @@
 (ns duratom.test-support
   "Shared helpers for the test suites: temp dirs, the server coordinates the
-  test command exports, and child JVMs."
+  test command exports, child JVMs, and the network namespace's servers and
+  faults."
   (:require [clojure.java.io :as io]
             [clojure.string :as str])
   (:import (java.io BufferedReader InputStreamReader)
@@ -119,3 +120,40 @@
     (map? x) [(class x) (meta x) (into {} (map (fn [[k v]] [k (types-of v)]) x))]
     (coll? x) [(class x) (meta x) (mapv types-of x)]
     :else (class x)))
+
+(defn net-dir
+  "The directory of the network namespace and its servers
+  (DURATOM_TEST_NET_DIR, which scripts/test exports); throws, saying how to
+  make one, when missing: a backend test never silently skips."
+  []
+  (or (not-empty (System/getenv "DURATOM_TEST_NET_DIR"))
+      (throw (ex-info (str "Missing environment variable DURATOM_TEST_NET_DIR: the network fault tests need "
+                           "servers inside a network namespace. Run the tests with scripts/test as root (it "
+                           "sets them up), or run scripts/netns up DIR, then with DIR/env's variables set "
+                           "scripts/postgres-server start DIR/pg, scripts/s3-server start DIR/s3 and "
+                           "scripts/redis-server start DIR/redis, and export DURATOM_TEST_NET_DIR=DIR.")
+                      {:missing "DURATOM_TEST_NET_DIR"}))))
+
+(defn net-server-dir
+  "The directory of `server` (\"pg\", \"s3\", \"redis\") inside the network namespace."
+  [server]
+  (str (io/file (net-dir) server)))
+
+(defn net-server-env
+  "The variables that the namespace's `server` exports in its env file, as a map."
+  [server]
+  (let [f (io/file (net-server-dir server) "env")]
+    (when-not (.exists f)
+      (throw (ex-info (str "No " f ": the " server " server of the network fault tests is not running "
+                           "(scripts/test starts it inside the namespace)")
+                      {:missing (str f)})))
+    (into {} (for [line (str/split-lines (slurp f))
+                   :let [[_ k v] (re-matches #"export ([A-Z0-9_]+)=(.*)" line)]
+                   :when k]
+               [k v]))))
+
+(defn net-fault!
+  "Replaces the fault on the namespace's link with `kind` (:blackhole,
+  :reset, :slow, :down, :clear or :resume; see scripts/netns)."
+  [kind]
+  (sh! "scripts/netns" "fault" (net-dir) (name kind)))
