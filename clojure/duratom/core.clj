@@ -225,14 +225,11 @@
     (not (or (nil? mode) (= mode ::async)))))
 
 (defn- shared-mode?
-  "`:shared? true` in `rw`. Shared mode commits synchronously, so asking for
-  it with an explicit asynchronous commit mode is an error."
+  "`:shared? true` in `rw`. Shared mode commits synchronously whatever
+  `:commit-mode` says: every default `:rw` carries `:commit-mode
+  :duratom.core/async`, and `(assoc default-file-rw :shared? true)` must work."
   [rw]
-  (let [shared? (boolean (:shared? rw))]
-    (when (and shared? (= ::async (:commit-mode rw)))
-      (throw (IllegalArgumentException.
-              "duratom: :shared? true commits synchronously; it cannot be combined with :commit-mode :duratom.core/async")))
-    shared?))
+  (boolean (:shared? rw)))
 
 (defn- check-rw!
   "`:rw` must be a map or nil: anything else (`\"sync\"`, `:sync`) would be

@@ -48,36 +48,48 @@
    (read-edn-object source)))
 
 (def default-file-rw
-  "File `:rw`: `:read` gets the file, `:write` gets the file and the value."
+  "File `:rw`: `:read` gets the file, `:write` gets the file and the value.
+  Like every default `:rw`, it names the default read location and commit
+  mode (`:duratom.core/memory`, `:duratom.core/async`), as the original's did."
   {:read read-edn-object
-   :write write-edn-file})
+   :write write-edn-file
+   :read-from :duratom.core/memory
+   :commit-mode :duratom.core/async})
 
 (def default-postgres-rw
   "PostgreSQL `:rw`: `:write` returns a String (or bytes), `:read` gets what is
   stored (a String for `:text`, bytes for `:bytea`)."
   {:read read-edn-string
    :write pr-str-fully
-   :column-type :text})
+   :column-type :text
+   :read-from :duratom.core/memory
+   :commit-mode :duratom.core/async})
 
 (def default-sqlite-rw
   "SQLite `:rw`: as PostgreSQL's, `:write` returns a String (or bytes), `:read`
   gets what is stored (a String for `:text`, bytes for `:blob`)."
   {:read read-edn-string
    :write pr-str-fully
-   :column-type :text})
+   :column-type :text
+   :read-from :duratom.core/memory
+   :commit-mode :duratom.core/async})
 
 (def default-redis-rw
   "Redis `:rw`: EDN text under the key, as the original's default (carmine
   stored the String `:write` returned as it is). `:write` returns a String or
   bytes; `:read` gets a String (bytes when they are not UTF-8 text)."
   {:read read-edn-string
-   :write pr-str-fully})
+   :write pr-str-fully
+   :read-from :duratom.core/memory
+   :commit-mode :duratom.core/async})
 
 (def default-s3-rw
   "S3 `:rw`: `:write` returns a String (or bytes), `:read` gets the object size
   and an InputStream of its bytes. `:metadata` is passed on as object metadata."
   {:read read-edn-object
-   :write pr-str-fully})
+   :write pr-str-fully
+   :read-from :duratom.core/memory
+   :commit-mode :duratom.core/async})
 
 ;; ------------------------------------------------------------------- codecs
 

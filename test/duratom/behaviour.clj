@@ -5,7 +5,9 @@
   - `:name`          for messages;
   - `:new-location`  (fn []) a fresh location (path, row, key) nothing is stored at;
   - `:open`          (fn [location init rw]) a duratom at `location`;
-  - `:default-rw`    the backend's default `:rw` map."
+  - `:default-rw`    the backend's default `:rw` map;
+  - `:kw-args`       (fn [location]) the `duratom`/`duragent` keyword arguments
+                     naming `location`, backed-by first (duratom.dropin-test)."
   (:require [clojure.test :refer [is testing]]
             [duratom.core :as d]
             [duratom.test-support :as ts])

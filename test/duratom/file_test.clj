@@ -20,6 +20,7 @@
    :new-location (fn [] (io/file (ts/temp-dir) "state.edn"))
    :open (fn [loc init rw] (d/file-atom loc nil init rw))
    :open-agent (fn [loc init rw] (d/duragent :local-file :file-path loc :init init :rw rw))
+   :kw-args (fn [loc] [:local-file :file-path loc])
    :default-rw d/default-file-rw})
 
 (defn- move! [^File from ^File to]

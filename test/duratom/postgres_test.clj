@@ -38,6 +38,7 @@
    :open (fn [{:keys [table row]} init rw] (d/postgres-atom (db-spec) table row nil init rw))
    :open-agent (fn [{:keys [table row]} init rw]
                  (d/duragent :postgres-db :db-config (db-spec) :table-name table :row-id row :init init :rw rw))
+   :kw-args (fn [{:keys [table row]}] [:postgres-db :db-config (db-spec) :table-name table :row-id row])
    :default-rw d/default-postgres-rw
    :child-open-code (fn [{:keys [table row]}]
                       (str "(duratom.core/postgres-atom " (pr-str (db-spec)) " " (pr-str table) " " row

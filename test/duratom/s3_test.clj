@@ -36,6 +36,7 @@
    :new-location (fn [] (str "state/" (ts/unique-name "k")))
    :open (fn [k init rw] (d/s3-atom (creds) bucket k nil init rw))
    :open-agent (fn [k init rw] (d/duragent :aws-s3 :credentials (creds) :bucket bucket :key k :init init :rw rw))
+   :kw-args (fn [k] [:aws-s3 :credentials (creds) :bucket bucket :key k])
    :default-rw d/default-s3-rw
    :child-open-code (fn [k] (str "(duratom.core/s3-atom " (pr-str (creds)) " " (pr-str bucket) " " (pr-str k)
                                  " nil nil {:shared? true})"))})

@@ -105,11 +105,24 @@
           (d/destroy other)))
       (d/destroy dura))))
 
-(defn shared-and-async-is-an-error [backend]
-  (testing (str (:name backend) ": shared with asynchronous commits is refused")
-    (let [loc ((:new-location backend))]
-      (is (thrown-with-msg? IllegalArgumentException #":shared\?"
-                            ((:open backend) loc 0 {:shared? true :commit-mode :duratom.core/async}))))))
+(defn shared-mode-commits-synchronously-over-the-default-rw
+  "The default `:rw` maps say `:commit-mode :duratom.core/async` (as the
+  original's did); `:shared? true` over one, or over an explicit
+  asynchronous mode, is shared mode, whose commits are synchronous."
+  [backend]
+  (testing (str (:name backend) ": :shared? true over an asynchronous :commit-mode is synchronous shared mode")
+    (doseq [rw [(assoc (:default-rw backend) :shared? true)
+                {:shared? true :commit-mode :duratom.core/async}]]
+      (let [loc ((:new-location backend))
+            dura ((:open backend) loc 0 rw)
+            other ((:open backend) loc 0 {:shared? true})]
+        (try
+          (is (= :sync (:commit-mode (d/stats dura))))
+          (is (= 1 (swap! dura inc)))
+          (is (= 1 (d/backend-snapshot dura)) "stored when swap! returns")
+          (is (= 2 (swap! other inc)) "another duratom on the same storage builds on it")
+          (is (= 3 (swap! dura inc)) "and this one on that")
+          (finally (d/destroy dura)))))))
 
 (defn vanished-value-ends-at-once [backend]
   (testing (str (:name backend) " shared: a swap! after the stored value was removed elsewhere ends at once")
@@ -130,7 +143,7 @@
       (d/destroy dura))))
 
 (defn run-all [backend]
-  (shared-and-async-is-an-error backend)
+  (shared-mode-commits-synchronously-over-the-default-rw backend)
   (vanished-value-ends-at-once backend)
   (refresh-and-watches backend)
   (three-processes-no-lost-update backend)

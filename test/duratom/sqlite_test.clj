@@ -23,6 +23,7 @@
    :open (fn [{:keys [path table row]} init rw] (d/sqlite-atom (spec path) table row nil init rw))
    :open-agent (fn [{:keys [path table row]} init rw]
                  (d/duragent :sqlite-db :db-config (spec path) :table-name table :row-id row :init init :rw rw))
+   :kw-args (fn [{:keys [path table row]}] [:sqlite-db :db-config (spec path) :table-name table :row-id row])
    :default-rw d/default-sqlite-rw
    :child-open-code (fn [{:keys [path table row]}]
                       (str "(duratom.core/sqlite-atom " (pr-str (spec path)) " " (pr-str table) " " row

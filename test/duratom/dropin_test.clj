@@ -1,0 +1,59 @@
+(ns duratom.dropin-test
+  "Drop-in parity with the original library and with clojure.core/atom, on
+  every backend: each test runs against file, PostgreSQL, S3, SQLite and
+  Redis (the backend maps of their test namespaces)."
+  (:require [clojure.string :as str]
+            [clojure.test :refer [deftest is testing]]
+            [duratom.agent :as agent]
+            [duratom.core :as d]
+            [duratom.file-test :as file-test]
+            [duratom.postgres-test :as postgres-test]
+            [duratom.redis-test :as redis-test]
+            [duratom.s3-test :as s3-test]
+            [duratom.sqlite-test :as sqlite-test])
+  (:import (clojure.lang IAtom IAtom2 IDeref IMeta IObj IRef IReference)))
+
+(def ^:private backends
+  [file-test/backend postgres-test/backend s3-test/backend sqlite-test/backend redis-test/backend])
+
+(defn- kw-duratom
+  "A duratom at `loc` made by the keyword form of `duratom`, with `opts`."
+  [backend loc & opts]
+  (apply d/duratom (concat ((:kw-args backend) loc) opts)))
+
+(defn- kw-duragent
+  "A duragent at `loc` made by the keyword form of `duragent`, with `opts`."
+  [backend loc & opts]
+  (apply d/duragent (concat ((:kw-args backend) loc) opts)))
+
+(defn- stored
+  "What storage at `loc` holds, read by a fresh duratom that stores nothing."
+  [backend loc]
+  (let [probe ((:open backend) loc nil (assoc (:default-rw backend) :commit-mode :sync))]
+    (d/backend-snapshot probe)))
+
+(defn- destroy-quietly [x]
+  (try (d/destroy x) (catch Exception _ nil)))
+
+;; ------------------------------------------------------------ default :rw
+
+(deftest default-rw-maps-carry-the-originals-read-from-and-commit-mode
+  (doseq [[nm rw] [["default-file-rw" d/default-file-rw] ["default-postgres-rw" d/default-postgres-rw]
+                   ["default-s3-rw" d/default-s3-rw] ["default-sqlite-rw" d/default-sqlite-rw]
+                   ["default-redis-rw" d/default-redis-rw]]]
+    (is (= :duratom.core/memory (:read-from rw)) nm)
+    (is (= :duratom.core/async (:commit-mode rw)) nm))
+  (doseq [backend backends]
+    (testing (:name backend)
+      (doseq [[rw mode] [[(:default-rw backend) :async]
+                         [(assoc (:default-rw backend) :commit-mode :sync) :sync]
+                         [(merge (:default-rw backend) {:read-from :duratom.core/storage}) :async]]]
+        (let [loc ((:new-location backend))
+              dura ((:open backend) loc {:v 1} rw)]
+          (try
+            (is (= mode (:commit-mode (d/stats dura))) (pr-str (dissoc rw :read :write)))
+            (is (= {:v 2} (swap! dura update :v inc)))
+            (is (true? (d/flush! dura 60000)))
+            (is (= {:v 2} @dura (stored backend loc)))
+            (finally (d/destroy dura))))))))
+
