@@ -155,6 +155,10 @@
   (swap [this f a b] (nth (-update! this #(f % a b)) 1))
   (swap [this f a b more] (nth (-update! this #(apply f % a b more)) 1))
   (compareAndSet [this oldv newv]
+    ;; as clojure.lang.Atom: the new value is validated before the compare,
+    ;; so a rejected one throws even when the compare would fail
+    (when (.get released-flag) (throw (destroyed store)))
+    (validate! (.get validator-ref) newv)
     (some? (-update! this #(if (identical? % oldv) newv abort))))
   (reset [this newv] (nth (-update! this (constantly newv)) 1))
 

@@ -57,3 +57,26 @@
             (is (= {:v 2} @dura (stored backend loc)))
             (finally (d/destroy dura))))))))
 
+;; ------------------------------------------------------ compare-and-set!
+
+(deftest compare-and-set-validates-the-new-value-before-comparing
+  (doseq [backend backends
+          rw [(:default-rw backend) (assoc (:default-rw backend) :commit-mode :sync) {:shared? true}]]
+    (testing (str (:name backend) " " (pr-str (select-keys rw [:commit-mode :shared?])))
+      (let [loc ((:new-location backend))
+            dura ((:open backend) loc 1 rw)
+            a (atom 1)]
+        (try
+          (doseq [r [a dura]]
+            (set-validator! r pos?))
+          (doseq [r [a dura]]
+            (is (thrown-with-msg? IllegalStateException #"^Invalid reference state$" (compare-and-set! r 99 -1))
+                "a stale compare with a rejected value throws")
+            (is (thrown-with-msg? IllegalStateException #"^Invalid reference state$" (compare-and-set! r @r -1))
+                "a current compare with a rejected value throws")
+            (is (false? (compare-and-set! r 99 5)) "an accepted value with a stale compare is false")
+            (is (= 1 @r)))
+          (is (true? (d/flush! dura 60000)))
+          (is (= 1 (stored backend loc)) "nothing was written")
+          (finally (d/destroy dura)))))))
+
