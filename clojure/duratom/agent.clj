@@ -64,7 +64,11 @@
   and throws if that fails. Exceptions the handler throws are swallowed (as
   an agent does). Without a handler, a persistence failure is written to
   *err* when failures start and when they end, and `flush!` throws it until
-  the current state is stored."
+  the current state is stored.
+
+  Every new state is committed, including one that differs from the last
+  only in its metadata; an action that returns its state unchanged
+  (identical) commits nothing."
   [value {:keys [released? describe] :as ops} error-handler]
   (let [failing (AtomicBoolean. false)
         commit! (fn [v]
@@ -85,7 +89,9 @@
         ag (agent value :error-mode :continue :error-handler handler)]
     (add-watch ag ::persist
                (fn [_ _ old new]
-                 (when (not= old new)
+                 ;; identity, not equality: states equal but for their
+                 ;; metadata are different states to store
+                 (when-not (identical? old new)
                    (when (released?)
                      (throw (IllegalStateException. (str "duratom: " describe " has been destroyed"))))
                    (try (commit! new)
@@ -109,7 +115,7 @@
         (send-off ag (fn [state]
                        (deliver result
                                 (try (let [stored (durable)]
-                                       (when-not (or (identical? state stored) (= state stored))
+                                       (when-not (identical? state stored)
                                          (commit! state))
                                        true)
                                      (catch Throwable e e)))
@@ -136,4 +142,4 @@
         stored (durable)]
     (assoc (stats)
            :queued queued
-           :pending? (not (or (identical? state stored) (= state stored))))))
+           :pending? (not (identical? state stored)))))

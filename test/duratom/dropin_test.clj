@@ -35,6 +35,32 @@
 (defn- destroy-quietly [x]
   (try (d/destroy x) (catch Exception _ nil)))
 
+;; ------------------------------------------------------------ duragent
+
+(deftest duragent-persists-metadata-only-changes
+  (doseq [backend backends]
+    (testing (:name backend)
+      (let [loc ((:new-location backend))
+            ag (kw-duragent backend loc :init {:n 1})]
+        (try
+          (is (true? (d/flush! ag 60000)))
+          (let [commits (:commits (d/stats ag))]
+            (send-off ag #(with-meta % {:a 1}))
+            (is (await-for 60000 ag))
+            (is (= {:a 1} (meta @ag)))
+            (is (= {:a 1} (meta (d/backend-snapshot ag))) "backend-snapshot shows the new metadata")
+            (is (= (inc commits) (:commits (d/stats ag))) "the change was one more commit")
+            (is (false? (:pending? (d/stats ag))))
+            (let [back (stored backend loc)]
+              (is (= {:n 1} back))
+              (is (= {:a 1} (meta back)) "storage holds the new metadata")))
+          (testing "an action returning its state unchanged commits nothing"
+            (let [commits (:commits (d/stats ag))]
+              (send ag identity)
+              (is (await-for 60000 ag))
+              (is (= commits (:commits (d/stats ag))))))
+          (finally (destroy-quietly ag)))))))
+
 ;; ------------------------------------------------------------ default :rw
 
 (deftest default-rw-maps-carry-the-originals-read-from-and-commit-mode

@@ -36,6 +36,7 @@
    :new-location (fn [] (str "duratom:test:" (ts/unique-name "k")))
    :open (fn [k init rw] (d/redis-atom (conn) k nil init rw))
    :open-agent (fn [k init rw] (d/duragent :redis-db :db-config (conn) :key-name k :init init :rw rw))
+   :kw-args (fn [k] [:redis-db :db-config (conn) :key-name k])
    :default-rw d/default-redis-rw
    :child-open-code (fn [k] (str "(duratom.core/redis-atom " (pr-str (conn)) " " (pr-str k) " nil nil {:shared? true})"))})
 
