@@ -48,6 +48,11 @@
   (binding [*out* *err*]
     (println (apply str "duratom: duragent: " parts))))
 
+(def released-message
+  "The message of the IllegalStateException a destroyed duragent's actions
+  fail with: the original's, which code compares."
+  "duratom/duragent has been released!")
+
 (defn duragent
   "An agent whose state starts at `value` (what storage holds, or the `:init`
   just persisted) and whose every later state is persisted through `ops`:
@@ -66,6 +71,9 @@
   *err* when failures start and when they end, and `flush!` throws it until
   the current state is stored.
 
+  Once `:released?` says true, every action fails as in the original: the
+  agent's validator throws IllegalStateException `released-message`, which
+  the error handler receives, and neither the state nor storage changes.
   Every new state is committed, including one that differs from the last
   only in its metadata; an action that returns its state unchanged
   (identical) commits nothing."
@@ -86,14 +94,19 @@
                     (and (commit-error? e) (not (.getAndSet failing true)))
                     (warn describe ": persisting a state failed (later states are still tried; "
                           "flush! throws until one is stored): " (.getMessage ^Throwable (ex-cause e)))))
-        ag (agent value :error-mode :continue :error-handler handler)]
+        ;; The validator runs before the agent takes a new state: the only
+        ;; place an action can still be refused (the original's place too).
+        guard (fn [_]
+                (when (released?) (throw (IllegalStateException. ^String released-message)))
+                true)
+        ag (agent value :error-mode :continue :error-handler handler :validator guard)]
     (add-watch ag ::persist
                (fn [_ _ old new]
                  ;; identity, not equality: states equal but for their
                  ;; metadata are different states to store
                  (when-not (identical? old new)
-                   (when (released?)
-                     (throw (IllegalStateException. (str "duratom: " describe " has been destroyed"))))
+                   ;; a user's set-validator! replaces the check above
+                   (when (released?) (throw (IllegalStateException. ^String released-message)))
                    (try (commit! new)
                         (catch Exception e (throw (commit-error e)))))))
     (.put registry ag (assoc ops :commit! commit!))

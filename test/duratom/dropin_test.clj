@@ -61,6 +61,33 @@
               (is (= commits (:commits (d/stats ag))))))
           (finally (destroy-quietly ag)))))))
 
+(deftest duragent-after-destroy-fails-with-released-and-changes-nothing
+  (doseq [backend backends]
+    (testing (:name backend)
+      (let [loc ((:new-location backend))
+            errors (atom [])
+            ag (kw-duragent backend loc :init {:n 1}
+                            :rw (assoc (:default-rw backend)
+                                       :error-handler (fn [a e] (swap! errors conj [a e]))))]
+        (d/destroy ag)
+        (is (nil? (stored backend loc)) "destroy removed what was stored")
+        ;; another writer puts a value there: the destroyed agent must leave it alone
+        (let [other ((:open backend) loc {:other true} (assoc (:default-rw backend) :commit-mode :sync))]
+          (try
+            (send ag update :n inc)
+            (send-off ag assoc :x 1)
+            (is (await-for 60000 ag))
+            (is (= {:n 1} @ag) "the state did not change")
+            (is (<= 2 (count @errors)) "each action went to the error handler")
+            (doseq [[a e] @errors]
+              (is (identical? ag a))
+              (is (instance? IllegalStateException e))
+              (is (= "duratom/duragent has been released!" (.getMessage ^Throwable e))))
+            (is (= agent/released-message "duratom/duragent has been released!"))
+            (is (= {:other true} (stored backend loc)) "storage did not change")
+            (is (nil? (d/backend-snapshot ag)))
+            (finally (d/destroy other))))))))
+
 ;; ------------------------------------------------------------ default :rw
 
 (deftest default-rw-maps-carry-the-originals-read-from-and-commit-mode
