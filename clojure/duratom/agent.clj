@@ -63,13 +63,14 @@
     purpose do for the store;
   - `:describe`  a string naming the backend and resource, for messages.
 
-  `error-handler`, as in the original: called `(handler agent e)` when an
+  `:error-handler` (of the last argument), as in the original: called `(handler agent e)` when an
   action throws, and `(handler agent e recommit)` when persisting a state
   throws `e`; `(recommit)` retries storing the agent's current state at once
   and throws if that fails. Exceptions the handler throws are swallowed (as
   an agent does). Without a handler, a persistence failure is written to
   *err* when failures start and when they end, and `flush!` throws it until
-  the current state is stored.
+  the current state is stored. `meta`: the agent's metadata. `validator`:
+  as an agent's, checking every new state.
 
   Once `:released?` says true, every action fails as in the original: the
   agent's validator throws IllegalStateException `released-message`, which
@@ -77,7 +78,7 @@
   Every new state is committed, including one that differs from the last
   only in its metadata; an action that returns its state unchanged
   (identical) commits nothing."
-  [value {:keys [released? describe] :as ops} error-handler]
+  [value {:keys [released? describe] :as ops} {:keys [error-handler meta validator]}]
   (let [failing (AtomicBoolean. false)
         commit! (fn [v]
                   ((:commit! ops) v)
@@ -96,10 +97,10 @@
                           "flush! throws until one is stored): " (.getMessage ^Throwable (ex-cause e)))))
         ;; The validator runs before the agent takes a new state: the only
         ;; place an action can still be refused (the original's place too).
-        guard (fn [_]
+        guard (fn [state]
                 (when (released?) (throw (IllegalStateException. ^String released-message)))
-                true)
-        ag (agent value :error-mode :continue :error-handler handler :validator guard)]
+                (if validator (validator state) true))
+        ag (agent value :error-mode :continue :error-handler handler :validator guard :meta meta)]
     (add-watch ag ::persist
                (fn [_ _ old new]
                  ;; identity, not equality: states equal but for their

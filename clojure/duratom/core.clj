@@ -261,6 +261,8 @@
             value (if stored
                     ((:decode codec) (:bytes stored))
                     (resolve-init init))
+            validator (:validator rw)
+            _ (validate! validator value) ; before anything is written, as atom's constructor
             sync? (or shared? (sync-mode? rw))
             eng (engine/engine store (:encode codec) sync? (:error-handler rw) value (:version stored))]
         (when (and (nil? stored) (some? value))
@@ -269,7 +271,8 @@
             (let [theirs (engine/load-stored eng)]
               (engine/adopt! eng ((:decode codec) (:bytes theirs)) (:version theirs)))))
         (Duratom. store codec eng (or lock (ReentrantLock.)) sync? shared? (read-from-storage? rw)
-                  (AtomicReference. nil) (AtomicReference. {}) (AtomicBoolean. false) nil))
+                  (AtomicReference. validator) (AtomicReference. {}) (AtomicBoolean. false)
+                  (:meta rw)))
       (catch Throwable e
         (storage/close! store)
         (throw e)))))
@@ -391,35 +394,43 @@
   "Constructs a duratom backed by `backed-by`: `:local-file` (`:file-path`),
   `:postgres-db` (`:db-config`, `:table-name`, `:row-id`), `:aws-s3`
   (`:credentials`, `:bucket`, `:key`), `:sqlite-db` (`:db-config`,
-  `:table-name`, `:row-id`) or `:redis-db` (`:db-config`, `:key-name`). Every backend takes `:init`, `:lock`,
-  `:rw` and `:shared?` (same as `:shared? true` in `:rw`)."
+  `:table-name`, `:row-id`) or `:redis-db` (`:db-config`, `:key-name`). Every
+  backend takes `:init`, `:lock`, `:rw`, `:shared?` (same as `:shared? true`
+  in `:rw`), and `:meta` and `:validator` as `clojure.core/atom` takes them
+  (also keys of `:rw`): the validator checks the initial state (what storage
+  holds, or `:init`) and a rejected one throws IllegalStateException
+  \"Invalid reference state\" with nothing written."
   (fn [backed-by & _args] backed-by))
 
-(defn- with-shared
-  "The `:shared?` constructor keyword, carried in the `:rw` map."
-  [rw shared?]
+(defn- with-keywords
+  "The constructor keywords `:shared?`, `:meta` and `:validator`, carried in
+  the `:rw` map."
+  [rw {:keys [shared? meta validator]}]
   (check-rw! rw)
-  (cond-> rw (some? shared?) (assoc :shared? shared?)))
+  (cond-> rw
+    (some? shared?) (assoc :shared? shared?)
+    (some? meta) (assoc :meta meta)
+    (some? validator) (assoc :validator validator)))
 
 (defmethod duratom :local-file
-  [_ & {:keys [file-path init lock rw shared?] :or {rw default-file-rw}}]
-  (file-atom file-path (or lock (ReentrantLock.)) init (with-shared rw shared?)))
+  [_ & {:keys [file-path init lock rw] :or {rw default-file-rw} :as opts}]
+  (file-atom file-path (or lock (ReentrantLock.)) init (with-keywords rw opts)))
 
 (defmethod duratom :postgres-db
-  [_ & {:keys [db-config table-name row-id init lock rw shared?] :or {row-id 0 rw default-postgres-rw}}]
-  (postgres-atom db-config table-name row-id (or lock (ReentrantLock.)) init (with-shared rw shared?)))
+  [_ & {:keys [db-config table-name row-id init lock rw] :or {row-id 0 rw default-postgres-rw} :as opts}]
+  (postgres-atom db-config table-name row-id (or lock (ReentrantLock.)) init (with-keywords rw opts)))
 
 (defmethod duratom :sqlite-db
-  [_ & {:keys [db-config table-name row-id init lock rw shared?] :or {row-id 0 rw default-sqlite-rw}}]
-  (sqlite-atom db-config table-name row-id (or lock (ReentrantLock.)) init (with-shared rw shared?)))
+  [_ & {:keys [db-config table-name row-id init lock rw] :or {row-id 0 rw default-sqlite-rw} :as opts}]
+  (sqlite-atom db-config table-name row-id (or lock (ReentrantLock.)) init (with-keywords rw opts)))
 
 (defmethod duratom :redis-db
-  [_ & {:keys [db-config key-name init lock rw shared?] :or {rw default-redis-rw}}]
-  (redis-atom db-config key-name (or lock (ReentrantLock.)) init (with-shared rw shared?)))
+  [_ & {:keys [db-config key-name init lock rw] :or {rw default-redis-rw} :as opts}]
+  (redis-atom db-config key-name (or lock (ReentrantLock.)) init (with-keywords rw opts)))
 
 (defmethod duratom :aws-s3
-  [_ & {:keys [credentials bucket key init lock rw shared?] :or {rw default-s3-rw}}]
-  (s3-atom credentials bucket key (or lock (ReentrantLock.)) init (with-shared rw shared?)))
+  [_ & {:keys [credentials bucket key init lock rw] :or {rw default-s3-rw} :as opts}]
+  (s3-atom credentials bucket key (or lock (ReentrantLock.)) init (with-keywords rw opts)))
 
 ;; ------------------------------------------------------- beyond the original
 
@@ -467,12 +478,21 @@
 
 (defn- make-duragent
   "A duragent over the synchronous duratom `(open rw)` builds: that duratom
-  loads the stored state (or persists `:init`) and writes each agent state."
-  [open rw]
+  loads the stored state (or persists `:init`) and writes each agent state.
+  `opts`: the constructor's keywords; `:meta` and `:validator` as
+  `clojure.core/agent` takes them, the validator checking the initial state
+  before anything is written."
+  [open rw opts]
   (check-rw! rw)
-  (let [^Duratom store (open (-> rw
-                                 (assoc :commit-mode :sync)
-                                 (dissoc :error-handler :shared? :read-from)))
+  (let [;; as for duratom, also keys of :rw
+        meta (or (:meta opts) (:meta rw))
+        validator (or (:validator opts) (:validator rw))
+        ^Duratom store (open (-> rw
+                                 (assoc :commit-mode :sync :validator validator)
+                                 (dissoc :error-handler :shared? :read-from :meta)))
+        ;; the agent's validator guards later states; the store's would be
+        ;; left behind by a set-validator! on the agent
+        _ (set-validator! store nil)
         desc (str (name (:backend (.-store store))) " " (:resource (.-store store)))]
     (agent/duragent (-memory-value store)
                     {:commit! #(reset! store %)
@@ -482,38 +502,42 @@
                      :snapshot #(backend-snapshot store)
                      :stats #(engine/stats (.-engine store))
                      :describe desc}
-                    (:error-handler rw))))
+                    {:error-handler (:error-handler rw) :meta meta :validator validator})))
 
 (defmulti duragent
   "duragent is to agent what duratom is to atom: returns a clojure.lang.Agent
   whose every state is persisted, in order, on the agent's thread before its
   next action runs. Takes the keyword arguments of `duratom` for the same
-  `backed-by` (`:init`, `:rw`; `:lock` is accepted and unused: the agent
-  serialises its actions). Storage holding a value makes it the initial
-  state; otherwise `:init` is persisted. Every commit is synchronous
-  (`:commit-mode` and `:shared?` do not apply). `(:error-handler rw)`, as in
-  the original: `(fn [agent e])` for errors of actions, and
-  `(fn [agent e recommit])` for persistence errors, where `(recommit)` stores
-  the agent's current state again. `destroy`, `backend-snapshot`, `flush!`
-  and `stats` work on it."
+  `backed-by` (`:init`, `:rw`, `:meta`, `:validator`; `:lock` is accepted and
+  unused: the agent serialises its actions). Storage holding a value makes it
+  the initial state; otherwise `:init` is persisted. A `:validator` checks
+  that initial state (IllegalStateException \"Invalid reference state\",
+  nothing written) and every later one (refused states go to the error
+  handler and are not stored). Every commit is synchronous (`:commit-mode`
+  and `:shared?` do not apply). `(:error-handler rw)`, as in the original:
+  `(fn [agent e])` for errors of actions, and `(fn [agent e recommit])` for
+  persistence errors, where `(recommit)` stores the agent's current state
+  again. After `destroy`, every action fails with IllegalStateException
+  \"duratom/duragent has been released!\" (to the error handler) and changes
+  nothing. `destroy`, `backend-snapshot`, `flush!` and `stats` work on it."
   (fn [backed-by & _args] backed-by))
 
 (defmethod duragent :local-file
-  [_ & {:keys [file-path init rw] :or {rw default-file-rw}}]
-  (make-duragent #(file-atom file-path nil init %) (or rw default-file-rw)))
+  [_ & {:keys [file-path init rw] :or {rw default-file-rw} :as opts}]
+  (make-duragent #(file-atom file-path nil init %) (or rw default-file-rw) opts))
 
 (defmethod duragent :postgres-db
-  [_ & {:keys [db-config table-name row-id init rw] :or {row-id 0 rw default-postgres-rw}}]
-  (make-duragent #(postgres-atom db-config table-name (or row-id 0) nil init %) (or rw default-postgres-rw)))
+  [_ & {:keys [db-config table-name row-id init rw] :or {row-id 0 rw default-postgres-rw} :as opts}]
+  (make-duragent #(postgres-atom db-config table-name (or row-id 0) nil init %) (or rw default-postgres-rw) opts))
 
 (defmethod duragent :aws-s3
-  [_ & {:keys [credentials bucket key init rw] :or {rw default-s3-rw}}]
-  (make-duragent #(s3-atom credentials bucket key nil init %) (or rw default-s3-rw)))
+  [_ & {:keys [credentials bucket key init rw] :or {rw default-s3-rw} :as opts}]
+  (make-duragent #(s3-atom credentials bucket key nil init %) (or rw default-s3-rw) opts))
 
 (defmethod duragent :sqlite-db
-  [_ & {:keys [db-config table-name row-id init rw] :or {row-id 0 rw default-sqlite-rw}}]
-  (make-duragent #(sqlite-atom db-config table-name (or row-id 0) nil init %) (or rw default-sqlite-rw)))
+  [_ & {:keys [db-config table-name row-id init rw] :or {row-id 0 rw default-sqlite-rw} :as opts}]
+  (make-duragent #(sqlite-atom db-config table-name (or row-id 0) nil init %) (or rw default-sqlite-rw) opts))
 
 (defmethod duragent :redis-db
-  [_ & {:keys [db-config key-name init rw] :or {rw default-redis-rw}}]
-  (make-duragent #(redis-atom db-config key-name nil init %) (or rw default-redis-rw)))
+  [_ & {:keys [db-config key-name init rw] :or {rw default-redis-rw} :as opts}]
+  (make-duragent #(redis-atom db-config key-name nil init %) (or rw default-redis-rw) opts))

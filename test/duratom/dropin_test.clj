@@ -133,3 +133,62 @@
           (is (= 1 (stored backend loc)) "nothing was written")
           (finally (d/destroy dura)))))))
 
+;; ------------------------------------------------ :meta and :validator
+
+(deftest constructor-meta-and-validator-work-as-in-atom
+  (doseq [backend backends]
+    (testing (str (:name backend) " duratom")
+      (let [loc ((:new-location backend))
+            dura (kw-duratom backend loc :init 1 :meta {:m 1} :validator pos?)]
+        (try
+          (is (= {:m 1} (meta dura)) ":meta is the reference's metadata")
+          (is (= 1 @dura) "the metadata is not the state's")
+          (is (nil? (meta @dura)))
+          (is (identical? pos? (get-validator dura)))
+          (is (thrown-with-msg? IllegalStateException #"^Invalid reference state$" (swap! dura - 5)))
+          (is (= 2 (swap! dura inc)))
+          (is (true? (d/flush! dura 60000)))
+          (is (= 2 (stored backend loc)))
+          (finally (d/destroy dura))))
+      (testing ": an :init the validator rejects throws, nothing is written"
+        (let [loc ((:new-location backend))
+              a-err (try (atom -1 :validator pos?) nil (catch Exception e e))
+              d-err (try (kw-duratom backend loc :init -1 :validator pos?) nil (catch Exception e e))]
+          (is (= [IllegalStateException "Invalid reference state"]
+                 [(class a-err) (ex-message a-err)]
+                 [(class d-err) (ex-message d-err)]))
+          (is (nil? (stored backend loc)))))
+      (testing ": a stored value the validator rejects throws, storage keeps it"
+        (let [loc ((:new-location backend))
+              writer ((:open backend) loc -5 (assoc (:default-rw backend) :commit-mode :sync))]
+          (try
+            (is (thrown-with-msg? IllegalStateException #"^Invalid reference state$"
+                                  (kw-duratom backend loc :init 1 :validator pos?)))
+            (is (= -5 (stored backend loc)))
+            (finally (d/destroy writer)))))
+      (testing ": in :rw, for the positional constructors"
+        (let [loc ((:new-location backend))
+              dura ((:open backend) loc 3 (assoc (:default-rw backend) :validator odd? :meta {:p 1}))]
+          (try
+            (is (= {:p 1} (meta dura)))
+            (is (thrown? IllegalStateException (reset! dura 4)))
+            (finally (d/destroy dura))))))
+    (testing (str (:name backend) " duragent")
+      (let [loc ((:new-location backend))
+            errors (atom [])
+            ag (kw-duragent backend loc :init 1 :meta {:m 1} :validator pos?
+                            :rw (assoc (:default-rw backend) :error-handler (fn [_ e] (swap! errors conj e))))]
+        (try
+          (is (= {:m 1} (meta ag)))
+          (send ag - 5)
+          (is (await-for 60000 ag))
+          (is (= 1 @ag) "a rejected state is not taken")
+          (is (= [[IllegalStateException "Invalid reference state"]]
+                 (map (juxt class ex-message) @errors)))
+          (is (= 1 (d/backend-snapshot ag)) "nor stored")
+          (finally (destroy-quietly ag))))
+      (let [loc ((:new-location backend))]
+        (is (thrown-with-msg? IllegalStateException #"^Invalid reference state$"
+                              (kw-duragent backend loc :init -1 :validator pos?)))
+        (is (nil? (stored backend loc)) "a rejected :init is not written")))))
+
