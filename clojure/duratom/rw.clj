@@ -76,8 +76,9 @@
 
 (def default-redis-rw
   "Redis `:rw`: EDN text under the key, as the original's default (carmine
-  stored the String `:write` returned as it is). `:write` returns a String or
-  bytes; `:read` gets a String (bytes when they are not UTF-8 text)."
+  stored the String `:write` returned as it is). A custom `:write` may return
+  any value and `:read` gets what carmine's GET would give (see
+  `redis-codec`): `{:read identity :write identity}` stores nippy as carmine did."
   {:read read-edn-string
    :write pr-str-fully
    :read-from :duratom.core/memory
@@ -174,20 +175,88 @@
         :decode (fn [^bytes stored]
                   (read (if text? (String. stored StandardCharsets/UTF_8) stored)))}))))
 
+(def ^:private carmine-clj
+  "carmine's marker before nippy bytes: what it stored for any value that is
+  not a String, a number, a keyword, bytes or nil."
+  (byte-array [0 (int \>)]))
+
+(def ^:private carmine-bin
+  "carmine's marker before a byte array stored as it is."
+  (byte-array [0 (int \<)]))
+
+(def ^:private carmine-nil
+  "carmine's marker for nil."
+  (byte-array [0 (int \_)]))
+
+(defn- nippy
+  "taoensso.nippy's `freeze` or `thaw` (`fn-name`), resolved when first
+  needed: duratom does not depend on nippy, carmine's users have it. `where`
+  names the store for the error when it is missing."
+  [fn-name where]
+  (or (try (requiring-resolve (symbol "taoensso.nippy" fn-name)) (catch Exception _ nil))
+      (throw (ex-info (str "duratom: " (some-> (:backend where) name) " " (:resource where)
+                           ": a custom :write returned a value that carmine stored with nippy, and reading one"
+                           " needs nippy too; add com.taoensso/nippy to the classpath")
+                      {:duratom/backend (:backend where) :duratom/resource (:resource where)}))))
+
+(defn- concat-bytes ^bytes [^bytes a ^bytes b]
+  (let [out (byte-array (+ (alength a) (alength b)))]
+    (System/arraycopy a 0 out 0 (alength a))
+    (System/arraycopy b 0 out (alength a) (alength b))
+    out))
+
+(defn- carmine-frame
+  "What carmine stored for `x`, what a custom `:write` returned: a String as
+  its UTF-8 bytes, bytes behind carmine's binary marker, nil as carmine's nil
+  marker, anything else frozen by nippy behind carmine's nippy marker (where
+  carmine wrote numbers and keywords as text, they are frozen too, so that
+  they read back as what they were; carmine reads them as such)."
+  ^bytes [x where]
+  (cond
+    (string? x) (let [b (.getBytes ^String x StandardCharsets/UTF_8)]
+                  (when (and (pos? (alength b)) (zero? (aget b 0)))
+                    ;; it would read back as one of carmine's marked values
+                    (throw (ex-info (str "duratom: " (some-> (:backend where) name) " " (:resource where)
+                                         ": refused to write the state: a custom :write returned a String"
+                                         " starting with the character 0, which carmine (and duratom) read"
+                                         " as a marker. Nothing was written.")
+                                    {:duratom/op :encode :duratom/refused :marker-prefix
+                                     :duratom/backend (:backend where) :duratom/resource (:resource where)})))
+                  b)
+    (bytes? x) (concat-bytes carmine-bin x)
+    (nil? x) carmine-nil
+    :else (concat-bytes carmine-clj ((nippy "freeze" where) x))))
+
+(defn- carmine-unframe
+  "The value carmine's GET gave for `stored`: nippy-thawed behind its nippy
+  marker, the bytes behind its binary marker, nil for its nil marker; any
+  other bytes as a String when they are UTF-8 text, else as bytes."
+  [^bytes stored where]
+  (let [n (alength stored)
+        marker (when (and (>= n 2) (zero? (aget stored 0))) (char (aget stored 1)))]
+    (case marker
+      \> ((nippy "thaw" where) (java.util.Arrays/copyOfRange stored 2 n))
+      \< (java.util.Arrays/copyOfRange stored 2 n)
+      \_ nil
+      (try (str (.decode (.newDecoder StandardCharsets/UTF_8) (java.nio.ByteBuffer/wrap stored)))
+           (catch java.nio.charset.CharacterCodingException _ stored)))))
+
 (defn redis-codec
-  "Codec for a Redis duratom; `:read` gets the stored bytes as a String when
-  they are UTF-8 text (as carmine gave strings), else the bytes. `where`: as
-  for `postgres-codec`."
+  "Codec for a Redis duratom. With a custom `:read`/`:write`, values are
+  stored as carmine (the original's Redis client) stored what `:write`
+  returned, and `:read` gets what carmine's GET gave: a String as its UTF-8
+  bytes; bytes, nil and any other value behind carmine's two-byte markers,
+  other values frozen with nippy. So `{:read identity :write identity}`
+  keeps values in carmine's nippy format, readable by carmine, as the
+  original's README advised. `where`: as for `postgres-codec`."
   ([rw] (redis-codec rw nil))
   ([rw where]
    (if (default-fns? rw default-redis-rw)
      (default-codec rw where)
      (let [read (:read rw (:read default-redis-rw))
            write (:write rw (:write default-redis-rw))]
-       {:encode (fn [value] (to-encoded (write value)))
-        :decode (fn [^bytes stored]
-                  (read (try (str (.decode (.newDecoder StandardCharsets/UTF_8) (java.nio.ByteBuffer/wrap stored)))
-                             (catch java.nio.charset.CharacterCodingException _ stored))))}))))
+       {:encode (fn [value] (dedn/encoded-bytes (carmine-frame (write value) where)))
+        :decode (fn [^bytes stored] (read (carmine-unframe stored where)))}))))
 
 (defn s3-codec
   "Codec for an S3 duratom; `:read` gets the size and an InputStream, as the

@@ -10,7 +10,11 @@
             [duratom.readers :as readers]
             [duratom.shared :as shared]
             [duratom.test-support :as ts]
-            [taoensso.nippy :as nippy]))
+            [taoensso.nippy :as nippy])
+  (:import (java.io BufferedInputStream ByteArrayOutputStream InputStream OutputStream)
+           (java.net Socket)
+           (java.nio.charset StandardCharsets)
+           (java.util Arrays)))
 
 (def ^:private script "scripts/redis-server")
 
@@ -152,3 +156,114 @@
         (is (re-find #"TLS handshake failed: the server's certificate does not chain to a trusted root" msg) msg)
         (is (not (str/includes? msg (env "DURATOM_TEST_REDIS_PASSWORD"))) msg)
         (is (= :redis-db (:duratom/backend (ex-data e))))))))
+
+;; ------------------------------------------------- carmine's byte format
+
+(defn- utf8 ^bytes [^String s] (.getBytes s StandardCharsets/UTF_8))
+
+(defn- read-line-bytes
+  "One reply line (without its CRLF) from `in`."
+  ^String [^InputStream in]
+  (let [out (ByteArrayOutputStream.)]
+    (loop []
+      (let [b (.read in)]
+        (cond (neg? b) (throw (ex-info "redis closed the connection" {}))
+              (= b 13) (do (.read in) (String. (.toByteArray out) StandardCharsets/UTF_8))
+              :else (do (.write out b) (recur)))))))
+
+(defn- resp!
+  "Sends one command to the test server over the raw protocol (args: Strings
+  or byte arrays, so that any bytes can be stored, which redis-cli's
+  arguments cannot carry) and returns the reply: bytes for a bulk string, nil
+  for none, a String for a status, a long for an integer. An error reply
+  throws."
+  [& args]
+  (with-open [sock (Socket. ^String (env "DURATOM_TEST_REDIS_HOST") (int (Long/parseLong (env "DURATOM_TEST_REDIS_PORT"))))]
+    (.setSoTimeout sock 10000)
+    (let [^OutputStream out (.getOutputStream sock)
+          in (BufferedInputStream. (.getInputStream sock))
+          send! (fn [args]
+                  (.write out (utf8 (str "*" (count args) "\r\n")))
+                  (doseq [a args]
+                    (let [^bytes b (if (bytes? a) a (utf8 (str a)))]
+                      (.write out (utf8 (str "$" (alength b) "\r\n")))
+                      (.write out b)
+                      (.write out (utf8 "\r\n"))))
+                  (.flush out))
+          reply (fn []
+                  (let [line (read-line-bytes in)
+                        body (subs line 1)]
+                    (case (first line)
+                      \+ body
+                      \: (Long/parseLong body)
+                      \- (throw (ex-info (str "redis: " body) {}))
+                      \$ (let [n (Long/parseLong body)]
+                           (when-not (neg? n)
+                             (let [b (byte-array n)]
+                               (loop [off 0]
+                                 (when (< off n)
+                                   (let [r (.read in b off (- n off))]
+                                     (when (neg? r) (throw (ex-info "redis closed the connection" {})))
+                                     (recur (+ off r)))))
+                               (.read in) (.read in)
+                               b))))))]
+      (send! ["AUTH" (env "DURATOM_TEST_REDIS_PASSWORD")])
+      (reply)
+      (send! args)
+      (reply))))
+
+(defn- carmine-frozen
+  "What carmine stores for a Clojure value that is not a String, number,
+  keyword or bytes: its two-byte marker 0x00 0x3E, then nippy's bytes."
+  ^bytes [v]
+  (let [frozen ^bytes (nippy/freeze v)]
+    (byte-array (concat [0 0x3E] frozen))))
+
+(defn- carmine-thaw
+  "What carmine's GET gives for bytes behind its nippy marker."
+  [^bytes stored]
+  (nippy/thaw (Arrays/copyOfRange stored 2 (alength stored))))
+
+(deftest identity-rw-reads-and-writes-carmines-nippy-values
+  (let [rw {:read identity :write identity}
+        v {:x 1 :s #{"a" "b"} :kw :k :v [1.5 nil]}]
+    (testing "accepted at construction, :init stored as carmine freezes it"
+      (let [k (str "duratom:test:" (ts/unique-name "carmine"))
+            a (d/duratom :redis-db :db-config (conn) :key-name k :init v :rw rw)]
+        (try
+          (is (true? (d/flush! a 10000)))
+          (let [raw (resp! "GET" k)]
+            (is (= [0 0x3E] (take 2 raw)) "carmine's nippy marker")
+            (is (= v (carmine-thaw raw)) "carmine reads it back"))
+          (is (= v (d/backend-snapshot a) @(d/redis-atom (conn) k nil nil rw)))
+          (finally (d/destroy a)))))
+    (testing "a value carmine froze loads through :read identity, and our write reads back in carmine"
+      (let [k (str "duratom:test:" (ts/unique-name "carmine"))]
+        (is (= "OK" (resp! "SET" k (carmine-frozen v))))
+        (let [a (d/redis-atom (conn) k nil :unused (assoc rw :commit-mode :sync))]
+          (try
+            (is (= v @a))
+            (is (= (assoc v :y 2) (swap! a assoc :y 2)))
+            (let [raw (resp! "GET" k)]
+              (is (= [0 0x3E] (take 2 raw)))
+              (is (= (assoc v :y 2) (carmine-thaw raw))))
+            (finally (d/destroy a))))))
+    (testing "other values as carmine stores them: a String as its bytes, bytes and nil behind markers"
+      (let [k (str "duratom:test:" (ts/unique-name "carmine"))
+            a (d/redis-atom (conn) k nil "text" (assoc rw :commit-mode :sync))
+            raw #(vec (resp! "GET" k))]
+        (try
+          (is (= (vec (utf8 "text")) (raw)))
+          (reset! a (byte-array [1 2 -1]))
+          (is (= [0 0x3C 1 2 -1] (raw)) "carmine's binary marker")
+          (is (= [1 2 -1] (vec @(d/redis-atom (conn) k nil nil rw))))
+          (reset! a nil)
+          (is (= [0 0x5F] (raw)) "carmine's nil marker")
+          (is (nil? (d/backend-snapshot a)))
+          (reset! a 42)
+          (is (= 42 (carmine-thaw (byte-array (raw)))) "a number is frozen, so it reads back as a number")
+          (is (= 42 @(d/redis-atom (conn) k nil nil rw)))
+          (is (thrown-with-msg? clojure.lang.ExceptionInfo #"refused to write the state: .*starting with the character 0"
+                                (reset! a (str (char 0) "x"))))
+          (is (= 42 @a (d/backend-snapshot a)) "nothing was written")
+          (finally (d/destroy a)))))))
