@@ -16,7 +16,7 @@
             [duratom.engine :as engine]
             [duratom.rw :as rw]
             [duratom.storage :as storage])
-  (:import (clojure.lang Agent IAtom IAtom2 IRef IDeref IReference IMeta IObj IFn ISeq RT)
+  (:import (clojure.lang Agent IAtom IAtom2 IRef IDeref IReference IMeta IObj IFn ISeq PersistentHashMap RT)
            (java.io Closeable Writer)
            (java.util.concurrent.atomic AtomicBoolean AtomicReference)
            (java.util.concurrent.locks Lock ReentrantLock)))
@@ -271,7 +271,7 @@
             (let [theirs (engine/load-stored eng)]
               (engine/adopt! eng ((:decode codec) (:bytes theirs)) (:version theirs)))))
         (Duratom. store codec eng (or lock (ReentrantLock.)) sync? shared? (read-from-storage? rw)
-                  (AtomicReference. validator) (AtomicReference. {}) (AtomicBoolean. false)
+                  (AtomicReference. validator) (AtomicReference. PersistentHashMap/EMPTY) (AtomicBoolean. false)
                   (:meta rw)))
       (catch Throwable e
         (storage/close! store)
