@@ -175,7 +175,7 @@
 ;; snapshot's count never covers a state newer than its value. `io-lock` is held around each
 ;; write (snapshot, encode, commit, record), so writes are ordered and
 ;; destroy! waits for one in flight. Lock order: io-lock, then monitor.
-(defrecord Engine [store encode sync? error-handler
+(defrecord Engine [store encode sync? error-handler conditional?
                    ^Object monitor ^ReentrantLock io-lock
                    ^AtomicLong commits ^AtomicLong failures
                    ^AtomicLong bytes-written ^AtomicLong last-commit-nanos
@@ -213,7 +213,7 @@
   their state is durable. `error-handler`: the `:rw` option,
   `(fn [exception recommit])`."
   [store encode sync? error-handler value version]
-  (->Engine store encode (boolean sync?) error-handler
+  (->Engine store encode (boolean sync?) error-handler (storage/writes-can-land-late? store)
             (Object.) (ReentrantLock.)
             (AtomicLong.) (AtomicLong.) (AtomicLong.) (AtomicLong.)
             (AtomicReference.) (AtomicReference. value) (AtomicReference. value)
@@ -491,6 +491,30 @@
     (log! :info (str "duratom: asynchronous writes to " (where e) " work again; the newest state is stored")
           nil)))
 
+(def ^:private max-overwrites
+  "Conditional commits made in a row over states another writer stored."
+  3)
+
+(defn- commit-over-another!
+  "Outside shared mode, after a conditional commit of `encoded` failed
+  because another writer stored a state: reads the version stored now and
+  commits over it, as the last writer; storage is not decoded (outside
+  shared mode this duratom's state wins). Returns nil when it landed, else
+  the exception to fail with. Holds io-lock."
+  [^Engine e encoded t0]
+  (loop [n 1]
+    (let [stored (storage/load-stored (:store e))]
+      (.set ^AtomicReference (:version e) (:version stored))
+      (cond
+        (commit-bytes! e encoded t0 (or (:version stored) :nothing)) nil
+        (< n (long max-overwrites)) (recur (inc n))
+        :else (ex-info (str "duratom: " (where e) ": the state was not written: storage changed under every one of "
+                            max-overwrites " conditional commits (another writer keeps writing there)")
+                       {:duratom/backend (:backend (:store e))
+                        :duratom/resource (:resource (:store e))
+                        :duratom/op :commit
+                        :duratom/conflict? true})))))
+
 (defn- write-newest!
   "Writes the newest accepted state; returns [x group target]: x is nil when
   it landed, else the Throwable the write failed with (counted, kept as the
@@ -524,9 +548,13 @@
                          ;; computing its state (see check-doubt!)
                          _ (when-not (rolls-back? e) (settle-doubt! e))
                          doubt? (in-doubt? e)]
-                     (if (commit-bytes! e enc t0 (when doubt? (or (stored-version e) :nothing)))
+                     (cond
+                       (commit-bytes! e enc t0 (when (or doubt? (:conditional? e))
+                                                 (or (stored-version e) :nothing)))
                        (do (when doubt? (.set ^AtomicReference (:doubt e) nil)) nil)
-                       (doubt-conflict-ex e)))
+
+                       doubt? (doubt-conflict-ex e)
+                       :else (commit-over-another! e enc t0)))
                    (catch Throwable x
                      (note-doubt! e @encoded value x)
                      x))
@@ -547,11 +575,12 @@
 
 (defn commit-initial!
   "Durably stores `value` before the duratom exists (its `:init`); throws on
-  failure. `only-if-empty?`: write only if storage still holds nothing;
+  failure. `only-if-empty?`: write only if storage still holds nothing (so
+  always where writes can land late, see duratom.storage);
   returns false (nothing written) when it does."
   [^Engine e value only-if-empty?]
   (let [version (try (commit-bytes! e ((:encode e) value) (System/nanoTime)
-                                    (when only-if-empty? :nothing))
+                                    (when (or only-if-empty? (:conditional? e)) :nothing))
                      (catch Throwable x (throw (failed! e x))))]
     (some? version)))
 

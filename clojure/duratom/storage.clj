@@ -92,6 +92,15 @@
               (Native/close old))))))
     (:handle @state)))
 
+(defn writes-can-land-late?
+  "Whether a write to `store` can take effect after its call returned: a
+  request left on a network, and a server that was stalled applies it when
+  it goes on. Commits to such stores are always conditional on the version
+  last seen, so such a write can never replace a later one. A local file or
+  SQLite database has nothing in flight once the call returns."
+  [store]
+  (contains? #{:postgres-db :aws-s3 :redis-db} (:backend store)))
+
 (defn load-stored
   "What the store holds now: `{:bytes b, :version v}`, or nil when nothing is stored."
   [store]

@@ -138,7 +138,18 @@ impl PostgresStore {
             conn.write_sent = false;
             match attempt(conn, row_id).await {
                 Ok(v) => return Ok(v),
-                Err(Failure::Conflict) => return Err(StoreError::Conflict { resource: self.resource.clone() }),
+                // After a write that went out unanswered, a conflict may be
+                // that write itself, landed: only reading storage can tell.
+                Err(Failure::Conflict) => {
+                    return Err(match &self.unanswered {
+                        Some(first) => StoreError::outcome_unknown(
+                            &self.resource,
+                            op,
+                            format!("{first}; run again on a new connection, it found another version stored"),
+                        ),
+                        None => StoreError::Conflict { resource: self.resource.clone() },
+                    })
+                }
                 Err(Failure::Invalid(detail)) => return Err(StoreError::backend(&self.resource, op, detail)),
                 Err(Failure::Pg { error, ambiguous }) => {
                     let lost = connection_lost(&error) || conn.client.is_closed();
@@ -241,9 +252,11 @@ impl Store for PostgresStore {
     }
 
     fn commit(&mut self, bytes: &[u8], expect: &Expect) -> Result<Version, StoreError> {
-        // Writing the same bytes twice is harmless for an unconditional write;
-        // for a conditional one a second run could see its own first write.
-        let rerun_harmless = matches!(expect, Expect::Anything { .. });
+        // Writing the same bytes twice is harmless for an unconditional write
+        // and for a compare-and-set (a rerun that meets its own first write
+        // reports a conflict, which `attempts` turns into outcome unknown);
+        // a create run again could not tell its own row from another's.
+        let rerun_harmless = !matches!(expect, Expect::Nothing);
         self.run("commit", rerun_harmless, async |c: &mut Conn, id: i64| {
             let value = param(c.value, bytes)?;
             let value = value.sql();
@@ -270,19 +283,16 @@ impl Store for PostgresStore {
                     Ok(Version(v))
                 }
                 Expect::Version(expected) => {
-                    // In a transaction although one statement would do: a dead
-                    // kept connection then fails at BEGIN, where nothing was
-                    // sent, and `run` may safely retry on a fresh one.
-                    let tx = c.client.transaction().await?;
-                    let updated = tx.query(&c.update_if, &[value, &id, &expected.0]).await?;
-                    let Some(v) = first_xmin(&updated)? else {
-                        tx.rollback().await?;
-                        return Err(Failure::Conflict);
-                    };
+                    // One round trip: every commit outside shared mode takes
+                    // this path. Applied late by a server that stalled, it
+                    // finds another xmin and changes nothing.
                     c.write_sent = true;
-                    tx.commit().await.map_err(ambiguous)?;
+                    let updated = c.client.query(&c.update_if, &[value, &id, &expected.0]).await.map_err(ambiguous)?;
                     c.write_sent = false;
-                    Ok(Version(v))
+                    match first_xmin(&updated)? {
+                        Some(v) => Ok(Version(v)),
+                        None => Err(Failure::Conflict),
+                    }
                 }
                 Expect::Nothing => {
                     let tx = c.client.transaction().await?;

@@ -113,7 +113,16 @@ impl RedisStore {
                 }
                 Err(Failure::Conflict) => {
                     self.conn = Some(conn);
-                    return Err(StoreError::Conflict { resource: self.resource.clone() });
+                    // After a write that went out unanswered, a conflict may
+                    // be that write itself, landed: only reading storage can tell.
+                    return Err(match &unanswered {
+                        Some(first) => StoreError::outcome_unknown(
+                            &self.resource,
+                            op,
+                            format!("{first}; run again on a new connection, it found another version stored"),
+                        ),
+                        None => StoreError::Conflict { resource: self.resource.clone() },
+                    });
                 }
                 Err(Failure::Redis { error, ambiguous }) => {
                     let lost = error.is_io_error() || error.is_connection_dropped() || error.is_timeout();
@@ -154,9 +163,11 @@ impl Store for RedisStore {
 
     fn commit(&mut self, bytes: &[u8], expect: &Expect) -> Result<Version, StoreError> {
         let version = version_of(bytes);
-        // Setting the same bytes twice is harmless; a conditional write run
-        // again could see its own first write and report a false conflict.
-        self.run("commit", matches!(expect, Expect::Anything { .. }), |c, s| {
+        // Setting the same bytes twice is harmless, and so is a compare-and-set
+        // (a rerun that meets its own first write reports a conflict, which
+        // `run` turns into outcome unknown); a create run again could not
+        // tell its own key from another's.
+        self.run("commit", !matches!(expect, Expect::Nothing), |c, s| {
             match expect {
                 Expect::Anything { .. } => {
                     let _: () = redis::cmd("SET")

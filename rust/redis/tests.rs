@@ -157,18 +157,17 @@ fn a_killed_connection_is_replaced_on_the_next_call() {
     assert_eq!(s.load().unwrap().unwrap().bytes, b"1");
     s.commit(b"2", &Expect::Anything { after: None }).unwrap();
     assert_eq!(s.load().unwrap().unwrap().bytes, b"2");
-    // A conditional commit whose connection dies under it is not run again
-    // (it could meet its own write and report a false conflict): its outcome
-    // is unknown, and said so. Here the server had closed the connection, so
-    // nothing landed, and the next commit reconnects.
+    // A compare-and-set whose connection died under it runs again on a new
+    // one (had the first run landed, the rerun would meet it and say the
+    // outcome is unknown, never a false conflict). Here the server had closed
+    // the connection, so nothing landed and the rerun does.
     let v2 = s.load().unwrap().unwrap().version;
     let id = client_id(&mut admin, &name);
     let _: i64 = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(&id).query(&mut admin).unwrap();
-    let e = s.commit(b"3", &Expect::Version(v2.clone())).unwrap_err();
-    assert!(matches!(e, StoreError::OutcomeUnknown { .. }), "{e}");
-    assert!(e.to_string().contains("may or may not have taken effect"), "{e}");
-    assert_eq!(s.load().unwrap().unwrap().bytes, b"2");
-    s.commit(b"3", &Expect::Version(v2)).unwrap();
+    let v3 = s.commit(b"3", &Expect::Version(v2.clone())).unwrap();
+    assert_eq!(s.load().unwrap().unwrap().bytes, b"3");
+    assert!(matches!(s.commit(b"4", &Expect::Version(v2)), Err(StoreError::Conflict { .. })), "a stale version is refused");
+    s.commit(b"4", &Expect::Version(v3)).unwrap();
     s.delete().unwrap();
 }
 
