@@ -1,6 +1,6 @@
 (ns duratom.bench
   "duratom's benchmark: `scripts/bench` runs it as `lein with-profile +bench
-  run -m duratom.bench` and it prints one table: every scenario of issue 6,
+  run -m duratom.bench` and it prints one table: every scenario,
   the median of several runs, the baseline measured in the same run, the
   ratio, the target and whether it is met.
 

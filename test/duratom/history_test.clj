@@ -101,8 +101,8 @@
    :table (str/replace (ts/unique-name "history") "-" "_")})
 
 (deftest history-postgres-sync
-  ;; 16 threads: a waiter whose group failed while a later group landed (the
-  ;; hole of issue 14) showed with many threads waiting at once
+  ;; 16 threads: a waiter whose group failed while a later group landed
+  ;; must still throw, and that interleaving needs many threads waiting at once
   (run-seeds "postgres sync" 1411 {:faults #{:storage :refusal :network :interrupts} :threads 16}
              #(h/run-local (assoc % :loc (pg-loc) :mode :sync))))
 

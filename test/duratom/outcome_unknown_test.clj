@@ -1,6 +1,6 @@
 (ns duratom.outcome-unknown-test
-  "A commit whose outcome is unknown (issue 11 item 5), at the one
-  interleaving no server test can force: the write lands just after the
+  "A commit whose outcome is unknown (its request went out and no answer
+  came), at the one interleaving no server test can force: the write lands just after the
   duratom looked at storage and found it had not. The storage is a real file
   store; only the moment is arranged, by wrapping duratom.storage's calls:
   the first commit reports an unknown outcome without writing, and the

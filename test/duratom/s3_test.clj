@@ -57,8 +57,8 @@
   (duragent/run-all backend (fn [_] (server-signal! "STOP")) (fn [_] (server-signal! "CONT")) true))
 
 (deftest a-commit-whose-outcome-is-unknown
-  ;; The Why of issue 11 item 5: a synchronous swap! times out while the
-  ;; server is frozen, after its PUT went out; the thawed server stores it.
+  ;; A synchronous swap! times out while the server is frozen, after its PUT
+  ;; went out; the thawed server stores it, so the outcome was unknown.
   (let [k (str "state/" (ts/unique-name "unknown"))
         a (d/s3-atom (creds) bucket k nil {:n 1} {:commit-mode :sync})
         seen (atom [])]

@@ -1,5 +1,5 @@
 (ns duratom.values-gen-test
-  "Issue 10, generative: nested values drawn from every type the default
+  "Generative: nested values drawn from every type the default
   codec supports and every type it refuses. Each case either round-trips
   through a real file, a close and a reopen (equal, and kind for kind, class
   for class, with metadata, sortedness and record types), or is refused with

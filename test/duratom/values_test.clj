@@ -1,7 +1,7 @@
 (ns duratom.values-test
-  "Issue 10: what goes in comes back, or is refused before it can poison
-  storage. Each example of the issue's Why is its own test, run in both
-  commit modes against a real file."
+  "What goes in comes back, or is refused before it can poison storage.
+  Each kind of value that once could not come back (or broke storage) is its
+  own test, run in both commit modes against a real file."
   (:require [clojure.edn :as edn]
             [clojure.java.io :as io]
             [clojure.string :as str]
