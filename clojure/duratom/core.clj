@@ -305,7 +305,7 @@
   holds a value it becomes the state; otherwise `init` (a value, a no-arg fn
   or a delay) is persisted and becomes the state. `lock`: a
   java.util.concurrent.locks.Lock serialising mutations (nil: a new
-  ReentrantLock). `rw`: see `default-file-rw` and the README."
+  ReentrantLock). `rw`: see `default-file-rw` and doc/options.md."
   ([file-path]
    (file-atom file-path (ReentrantLock.) nil))
   ([file-path lock init]
@@ -378,8 +378,8 @@
   :uri .. :timeout-ms .. :ssl-fn ..}}`), the spec map alone, a
   `redis://user:pass@host:port/db` String (`rediss://` for TLS), or nil
   (127.0.0.1:6379); see `duratom.backend.redis/store-config`. What is
-  durable when depends on the server's `appendonly`/`appendfsync` (see the
-  README). Otherwise as `file-atom`; `rw`: see `default-redis-rw`."
+  durable when depends on the server's `appendonly`/`appendfsync` (see
+  doc/backends/redis.md). Otherwise as `file-atom`; `rw`: see `default-redis-rw`."
   ([db-config key-name]
    (redis-atom db-config key-name (ReentrantLock.) nil))
   ([db-config key-name lock init]

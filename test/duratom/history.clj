@@ -410,7 +410,7 @@
   "Whether `stored` differs from `memory` only by the last write, whose
   outcome its callers were told is unknown (one swap's, or a group's that
   one commit carried): allowed until the next commit or refresh! checks
-  storage (README: \"A commit whose outcome is unknown\")."
+  storage (doc/durability.md, \"Outcome unknown\")."
   [history stored memory]
   (let [added (set/difference (set (:ids stored)) (set (:ids memory)))
         unknown (unknown-ids history)]

@@ -5,7 +5,7 @@
   for class, with metadata, sortedness and record types), or is refused with
   memory (sync) and the file (both modes) unchanged, and the refusal's path
   leads to a value that is refused. Whether a value is refused is decided
-  here, from the README's rules, not by asking the codec."
+  here, from the documented rules (doc/codec.md), not by asking the codec."
   (:require [clojure.edn :as edn]
             [clojure.java.io :as io]
             [clojure.string :as str]
@@ -58,7 +58,7 @@
 (defn- natural? [c] (or (identical? c RT/DEFAULT_COMPARATOR) (identical? c compare)))
 
 (defn refused?
-  "Whether the README's rules refuse `x`."
+  "Whether the documented rules (doc/codec.md) refuse `x`."
   [x]
   (cond
     (nil? x) false
