@@ -3,7 +3,11 @@
 //! gone) and the lock file of conditional commits.
 //!
 //! Temp files are named `.<name>.<pid>-<store>-<n>-<random>.tmp` and their
-//! writer holds a lock on each while it writes. Clean-up at open removes only
+//! writer holds a lock on each while it writes. Where that name would pass
+//! the file system's name limit, `<name>` is cut short and followed by `~`
+//! and a hash of the whole name, so that any name the file system takes
+//! works and every process derives the same names from it; the lock file
+//! `<name>.lock` is shortened the same way. Clean-up at open removes only
 //! temp files whose lock it can take: their writer closed them or died (the
 //! OS releases a dead process's locks). A pid proves nothing, since pids are
 //! reused.
@@ -37,8 +41,8 @@ impl TempNames {
     fn next(&mut self, target: &Target) -> PathBuf {
         self.counter += 1;
         let name = format!(
-            ".{}.{}-{}-{}-{:016x}.tmp",
-            target.name,
+            "{}{}-{}-{}-{:016x}.tmp",
+            temp_prefixes(target).0,
             std::process::id(),
             self.store_id,
             self.counter,
@@ -85,6 +89,36 @@ impl TempNames {
     }
 }
 
+/// The longest `<pid>-<store>-<n>-<random>.tmp` ending of a temp-file name:
+/// a u32, two u64s, 16 hex digits, three dashes and `.tmp`.
+const TEMP_ENDING_MAX: usize = 10 + 20 + 20 + 16 + 3 + 4;
+/// The bytes of a shortened name's `~` and hash.
+const HASH_MARK: usize = 1 + 16;
+
+/// `name` cut to at most `max` bytes (at a character boundary), then `~`
+/// and a hash of the whole name: one short name per long one, the same in
+/// every process and build.
+fn shortened(name: &str, max: usize) -> String {
+    use sha2::{Digest, Sha256};
+    let mut cut = max.saturating_sub(HASH_MARK).min(name.len());
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let digest = Sha256::digest(name.as_bytes());
+    let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("{}~{hash}", &name[..cut])
+}
+
+/// The start of the target's temp-file names: `.<name>.` when every name
+/// fits the file system's limit, else `.<shortened name>.`; and, for
+/// clean-up, the other one (temp files an earlier build left may carry it).
+fn temp_prefixes(target: &Target) -> (String, String) {
+    let full = format!(".{}.", target.name);
+    let budget = os::name_max(&target.dir).saturating_sub(TEMP_ENDING_MAX);
+    let short = format!(".{}.", shortened(&target.name, budget.saturating_sub(2)));
+    if full.len() <= budget { (full, short) } else { (short, full) }
+}
+
 /// Not cryptographic; with the pid and store id it keeps temp names apart
 /// across processes that reuse a crashed process's pid.
 fn random_u64() -> u64 {
@@ -98,11 +132,12 @@ fn random_u64() -> u64 {
 /// creating the file until after renaming it; one that finds its fresh file
 /// locked or removed by this clean-up starts over with a new name.
 pub(super) fn remove_dead_writers_temp_files(target: &Target) {
-    let prefix = format!(".{}.", target.name);
+    let (prefix, other) = temp_prefixes(target);
     let Ok(entries) = fs::read_dir(&target.dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(middle) = name.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".tmp")) else { continue };
+        let rest = name.strip_prefix(&prefix).or_else(|| name.strip_prefix(&other));
+        let Some(middle) = rest.and_then(|r| r.strip_suffix(".tmp")) else { continue };
         if middle.is_empty() || !middle.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
             continue; // not a name we give
         }
@@ -118,11 +153,17 @@ pub(super) fn remove_dead_writers_temp_files(target: &Target) {
     }
 }
 
-/// The lock file of conditional commits: `<target>.lock`.
+/// The lock file of conditional commits: `<target>.lock`, its name
+/// shortened when that would pass the file system's limit.
 pub(super) fn lock_path(target: &Target) -> PathBuf {
-    let mut path = target.file.clone().into_os_string();
-    path.push(".lock");
-    PathBuf::from(path)
+    let max = os::name_max(&target.dir);
+    if target.name.len() + ".lock".len() <= max {
+        let mut path = target.file.clone().into_os_string();
+        path.push(".lock");
+        PathBuf::from(path)
+    } else {
+        target.dir.join(format!("{}.lock", shortened(&target.name, max - ".lock".len())))
+    }
 }
 
 /// Takes the cross-process lock on the target's lock file; the OS drops it

@@ -677,3 +677,39 @@ mod properties {
         assert_eq!(caught, written.len() * 255);
     }
 }
+
+/// A name of 255 bytes, the usual file-system limit: the temp and lock
+/// files beside it get shortened names, so it opens, commits (both ways),
+/// loads, and a dead writer's temp file is still cleaned up.
+#[test]
+fn a_name_of_255_bytes_commits_conditionally_and_cleans_up() {
+    use super::resolve::resolve;
+    use super::temp::TempNames;
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("{}.edn", "\u{e9}".repeat(125) + "x");
+    assert_eq!(name.len(), 255);
+    let path = dir.path().join(&name);
+    let mut s = open_at(&path).unwrap();
+    let v1 = s.commit(b"{:n 1}", &Expect::Anything { after: None }).unwrap();
+    let v2 = s.commit(b"{:n 2}", &Expect::Version(v1)).unwrap();
+    assert_eq!(open_at(&path).unwrap().load().unwrap().unwrap().bytes, b"{:n 2}");
+    assert!(matches!(s.commit(b"{:n 3}", &Expect::Nothing), Err(StoreError::Conflict { .. })));
+
+    // A writer that died after creating its temp file: its lock is gone.
+    let target = resolve(s.resource(), &path, "test").unwrap();
+    let (file, temp) = TempNames::new().create(s.resource(), &target).unwrap();
+    drop(file);
+    let temp_name = temp.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(temp_name.len() <= 255 && temp_name.ends_with(".tmp"), "{temp_name}");
+    let names = names_in(dir.path());
+    assert_eq!(names.len(), 3, "the file, its lock file and the dead writer's temp file: {names:?}");
+    assert!(names.iter().all(|n| n.len() <= 255));
+    open_at(&path).unwrap();
+    let names = names_in(dir.path());
+    assert!(!names.contains(&temp_name), "the dead writer's temp file is removed: {names:?}");
+    let lock = names.iter().find(|n| **n != name).unwrap();
+    assert!(lock.ends_with(".lock") && lock.contains('~'), "{lock}");
+    s.commit(b"{:n 3}", &Expect::Version(v2)).unwrap();
+    s.delete().unwrap();
+    assert!(names_in(dir.path()).is_empty(), "delete removes the file and its lock file");
+}

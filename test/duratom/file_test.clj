@@ -432,3 +432,22 @@
       (spit p good)
       (is (= {:balance 102} (swap! a update :balance inc)) "the intact file commits again"))
     (d/destroy a)))
+
+(deftest a-name-of-255-bytes-works-in-every-mode
+  (let [dir (ts/temp-dir)
+        name (str (apply str (repeat 251 \n)) ".edn")
+        p (io/file dir name)]
+    (is (= 255 (count (.getBytes name "UTF-8"))))
+    (testing "construct and swap!, synchronously"
+      (let [a (d/file-atom p nil {:n 0} {:commit-mode :sync})]
+        (swap! a update :n inc)
+        (is (= {:n 1} @(d/file-atom p)))))
+    (testing "shared mode, two duratoms on the file"
+      (let [a (d/file-atom p nil nil {:shared? true})
+            b (d/file-atom p nil nil {:shared? true})]
+        (swap! a update :n inc)
+        (swap! b update :n inc)
+        (swap! a update :n inc)
+        (is (= {:n 4} @a (d/refresh! b) (edn/read-string (slurp p))))
+        (d/destroy a)))
+    (is (empty? (.list ^File dir)) "destroy leaves nothing beside the file")))

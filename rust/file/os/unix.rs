@@ -122,3 +122,12 @@ pub fn try_lock(file: &File) -> io::Result<bool> {
 pub fn open_for_locking(path: &Path) -> io::Result<File> {
     no_follow_no_block(OpenOptions::new().write(true)).open(path)
 }
+
+/// The longest file name the file system holding `dir` takes, in bytes
+/// (255 when it does not say).
+pub fn name_max(dir: &Path) -> usize {
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return 255 };
+    // SAFETY: a NUL-terminated path; pathconf only reads it.
+    let n = unsafe { libc::pathconf(c.as_ptr(), libc::_PC_NAME_MAX) };
+    if n > 0 { n as usize } else { 255 }
+}
