@@ -42,6 +42,12 @@ fn main() {
     println!("cargo:rustc-env=DURATOM_DOOR_FINGERPRINT={}", door::fingerprint(&java, &version));
 
     let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
+    // SQLite's locks as open-file-description locks (see the file): Linux only.
+    println!("cargo:rerun-if-changed=rust/sqlite/ofd_locks.c");
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        cc::Build::new().file("rust/sqlite/ofd_locks.c").compile("duratom_ofd_locks");
+    }
+
     match std::env::var("CARGO_CFG_TARGET_OS").as_deref() {
         Ok("linux") | Ok("android") | Ok("freebsd") => {
             let script = Path::new(&out).join("exports.map");

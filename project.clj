@@ -29,7 +29,10 @@
   :profiles {:dev {:dependencies [[com.taoensso/nippy "3.1.3" :exclusions [org.clojure/clojure]]
                                   [org.clojure/tools.logging "1.2.4" :exclusions [org.clojure/clojure]]
                                   ;; Debian's libtest-check-clojure (scripts/setup installs it)
-                                  [org.clojure/test.check "1.1.0" :exclusions [org.clojure/clojure]]]}
+                                  [org.clojure/test.check "1.1.0" :exclusions [org.clojure/clojure]]
+                                  ;; Debian's libxerial-sqlite-jdbc-java: an application's own SQLite
+                                  ;; copy in the same JVM as duratom's (sqlite-test)
+                                  [org.xerial/sqlite-jdbc "3.40.1.0"]]}
              :demo {:source-paths ["demo"]}
              :bench {:source-paths ["bench"] :jvm-opts ["-Xms2g" "-Xmx2g"]}}
   :test-selectors {:default (complement :bench)

@@ -35,6 +35,7 @@
 //! The rooms: `store.rs` opens the database and runs the operations;
 //! `tests.rs` runs them on real database files.
 
+mod locks;
 mod store;
 #[cfg(test)]
 mod tests;

@@ -122,6 +122,7 @@ impl SqliteStore {
 
     /// Opens the database, sets WAL and FULL sync, and finds or creates the table.
     pub(super) fn connect(&self) -> Result<Conn, StoreError> {
+        super::locks::install();
         let dir = match self.path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),

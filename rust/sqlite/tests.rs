@@ -203,3 +203,77 @@ fn bad_settings_name_the_key() {
         "{e}"
     );
 }
+
+/// Descriptors this process has open on files under `dir`.
+#[cfg(target_os = "linux")]
+fn open_fds_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|p| p.starts_with(dir))
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn another_sqlite_copy_in_this_process_is_locked_out() {
+    use std::os::unix::io::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(&config(dir.path(), "t", &[("busy-timeout-ms", "300")])).unwrap();
+    s.commit(b"1", &Expect::Anything { after: None }).unwrap();
+    // What another SQLite copy does to write: a POSIX lock, owned by this
+    // process, on the WAL write-lock byte of the -shm file.
+    let shm = std::fs::OpenOptions::new().read(true).write(true).open(dir.path().join("db.sqlite-shm")).unwrap();
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as _;
+    lock.l_whence = libc::SEEK_SET as _;
+    lock.l_start = 120;
+    lock.l_len = 1;
+    assert_eq!(unsafe { libc::fcntl(shm.as_raw_fd(), libc::F_SETLK, &lock) }, 0);
+    let e = s.commit(b"2", &Expect::Anything { after: None }).unwrap_err().to_string();
+    assert!(e.contains("locked by another connection"), "{e}");
+    // Its close drops its own lock, never ours.
+    drop(shm);
+    s.commit(b"3", &Expect::Anything { after: None }).unwrap();
+    assert_eq!(s.load().unwrap().unwrap().bytes, b"3");
+}
+
+#[test]
+fn our_connections_on_one_file_share_its_locks() {
+    let dir = tempfile::tempdir().unwrap();
+    let row = |id: &'static str| config(dir.path(), "t", &[("row-id", id)]);
+    let mut a = open(&row("0")).unwrap();
+    let mut b = open(&row("0")).unwrap();
+    let mut c = open(&row("1")).unwrap();
+    let mut seen = a.commit(b"a0", &Expect::Nothing).unwrap();
+    for i in 0..50 {
+        let (w, other) = if i % 2 == 0 { (&mut b, &mut a) } else { (&mut a, &mut b) };
+        assert_eq!(w.load().unwrap().unwrap().version, seen);
+        seen = w.commit(format!("v{i}").as_bytes(), &Expect::Version(seen.clone())).unwrap();
+        assert!(conflict(other.commit(b"stale", &Expect::Nothing)));
+        c.commit(format!("c{i}").as_bytes(), &Expect::Anything { after: None }).unwrap();
+    }
+    // Closing one connection leaves the others' locks and WAL in place.
+    drop(a);
+    b.commit(b"b-last", &Expect::Version(seen)).unwrap();
+    let mut d = open(&row("1")).unwrap();
+    assert_eq!(d.load().unwrap().unwrap().bytes, b"c49");
+    drop(c);
+    d.commit(b"d-last", &Expect::Anything { after: None }).unwrap();
+    drop(b);
+    drop(d);
+    // The last close took the exclusive lock, checkpointed and removed the
+    // WAL: SQLite's lock bookkeeping and the file's locks agree.
+    assert!(!dir.path().join("db.sqlite-wal").exists());
+    #[cfg(target_os = "linux")]
+    assert_eq!(open_fds_under(dir.path()), Vec::<std::path::PathBuf>::new(), "no descriptor kept");
+    let db = Connection::open(dir.path().join("db.sqlite")).unwrap();
+    let rows: Vec<(i64, String)> = db
+        .prepare("SELECT id, value FROM t ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows, vec![(0, "b-last".to_string()), (1, "d-last".to_string())]);
+}

@@ -215,3 +215,67 @@
           (is (and (some? stored) (>= stored acked))
               (str "kill " i ": stored " stored ", last acknowledged " acked)))))
     (is (= "ok" (python-query path "PRAGMA integrity_check")))))
+
+(def ^:private jdbc-interleavings-code
+  "A child JVM's program: a sync duratom on the database at `path` swaps
+  while the same JVM opens, reads, writes (another row, another table) and
+  closes that database through sqlite-jdbc (a second SQLite copy in the
+  process), in several orders. Prints each acknowledged :n, then `done`."
+  '(fn [path]
+    (let [url (str "jdbc:sqlite:" path)
+         a (duratom.core/sqlite-atom {:dbtype "sqlite" :dbname path} "duratom_state" 0 nil {:n 0}
+                                     {:commit-mode :sync})
+         open (fn [] (java.sql.DriverManager/getConnection url))
+         exec! (fn [^java.sql.Connection c sql] (with-open [s (.createStatement c)] (.execute s sql)))
+         query (fn [^java.sql.Connection c sql]
+                 (with-open [s (.createStatement c) r (.executeQuery s sql)] (.next r) (.getString r 1)))
+         ack! (fn [v] (println (:n v)) (flush))]
+     (with-open [c (open)]
+       (exec! c "CREATE TABLE IF NOT EXISTS app (i INTEGER)"))
+     (dotimes [i 60]
+       (case (mod i 5)
+         ;; swap, then a reader comes and goes
+         0 (do (ack! (swap! a update :n inc))
+               (with-open [c (open)] (query c "SELECT value FROM duratom_state WHERE id = 0")))
+         ;; a writer of another table opens first and closes after the swap
+         1 (let [c (open)]
+             (exec! c (str "INSERT INTO app VALUES (" i ")"))
+             (ack! (swap! a update :n inc))
+             (.close c))
+         ;; a writer of another row of duratom's table comes and goes, then the swap
+         2 (do (with-open [c (open)]
+                 (exec! c (str "INSERT INTO duratom_state (id, value) VALUES (" (+ 1000 i) ", 'app')")))
+               (ack! (swap! a update :n inc)))
+         ;; a connection held across two swaps while another comes and goes between them
+         3 (let [held (open)]
+             (query held "SELECT count(*) FROM app")
+             (ack! (swap! a update :n inc))
+             (with-open [c (open)] (exec! c (str "INSERT INTO app VALUES (" i ")")))
+             (ack! (swap! a update :n inc))
+             (query held "SELECT value FROM duratom_state WHERE id = 0")
+             (.close held))
+         ;; two connections close in the order opposite to their opening, around a swap
+         4 (let [c1 (open) c2 (open)]
+             (query c1 "SELECT value FROM duratom_state WHERE id = 0")
+             (ack! (swap! a update :n inc))
+             (exec! c2 (str "INSERT INTO app VALUES (" i ")"))
+             (.close c1)
+             (.close c2))))
+     (println "done")
+     (flush))))
+
+(deftest sqlite-jdbc-in-the-same-jvm-loses-no-acknowledged-commit
+  ;; Two SQLite copies in one process (ours and sqlite-jdbc's): every
+  ;; acknowledged commit must survive the other copy's closes and checkpoints.
+  (let [path (str (io/file (ts/temp-dir) "app.db"))
+        out (ts/child-output (str "(require 'duratom.core) (" (pr-str jdbc-interleavings-code) " " (pr-str path) ")"))
+        lines (str/split-lines out)
+        acked (keep #(when (re-matches #"\d+" %) (Long/parseLong %)) lines)]
+    (is (= "done" (last lines)) out)
+    (is (= (range 1 (inc (count acked))) acked) "each swap acknowledged the next state")
+    (is (= 72 (last acked)))
+    (is (= (str "{:n " (last acked) "}") (python-query path "SELECT value FROM duratom_state WHERE id = 0"))
+        "the last acknowledged state is stored")
+    (is (= "36" (python-query path "SELECT count(*) FROM app")) "sqlite-jdbc's own rows are kept")
+    (is (= "12" (python-query path "SELECT count(*) FROM duratom_state WHERE value = 'app'")))
+    (is (= "ok" (python-query path "PRAGMA integrity_check")))))
