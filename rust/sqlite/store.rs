@@ -25,6 +25,8 @@ pub(super) struct Conn {
     db: Connection,
     value: ValueKind,
     file: Option<FileId>,
+    /// The WAL file this connection writes, as found at its path on open.
+    wal: Option<FileId>,
 }
 
 pub struct SqliteStore {
@@ -174,11 +176,59 @@ impl SqliteStore {
                 })?
             }
         };
+        // The first read above opened (or created) the WAL.
         Ok(Conn {
             db,
             value,
             file: file_id(&self.path),
+            wal: existing_file_id(&self.wal_path()),
         })
+    }
+
+    fn wal_path(&self) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push("-wal");
+        PathBuf::from(p)
+    }
+
+    /// Whether the WAL file the connection writes is no longer the file at
+    /// the WAL's path (removed, or replaced): what it holds would be lost
+    /// when the connection closes, and other connections cannot read it.
+    fn wal_detached(&self, conn: &Conn) -> bool {
+        conn.wal.is_some() && conn.wal != file_id(&self.wal_path())
+    }
+
+    /// After the WAL was removed under the connection: copies every commit
+    /// it holds into the database file (a checkpoint, which fsyncs the
+    /// file), then closes the connection so the next call opens a WAL at its
+    /// path. Returns what happened, worded for the report; an error when the
+    /// copy could not be completed (the connection is kept, holding those
+    /// commits, and the next call tries again).
+    fn rescue_detached_wal(&mut self) -> Result<String, StoreError> {
+        let wal = self.wal_path();
+        let conn = self.conn.as_mut().expect("called with a connection");
+        let lost = |detail: String| {
+            format!(
+                "the WAL file {} was removed or replaced while open, and the commits it holds could not be copied into the database file ({detail}); they are lost if this process ends before a later call copies them",
+                wal.display()
+            )
+        };
+        let (busy, log, done): (i64, i64, i64) = conn
+            .db
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(|e| StoreError::backend(&self.resource, "checkpoint", lost(describe(&e, self.busy_timeout))))?;
+        if busy != 0 || log != done {
+            return Err(StoreError::backend(
+                &self.resource,
+                "checkpoint",
+                lost(format!("another connection kept it busy for {} ms; {done} of {log} pages copied", self.busy_timeout.as_millis())),
+            ));
+        }
+        self.conn = None;
+        Ok(format!(
+            "the WAL file {} was removed or replaced while open; the commits it held were copied into the database file, and the database was reopened",
+            wal.display()
+        ))
     }
 
     /// The kind of the table's `value` column; `None` when there is no table.
@@ -221,6 +271,19 @@ impl SqliteStore {
         Ok(self.conn.as_mut().expect("connected above"))
     }
 
+    /// A removed WAL found before a call: its commits are saved into the
+    /// database file and the call fails, reporting it, with nothing written.
+    fn check_wal_before(&mut self, op: &str) -> Result<(), StoreError> {
+        // A removed or replaced database file is the stale check's (conn).
+        match &self.conn {
+            Some(c) if c.file == file_id(&self.path) && self.wal_detached(c) => {
+                let saved = self.rescue_detached_wal()?;
+                Err(StoreError::backend(&self.resource, op, format!("{saved}; nothing was written by this call, which can be retried")))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Runs `f` on the connection, turning failures into StoreErrors; an I/O
     /// or similar failure drops the connection, so the next call reopens.
     fn run<T>(
@@ -229,6 +292,7 @@ impl SqliteStore {
         f: impl FnOnce(&mut Conn, i64) -> Result<T, Failure>,
     ) -> Result<T, StoreError> {
         let row_id = self.row_id;
+        self.check_wal_before(op)?;
         let conn = self.conn()?;
         match f(conn, row_id) {
             Ok(v) => Ok(v),
@@ -339,7 +403,7 @@ impl Store for SqliteStore {
         let table = self.table.clone();
         let resource = self.resource.clone();
         let version = Version::of_content(bytes);
-        self.run("commit", |c, id| {
+        let version = self.run("commit", |c, id| {
             let kind = c.value;
             // BEGIN IMMEDIATE takes the write lock at once: nobody writes
             // between the compare and the write.
@@ -365,7 +429,22 @@ impl Store for SqliteStore {
             write_row(&tx, &table, kind, id, bytes).map_err(|f| with_resource(f, &resource))?;
             tx.commit()?;
             Ok(version.clone())
-        })
+        })?;
+        // The commit went into the WAL the connection holds; if that file
+        // is no longer at its path, the commit is not durable until copied
+        // into the database file, so the caller learns it only as unknown.
+        let wal = self.wal_path();
+        if let Some(c) = self.conn.as_mut().filter(|c| c.wal.is_none()) {
+            c.wal = existing_file_id(&wal);
+        }
+        if self.conn.as_ref().is_some_and(|c| self.wal_detached(c)) {
+            let detail = match self.rescue_detached_wal() {
+                Ok(saved) => format!("{saved}; this commit is among them"),
+                Err(e) => e.to_string(),
+            };
+            return Err(StoreError::outcome_unknown(&self.resource, "commit", detail));
+        }
+        Ok(version)
     }
 
     fn delete(&mut self) -> Result<(), StoreError> {
@@ -429,6 +508,16 @@ fn file_id(path: &Path) -> Option<FileId> {
 #[cfg(not(unix))]
 fn file_id(_path: &Path) -> Option<FileId> {
     None
+}
+
+/// The identity of the file at `path`; `None` when there is none (or no
+/// identities on this platform).
+fn existing_file_id(path: &Path) -> Option<FileId> {
+    if path.exists() {
+        file_id(path)
+    } else {
+        None
+    }
 }
 
 /// The table name as one quoted SQLite identifier. SQLite compares

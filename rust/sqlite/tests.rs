@@ -277,3 +277,39 @@ fn our_connections_on_one_file_share_its_locks() {
         .unwrap();
     assert_eq!(rows, vec![(0, "b-last".to_string()), (1, "d-last".to_string())]);
 }
+
+#[test]
+fn a_removed_wal_loses_no_acknowledged_commit_and_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("db.sqlite");
+    let read = |path: &Path| -> String {
+        Connection::open(path).unwrap().query_row("SELECT value FROM t WHERE id = 0", [], |r| r.get(0)).unwrap()
+    };
+    let mut s = open(&config(dir.path(), "t", &[])).unwrap();
+    s.commit(b"1", &Expect::Anything { after: None }).unwrap();
+    s.commit(b"2", &Expect::Anything { after: None }).unwrap();
+    std::fs::remove_file(dir.path().join("db.sqlite-wal")).unwrap();
+    // The next call finds the WAL it writes gone: the acknowledged commits
+    // in it are copied into the database file, and the call reports it,
+    // writing nothing.
+    let e = s.commit(b"3", &Expect::Anything { after: None }).unwrap_err();
+    assert!(matches!(e, StoreError::Backend { .. }), "{e}");
+    let e = e.to_string();
+    assert!(e.contains("db.sqlite-wal was removed") && e.contains("copied into the database file"), "{e}");
+    assert!(e.contains("nothing was written"), "{e}");
+    // The database file alone (what is left if this process dies now) holds them.
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(&db_path, copy.path().join("db.sqlite")).unwrap();
+    assert_eq!(read(&copy.path().join("db.sqlite")), "2");
+    // Work goes on in a new WAL, visible to other connections.
+    s.commit(b"3", &Expect::Anything { after: None }).unwrap();
+    assert_eq!(read(&db_path), "3");
+    // A load finds it too; the call after it works.
+    std::fs::remove_file(dir.path().join("db.sqlite-wal")).unwrap();
+    let e = s.load().unwrap_err().to_string();
+    assert!(e.contains("db.sqlite-wal was removed"), "{e}");
+    assert_eq!(s.load().unwrap().unwrap().bytes, b"3");
+    s.commit(b"4", &Expect::Anything { after: None }).unwrap();
+    drop(s);
+    assert_eq!(read(&db_path), "4");
+}
