@@ -43,12 +43,15 @@
 
 (def backends
   {:postgres {:name "postgres-db"
+              :port #(Long/parseLong ((ts/net-server-env "pg") "DURATOM_TEST_PG_PORT"))
               :open (fn [init rw] (d/postgres-atom (pg-spec timeout-ms) (str/replace (ts/unique-name "net") "-" "_")
                                                    0 nil init rw))}
    :s3 {:name "aws-s3"
+        :port #(Long/parseLong (re-find #"\d+$" ((ts/net-server-env "s3") "DURATOM_TEST_S3_ENDPOINT")))
         :open (fn [init rw] (d/s3-atom (s3-creds timeout-ms) "duratom-network" (str "net/" (ts/unique-name "k"))
                                        nil init rw))}
    :redis {:name "redis-db"
+           :port #(Long/parseLong ((ts/net-server-env "redis") "DURATOM_TEST_REDIS_PORT"))
            :open (fn [init rw] (d/redis-atom (redis-conn timeout-ms) (str "duratom:net:" (ts/unique-name "k"))
                                              nil init rw))}})
 
@@ -188,6 +191,60 @@
           (ack! 20)
           (check-acknowledged dura @acked)))
       (finally (d/destroy dura)))))
+
+(defn- host-sockets
+  "The host's TCP sockets to port `port` of the namespace: [state send-queue] each."
+  [port]
+  (for [line (str/split-lines (ts/sh! "ss" "-tnH" "dst" (str (ts/net-address) ":" port)))
+        :let [[state _ send-q] (str/split (str/trim line) #"\s+")]
+        :when send-q]
+    [state (Long/parseLong send-q)]))
+
+(defn- holding-back?
+  "Whether a socket holds bytes the server has not acknowledged (or a FIN)."
+  [[state send-q]]
+  (or (pos? send-q) (= "FIN-WAIT-1" state)))
+
+(defn- late-delivery
+  "A synchronous commit is held back by a blackhole until it fails as
+  outcome unknown; the link comes back with the connections alive (resume),
+  so TCP delivers the held-back request after the next commit was
+  acknowledged. Every commit being conditional, the server refuses the late
+  one: the acknowledged state stays."
+  [backend]
+  (let [port ((:port backend))
+        dura ((:open backend) {:ids #{}} {:commit-mode :sync})]
+    (try
+      (swap! dura add-id 0)
+      (ts/net-fault! :blackhole)
+      (let [[e held] (try [(try (swap! dura add-id -1) nil (catch Exception e e))
+                           (filter holding-back? (host-sockets port))]
+                          (finally (ts/net-fault! :resume)))]
+        (is (true? (:duratom/outcome-unknown? (ex-data e))) (str "the held-back commit: " (some-> e messages)))
+        (is (seq held) "the request is held back on the host, to be delivered late")
+        (let [[_ e2] (timed #(swap! dura add-id 1))]
+          (is (nil? e2) (str "the next commit is acknowledged: " (some-> e2 messages))))
+        ;; The late request is handled once the server has closed that
+        ;; connection after reading it: no socket of the host still holds
+        ;; bytes or waits for the server's FIN.
+        (let [deadline (+ (System/nanoTime) 30e9)]
+          (while (and (some #(or (holding-back? %) (= "FIN-WAIT-2" (first %))) (host-sockets port))
+                      (< (System/nanoTime) deadline))
+            (Thread/yield)))
+        (is (not-any? #(or (holding-back? %) (= "FIN-WAIT-2" (first %))) (host-sockets port))
+            "the server received the late request and closed its connection")
+        (check-acknowledged dura [0 1])
+        (is (contains? (:ids @dura) 1)))
+      (finally (d/destroy dura)))))
+
+;; PostgreSQL and Redis: their request waits in the kept connection. The S3
+;; client's commit under a blackhole leaves no bytes waiting in any socket
+;; (the held-back check finds none), so nothing of it can arrive late.
+(deftest postgres-request-delivered-late-never-replaces-an-acknowledged-commit
+  (late-delivery (:postgres backends)))
+
+(deftest redis-request-delivered-late-never-replaces-an-acknowledged-commit
+  (late-delivery (:redis backends)))
 
 (deftest postgres-sync-through-network-faults
   (sync-faults (:postgres backends)))

@@ -139,18 +139,27 @@
   [server]
   (str (io/file (net-dir) server)))
 
+(defn- env-file
+  "The variables an env file exports, as a map; throws saying `what` is
+  missing when there is no such file."
+  [^java.io.File f what]
+  (when-not (.exists f)
+    (throw (ex-info (str "No " f ": " what " (scripts/test sets it up)") {:missing (str f)})))
+  (into {} (for [line (str/split-lines (slurp f))
+                 :let [[_ k v] (re-matches #"export ([A-Z0-9_]+)=(.*)" line)]
+                 :when k]
+             [k v])))
+
 (defn net-server-env
   "The variables that the namespace's `server` exports in its env file, as a map."
   [server]
-  (let [f (io/file (net-server-dir server) "env")]
-    (when-not (.exists f)
-      (throw (ex-info (str "No " f ": the " server " server of the network fault tests is not running "
-                           "(scripts/test starts it inside the namespace)")
-                      {:missing (str f)})))
-    (into {} (for [line (str/split-lines (slurp f))
-                   :let [[_ k v] (re-matches #"export ([A-Z0-9_]+)=(.*)" line)]
-                   :when k]
-               [k v]))))
+  (env-file (io/file (net-server-dir server) "env")
+            (str "the " server " server of the network fault tests is not running inside the namespace")))
+
+(defn net-address
+  "The address of the network namespace (its end of the veth pair)."
+  []
+  ((env-file (io/file (net-dir) "env") "the network namespace is not set up") "DURATOM_TEST_NET_ADDR"))
 
 (defn net-fault!
   "Replaces the fault on the namespace's link with `kind` (:blackhole,
