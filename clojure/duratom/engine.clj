@@ -338,28 +338,32 @@
                 [:landed value stored]
                 [:other nil stored])))))))
 
+(defn- unwritten-ex
+  "The ex-info of a commit that was not written: `msg` follows the backend
+  and resource; the data names them, with `data` added."
+  [^Engine e ^String msg data]
+  (ex-info (str "duratom: " (where e) ": " msg)
+           (merge {:duratom/backend (:backend (:store e))
+                   :duratom/resource (:resource (:store e))
+                   :duratom/op :commit}
+                  data)))
+
 (defn- landed-ex
   "The exception of swaps dropped because a write of unknown outcome landed
   before theirs (they were computed without it)."
   [^Engine e]
-  (ex-info (str "duratom: " (where e) ": the state was not written: an earlier write whose outcome was"
-                " unknown has landed, and the duratom now holds that state; nothing was overwritten")
-           {:duratom/backend (:backend (:store e))
-            :duratom/resource (:resource (:store e))
-            :duratom/op :commit
-            :duratom/conflict? true}))
+  (unwritten-ex e (str "the state was not written: an earlier write whose outcome was unknown has landed,"
+                       " and the duratom now holds that state; nothing was overwritten")
+                {:duratom/conflict? true}))
 
 (defn- doubt-conflict-ex
   "The outcome of a commit made while a write was in doubt, refused because
   storage no longer holds the version last seen."
   [^Engine e]
-  (ex-info (str "duratom: " (where e) ": the state was not written: storage changed after a write whose"
-                " outcome was unknown (it may have landed since); nothing was overwritten, and the next"
-                " commit or refresh! reads what storage holds")
-           {:duratom/backend (:backend (:store e))
-            :duratom/resource (:resource (:store e))
-            :duratom/op :commit
-            :duratom/conflict? true}))
+  (unwritten-ex e (str "the state was not written: storage changed after a write whose outcome was unknown"
+                       " (it may have landed since); nothing was overwritten, and the next commit or"
+                       " refresh! reads what storage holds")
+                {:duratom/conflict? true}))
 
 (defn- adopt-landed!
   "Synchronous mode without :error-handler: a write of unknown outcome, of `value`, landed as
@@ -508,12 +512,9 @@
       (cond
         (commit-bytes! e encoded t0 (or (:version stored) :nothing)) nil
         (< n (long max-overwrites)) (recur (inc n))
-        :else (ex-info (str "duratom: " (where e) ": the state was not written: storage changed under every one of "
-                            max-overwrites " conditional commits (another writer keeps writing there)")
-                       {:duratom/backend (:backend (:store e))
-                        :duratom/resource (:resource (:store e))
-                        :duratom/op :commit
-                        :duratom/conflict? true})))))
+        :else (unwritten-ex e (str "the state was not written: storage changed under every one of "
+                                   max-overwrites " conditional commits (another writer keeps writing there)")
+                            {:duratom/conflict? true})))))
 
 (defn- write-newest!
   "Writes the newest accepted state; returns [x group target]: x is nil when
@@ -766,24 +767,18 @@
 (defn- vanished-ex
   "Shared mode: the stored value this duratom shared is gone."
   [^Engine e]
-  (ex-info (str "duratom: " (where e) ": the stored value is gone (destroyed through another duratom, or"
-                " deleted by hand), so this shared swap! was not written. The duratom keeps its last"
-                " state in memory; the next swap! stores its result as a new value")
-           {:duratom/backend (:backend (:store e))
-            :duratom/resource (:resource (:store e))
-            :duratom/op :commit
-            :duratom/vanished? true}))
+  (unwritten-ex e (str "the stored value is gone (destroyed through another duratom, or deleted by hand),"
+                       " so this shared swap! was not written. The duratom keeps its last state in memory;"
+                       " the next swap! stores its result as a new value")
+                {:duratom/vanished? true}))
 
 (defn- unresolved-conflict-ex
   "Shared mode: storage refused the commit, and reading it found the version
   this duratom already had."
   [^Engine e]
-  (ex-info (str "duratom: " (where e) ": storage refused the shared commit as a conflict, but reading it"
-                " found the version this duratom already holds; nothing was written")
-           {:duratom/backend (:backend (:store e))
-            :duratom/resource (:resource (:store e))
-            :duratom/op :commit
-            :duratom/conflict? true}))
+  (unwritten-ex e (str "storage refused the shared commit as a conflict, but reading it found the version"
+                       " this duratom already holds; nothing was written")
+                {:duratom/conflict? true}))
 
 (defn shared-update!
   "Shared mode: a compare-and-set loop whose register is the storage itself.
