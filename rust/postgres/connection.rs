@@ -3,14 +3,31 @@
 
 use std::error::Error as _;
 use std::io;
+use std::time::Duration;
 
 use postgres::types::Type;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls, Statement};
 
 use super::errors::{describe, sqlstate};
-use super::store::PostgresStore;
-use crate::store::StoreError;
+use super::tls::{tls_failure, MakeTlsConnector};
+use crate::store::{Resource, StoreError};
+
+/// Everything a new connection is made from: where, how (TLS, time limits)
+/// and to which table. Built once per store from its settings.
+pub(super) struct Connector {
+    pub(super) pg: tokio_postgres::Config,
+    pub(super) tls: Option<MakeTlsConnector>,
+    /// `host:port`, for connection error messages.
+    pub(super) endpoint: String,
+    pub(super) connect_timeout: Duration,
+    /// The session's statement_timeout: a little less than the store's bound.
+    pub(super) server_timeout: Duration,
+    /// The table as quoted SQL identifiers, e.g. `"public"."my_table"`.
+    pub(super) table_sql: String,
+    /// The `value` column type used when the table is created.
+    pub(super) create_type: &'static str,
+}
 
 /// What the table's `value` column holds, as found on the server (which may
 /// differ from `column-type` for a table that already existed).
@@ -51,14 +68,14 @@ pub(super) struct Conn {
     pub(super) table: String,
 }
 
-impl PostgresStore {
+impl Connector {
     /// A new connection, with the session's server-side time limits set, the
     /// table created if missing and the statements prepared. Runs on the
     /// store's own runtime; the caller bounds how long it may take.
-    pub(super) async fn connect(&self, op: &str) -> Result<Conn, StoreError> {
+    pub(super) async fn connect(&self, resource: &Resource, op: &str) -> Result<Conn, StoreError> {
         let cannot = |e: tokio_postgres::Error| {
             StoreError::backend(
-                &self.resource,
+                resource,
                 op,
                 format!("cannot connect to {}: {}", self.endpoint, self.connect_reason(&e)),
             )
@@ -73,7 +90,7 @@ impl PostgresStore {
                 (client, Driver(tokio::spawn(async move { let _ = connection.await; })))
             }
         };
-        let r = &self.resource;
+        let r = resource;
         let t = &self.table_sql;
 
         // The server ends a statement, or a wait for a lock another session
@@ -156,9 +173,15 @@ impl PostgresStore {
         })
     }
 
+    /// The session's lock_timeout: a little less than its statement_timeout,
+    /// so that a wait for another session's lock says so.
+    pub(super) fn lock_timeout(&self) -> Duration {
+        (self.server_timeout - self.server_timeout / 10).max(Duration::from_millis(1))
+    }
+
     /// A connect error in plain words: refused, timed out, or what the server said.
     fn connect_reason(&self, e: &tokio_postgres::Error) -> String {
-        if let Some(why) = super::tls::tls_failure(e) {
+        if let Some(why) = tls_failure(e) {
             return why;
         }
         if let Some(io) = e.source().and_then(|s| s.downcast_ref::<io::Error>()) {

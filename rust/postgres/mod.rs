@@ -18,7 +18,7 @@
 //! Safe SQL: values travel only as bind parameters; the table name appears
 //! in SQL only as quoted identifiers built by `table_name::quote_table`.
 //!
-//! Configuration keys: see `Keys` in `settings.rs` (made by
+//! Configuration keys: see `Settings` in `settings.rs` (made by
 //! `clojure/duratom/backend/postgres.clj`); an unknown key is an error.
 //!
 //! Every operation finishes or fails within `timeout-ms` (default 30000),
@@ -28,11 +28,12 @@
 //! itself (no hand-off to another thread per round trip); no thread is
 //! kept (resolving a host name borrows a short-lived one).
 //!
-//! The rooms: `settings.rs` reads the configuration, `tls.rs` makes the TLS
-//! connector, `connection.rs` connects and prepares the statements,
-//! `store.rs` runs the operations (and decides when to retry), `errors.rs`
-//! classifies and words the client's errors, `table_name.rs` quotes the
-//! table name. `tests.rs` runs against a real server.
+//! The files: `settings.rs` is the configuration as read, `store.rs` checks
+//! it, builds the store and runs the operations (and decides when to retry),
+//! `connection.rs` connects and prepares the statements, `tls.rs` makes the
+//! TLS connector an `sslmode` asks for, `errors.rs` classifies and words the
+//! client's errors, `table_name.rs` quotes the table name. `tests.rs` runs
+//! against a real server. Each imports only from files listed after it.
 
 mod connection;
 mod errors;
@@ -47,6 +48,7 @@ use crate::config::Config;
 use crate::store::{Store, StoreError};
 
 pub use store::PostgresStore;
+use settings::Settings;
 
 const BACKEND: &str = "postgres-db";
 
@@ -54,7 +56,7 @@ const BACKEND: &str = "postgres-db";
 /// server offers it, certificate not checked), so that the raw baseline of
 /// the benchmark (examples/raw_baselines.rs) connects exactly as a duratom does.
 pub fn prefer_tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
-    tls::tls_connector(settings::TlsMode::Prefer, None)?
+    tls::tls_connector(tls::TlsMode::Prefer, None)?
         .ok_or_else(|| StoreError::config(BACKEND, "sslmode=prefer made no TLS connector"))
 }
 
@@ -62,7 +64,7 @@ pub fn prefer_tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect
 /// missing, so that a wrong host, password or database fails here, at
 /// construction, rather than at the first commit.
 pub fn open(config: &Config) -> Result<Box<dyn Store>, StoreError> {
-    let mut store = PostgresStore::new(config)?;
+    let mut store = PostgresStore::new(config.settings::<Settings>()?)?;
     store.run("open", true, async |_: &mut connection::Conn, _: i64| Ok(()))?;
     Ok(Box::new(store))
 }

@@ -1,50 +1,44 @@
-//! The store: one row of one table, and how each operation runs on the kept
-//! connection.
+//! The store: one row of one table, built from its settings, and how each
+//! operation runs on the kept connection.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use postgres::types::ToSql;
 use tokio::runtime::Runtime;
+use tokio_postgres::config::SslMode;
 
-use super::connection::{Conn, ValueKind};
-use super::tls::MakeTlsConnector;
+use super::connection::{Conn, Connector, ValueKind};
 use super::errors::{ambiguous, connection_lost, describe, sqlstate, stale_statements, Failure};
+use super::settings::Settings;
+use super::table_name::quote_table;
+use super::tls::{tls_connector, TlsMode};
+use super::BACKEND;
 use crate::store::{Expect, Resource, Store, StoreError, Stored, Version};
 
 pub struct PostgresStore {
-    pub(super) resource: Resource,
-    pub(super) pg: tokio_postgres::Config,
-    pub(super) tls: Option<MakeTlsConnector>,
-    /// `host:port`, for connection error messages.
-    pub(super) endpoint: String,
-    pub(super) connect_timeout: Duration,
+    resource: Resource,
+    /// How a new connection is made.
+    connector: Connector,
     /// Every operation, connecting included, ends within this (`timeout-ms`).
-    pub(super) timeout: Duration,
-    /// The session's statement_timeout and lock_timeout: a little less.
-    pub(super) server_timeout: Duration,
-    /// The table as quoted SQL identifiers, e.g. `"public"."my_table"`.
-    pub(super) table_sql: String,
-    /// The `value` column type used when the table is created.
-    pub(super) create_type: &'static str,
-    pub(super) row_id: i64,
-    pub(super) conn: Option<Conn>,
+    timeout: Duration,
+    row_id: i64,
+    conn: Option<Conn>,
     /// Set while the current operation runs again after a write of its
     /// first attempt was sent and the connection was lost unanswered: if the
     /// rerun fails too, the write may still have landed (what the loss said).
-    pub(super) unanswered: Option<String>,
+    unanswered: Option<String>,
     /// This store's own single-threaded runtime, which drives its connection
     /// on the calling thread only while an operation runs (see `run`). Last
     /// field, so the connection goes before its runtime.
-    pub(super) runtime: Arc<Runtime>,
+    runtime: Arc<Runtime>,
 }
 
 /// The runtime of one store: current-thread, so it keeps no thread and the
-/// thread that calls an operation drives the socket itself. Handing each
-/// round trip to a worker of a shared runtime and back (6 context switches
-/// per commit instead of 1) held synchronous commits to about 0.6x a raw
-/// UPDATE; driven here they reach about 0.8x (README, Performance).
-pub(super) fn own_runtime() -> std::io::Result<Runtime> {
+/// thread that calls an operation drives the socket itself, instead of
+/// handing each round trip to a worker of a shared runtime and back (six
+/// context switches per commit instead of one).
+fn own_runtime() -> std::io::Result<Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()
 }
 
@@ -64,6 +58,94 @@ impl Param<'_> {
 }
 
 impl PostgresStore {
+    /// Checks the settings and builds the store from them; does not connect.
+    pub(super) fn new(settings: Settings) -> Result<PostgresStore, StoreError> {
+        let bad = |detail: String| StoreError::config(BACKEND, detail);
+
+        let host = settings.host.as_str();
+        if host.is_empty() {
+            return Err(bad("`host` is empty".into()));
+        }
+        let port = match settings.port {
+            p if (1..=65535).contains(&p) => p as u16,
+            p => return Err(bad(format!("`port` must be between 1 and 65535, got {p}"))),
+        };
+        let user = settings.user.as_deref().ok_or_else(|| bad("`user` is required".into()))?;
+        if user.is_empty() {
+            return Err(bad("`user` is empty".into()));
+        }
+        let dbname = settings.dbname.as_deref().unwrap_or(user);
+        let table = settings.table.as_deref().ok_or_else(|| bad("`table` is required".into()))?;
+        let table_sql = quote_table(table).map_err(|d| bad(format!("`table` {d}")))?;
+        let row_id = settings.row_id;
+        let create_type = match settings.column_type.as_str() {
+            "text" => "text",
+            "bytea" => "bytea",
+            other => return Err(bad(format!("`column-type` must be text or bytea, got `{other}`"))),
+        };
+        let connect_timeout = match settings.connect_timeout_ms {
+            ms if ms > 0 => Duration::from_millis(ms as u64),
+            ms => return Err(bad(format!("`connect-timeout-ms` must be positive, got {ms}"))),
+        };
+        let timeout = match settings.timeout_ms {
+            ms if ms > 0 => Duration::from_millis(ms as u64),
+            ms => return Err(bad(format!("`timeout-ms` must be positive, got {ms}"))),
+        };
+        // The server gives up a little earlier than the client, so that its
+        // own error (lock held, statement too long) reaches the caller.
+        let server_timeout = (timeout - timeout.min(Duration::from_secs(5)) / 5).max(Duration::from_millis(1));
+        // Bounds how long a write to a vanished server (network partition)
+        // can hang before the connection is declared dead; 0 turns it off.
+        let tcp_user_timeout = match settings.tcp_user_timeout_ms {
+            None => Some(timeout),
+            Some(0) => None,
+            Some(ms) if ms > 0 => Some(Duration::from_millis(ms as u64)),
+            Some(ms) => return Err(bad(format!("`tcp-user-timeout-ms` must not be negative, got {ms}"))),
+        };
+        let root_cert = match settings.sslrootcert.as_deref() {
+            None | Some("") => None,
+            Some(path) => Some(std::fs::read(path).map_err(|e| bad(format!("`sslrootcert` {path}: {e}")))?),
+        };
+        let mode = TlsMode::from_sslmode(&settings.sslmode, root_cert.is_some()).map_err(bad)?;
+        let tls = tls_connector(mode, root_cert.as_deref())?;
+
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(host)
+            .port(port)
+            .user(user)
+            .dbname(dbname)
+            .application_name(&settings.application_name)
+            .connect_timeout(connect_timeout)
+            .ssl_mode(match mode {
+                TlsMode::Disable => SslMode::Disable,
+                TlsMode::Prefer => SslMode::Prefer,
+                _ => SslMode::Require,
+            });
+        if let Some(t) = tcp_user_timeout {
+            pg.tcp_user_timeout(t);
+        }
+        // Probes an idle connection, so a dead peer is noticed between calls.
+        pg.keepalives(true).keepalives_idle(timeout.max(Duration::from_secs(1)));
+        if let Some(password) = &settings.password {
+            pg.password(password);
+        }
+
+        let endpoint = format!("{host}:{port}");
+        let resource =
+            Resource { backend: BACKEND, name: format!("table \"{table}\" row {row_id} ({endpoint}/{dbname})") };
+        let runtime = own_runtime()
+            .map_err(|e| StoreError::backend(&resource, "open", format!("cannot make the I/O runtime: {e}")))?;
+        Ok(PostgresStore {
+            resource,
+            connector: Connector { pg, tls, endpoint, connect_timeout, server_timeout, table_sql, create_type },
+            timeout,
+            row_id,
+            conn: None,
+            unanswered: None,
+            runtime: Arc::new(runtime),
+        })
+    }
+
     /// Runs one operation on the kept connection, connecting first if there
     /// is none, and within `timeout` (connecting included): past it the
     /// connection is closed and the call fails, saying whether the server
@@ -130,7 +212,7 @@ impl PostgresStore {
             }
             if self.conn.is_none() {
                 may_retry = false;
-                let fresh = self.connect(op).await?;
+                let fresh = self.connector.connect(&self.resource, op).await?;
                 self.conn = Some(fresh);
             }
             let row_id = self.row_id;
@@ -161,14 +243,14 @@ impl PostgresStore {
                         if ambiguous {
                             self.unanswered = Some(format!(
                                 "the write was sent and the connection to {} was lost before it answered: {}",
-                                self.endpoint,
+                                self.connector.endpoint,
                                 describe(&error)
                             ));
                         }
                         continue;
                     }
                     if lost {
-                        let detail = format!("lost the connection to {}: {}", self.endpoint, describe(&error));
+                        let detail = format!("lost the connection to {}: {}", self.connector.endpoint, describe(&error));
                         return Err(if ambiguous {
                             StoreError::outcome_unknown(&self.resource, op, detail)
                         } else {
@@ -181,23 +263,17 @@ impl PostgresStore {
         }
     }
 
-    /// The session's lock_timeout: a little less than its statement_timeout,
-    /// so that a wait for another session's lock says so.
-    pub(super) fn lock_timeout(&self) -> Duration {
-        (self.server_timeout - self.server_timeout / 10).max(Duration::from_millis(1))
-    }
-
     /// What a server error means, saying which time limit ended a wait.
     fn server_error(&self, error: &tokio_postgres::Error) -> String {
         match sqlstate(error) {
             Some("55P03") => format!(
                 "another session holds a lock on the row; gave up after waiting {} ms (lock_timeout, from timeout-ms): {}",
-                self.lock_timeout().as_millis(),
+                self.connector.lock_timeout().as_millis(),
                 describe(error)
             ),
             Some("57014") => format!(
                 "the server ended the statement after {} ms (statement_timeout, from timeout-ms) or it was cancelled: {}",
-                self.server_timeout.as_millis(),
+                self.connector.server_timeout.as_millis(),
                 describe(error)
             ),
             _ => describe(error),
@@ -212,7 +288,7 @@ impl PostgresStore {
             None => StoreError::backend(
                 &self.resource,
                 op,
-                format!("cannot connect to {}: no complete answer within {ms} ms (timeout-ms)", self.endpoint),
+                format!("cannot connect to {}: no complete answer within {ms} ms (timeout-ms)", self.connector.endpoint),
             ),
             Some(c) if c.write_sent => StoreError::outcome_unknown(
                 &self.resource,
@@ -220,7 +296,7 @@ impl PostgresStore {
                 format!(
                     "the server at {} did not answer within {ms} ms (timeout-ms) after the write was sent; \
                      the connection was closed",
-                    self.endpoint
+                    self.connector.endpoint
                 ),
             ),
             Some(_) => StoreError::backend(
@@ -229,7 +305,7 @@ impl PostgresStore {
                 format!(
                     "the server at {} did not answer within {ms} ms (timeout-ms: stopped, overloaded or unreachable); \
                      the connection was closed",
-                    self.endpoint
+                    self.connector.endpoint
                 ),
             ),
         }

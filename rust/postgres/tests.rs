@@ -4,7 +4,7 @@
 use super::*;
 use crate::store::Expect;
 use postgres::config::SslMode;
-use super::settings::TlsMode;
+use super::tls::TlsMode;
 use postgres::{Client, NoTls};
 use std::time::Duration;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -12,9 +12,43 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 
-use super::settings::TlsMode;
 use super::BACKEND;
 use crate::store::StoreError;
+
+/// How the connection uses TLS, with libpq's meanings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum TlsMode {
+    Disable,
+    /// Try TLS, fall back to plain; the certificate is not checked (libpq
+    /// `allow` and `prefer`).
+    Prefer,
+    /// TLS or fail; the certificate is not checked.
+    Require,
+    /// TLS, certificate chain checked against the trusted roots.
+    VerifyCa,
+    /// As VerifyCa, and the certificate must name the host.
+    VerifyFull,
+}
+
+impl TlsMode {
+    /// The mode an `sslmode` names; `root_given`: an `sslrootcert` file is
+    /// set, which makes `require` check the chain, as libpq does.
+    pub(super) fn from_sslmode(sslmode: &str, root_given: bool) -> Result<TlsMode, String> {
+        Ok(match sslmode {
+            "disable" => TlsMode::Disable,
+            "allow" | "prefer" => TlsMode::Prefer,
+            "require" if root_given => TlsMode::VerifyCa,
+            "require" => TlsMode::Require,
+            "verify-ca" => TlsMode::VerifyCa,
+            "verify-full" => TlsMode::VerifyFull,
+            other => {
+                return Err(format!(
+                    "`sslmode` must be one of disable, allow, prefer, require, verify-ca, verify-full; got `{other}`"
+                ))
+            }
+        })
+    }
+}
 
 /// What `tokio_postgres::Config::connect` takes for TLS.
 pub(super) type MakeTlsConnector = tokio_postgres_rustls::MakeRustlsConnect;
