@@ -1,5 +1,5 @@
-//! Building the SDK clients, and what open checks before a store is handed
-//! out: that credentials exist and that the bucket is there.
+//! Building the SDK clients of a store, and checking at open that
+//! credentials exist.
 
 use std::time::Duration;
 
@@ -9,124 +9,100 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::ProvideCredentials;
-use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+use aws_sdk_s3::config::{Credentials, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::Client;
 
-use super::errors::status_of;
-use super::settings::Settings;
-use super::store::S3Store;
 use super::{BACKEND, DEFAULT_REGION, MAX_ATTEMPTS};
-use crate::config::Config;
 use crate::store::{error_chain, Resource, StoreError};
 
-impl S3Store {
-    /// Builds the client, checks that credentials exist, and creates the
-    /// bucket when missing. Fails within about `timeout-ms` when the endpoint
-    /// does not answer.
-    pub fn open(config: &Config) -> Result<S3Store, StoreError> {
-        let s = Settings::read(config)?;
-        let resource = Resource { backend: BACKEND, name: format!("{}/{}", s.bucket, s.key) };
-        crate::runtime::block_on(Self::open_async(s, resource.clone()))
-            .map_err(|e| StoreError::backend(&resource, "starting the I/O runtime", e))?
+/// Where, and as whom, the clients connect: checked settings.
+pub(super) struct ClientOptions {
+    pub(super) region: Option<String>,
+    pub(super) endpoint: Option<String>,
+    pub(super) credentials: Option<Credentials>,
+    pub(super) profile: Option<String>,
+    pub(super) timeout: Duration,
+}
+
+/// The SDK clients of one store.
+pub(super) struct Clients {
+    pub(super) client: Client,
+    /// The same client without SDK retries, for conditional writes, which
+    /// the store retries itself.
+    pub(super) conditional_client: Client,
+    /// The region requests go to, and where a missing bucket is created.
+    pub(super) region: Region,
+    /// Where requests go, for error messages: the endpoint URL or the region.
+    pub(super) target: String,
+}
+
+/// Builds the SDK clients and checks that credentials exist. Fails within
+/// about `timeout` when the endpoint or the credential chain does not answer.
+pub(super) async fn build(s: ClientOptions, resource: &Resource) -> Result<Clients, StoreError> {
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(s.timeout)
+        .operation_attempt_timeout(s.timeout)
+        .operation_timeout(s.timeout)
+        .build();
+    // Short backoff: the whole operation, retries included, has to fit in
+    // `timeout`, and a retry is only useful for quick failures anyway.
+    let retries = RetryConfig::standard()
+        .with_max_attempts(MAX_ATTEMPTS)
+        .with_initial_backoff(Duration::from_millis(100))
+        .with_max_backoff(Duration::from_secs(1));
+    let region = match (&s.region, &s.endpoint) {
+        (Some(r), _) => Region::new(r.clone()),
+        (None, Some(_)) => Region::from_static(DEFAULT_REGION),
+        // The default chain reads AWS_REGION, the profile, and on EC2 the
+        // instance metadata; bounded like everything else.
+        (None, None) => tokio::time::timeout(
+            s.timeout,
+            RegionProviderChain::default_provider().or_else(Region::from_static(DEFAULT_REGION)).region(),
+        )
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(Region::from_static(DEFAULT_REGION)),
+    };
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(crate::https::client())
+        .region(region.clone())
+        .timeout_config(timeouts)
+        .retry_config(retries);
+    if let Some(url) = &s.endpoint {
+        loader = loader.endpoint_url(url);
     }
-
-    async fn open_async(s: Settings, resource: Resource) -> Result<S3Store, StoreError> {
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(s.timeout)
-            .operation_attempt_timeout(s.timeout)
-            .operation_timeout(s.timeout)
-            .build();
-        // Short backoff: the whole operation, retries included, has to fit in
-        // `timeout`, and a retry is only useful for quick failures anyway.
-        let retries = RetryConfig::standard()
-            .with_max_attempts(MAX_ATTEMPTS)
-            .with_initial_backoff(Duration::from_millis(100))
-            .with_max_backoff(Duration::from_secs(1));
-        let region = match (&s.region, &s.endpoint) {
-            (Some(r), _) => Region::new(r.clone()),
-            (None, Some(_)) => Region::from_static(DEFAULT_REGION),
-            // The default chain reads AWS_REGION, the profile, and on EC2 the
-            // instance metadata; bounded like everything else.
-            (None, None) => tokio::time::timeout(
-                s.timeout,
-                RegionProviderChain::default_provider().or_else(Region::from_static(DEFAULT_REGION)).region(),
-            )
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or(Region::from_static(DEFAULT_REGION)),
-        };
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(crate::https::client())
-            .region(region.clone())
-            .timeout_config(timeouts)
-            .retry_config(retries);
-        if let Some(url) = &s.endpoint {
-            loader = loader.endpoint_url(url);
-        }
-        if let Some(creds) = s.credentials.clone() {
-            loader = loader.credentials_provider(creds);
-        }
-        if let Some(profile) = &s.profile {
-            loader = loader.profile_name(profile);
-        }
-        let shared = loader.load().await;
-        let target = match &s.endpoint {
-            Some(url) => url.clone(),
-            None => format!("AWS S3 in {region}"),
-        };
-
-        check_credentials(&shared, &resource, s.timeout).await?;
-
-        let conf = aws_sdk_s3::config::Builder::from(&shared)
-            // A custom endpoint (MinIO, a test server) rarely has a wildcard DNS
-            // name per bucket; AWS itself wants virtual-hosted style.
-            .force_path_style(s.endpoint.is_some())
-            // Recent SDKs add CRC checksums to every request; several
-            // S3-compatible servers reject them. S3 needs them only where an
-            // operation requires one.
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            .build();
-        let conditional_conf = conf.to_builder().retry_config(RetryConfig::disabled()).build();
-        let store = S3Store {
-            resource,
-            client: Client::from_conf(conf),
-            conditional_client: Client::from_conf(conditional_conf),
-            bucket: s.bucket,
-            key: s.key,
-            target,
-            timeout: s.timeout,
-            put: s.put,
-        };
-        store.ensure_bucket(region.as_ref()).await?;
-        Ok(store)
+    if let Some(creds) = s.credentials.clone() {
+        loader = loader.credentials_provider(creds);
     }
-
-    async fn ensure_bucket(&self, region: &str) -> Result<(), StoreError> {
-        let err = match self.client.head_bucket().bucket(&self.bucket).send().await {
-            Ok(_) => return Ok(()),
-            Err(e) => e,
-        };
-        if status_of(&err) != Some(404) {
-            return Err(self.fail("checking that the bucket exists", &err));
-        }
-        let mut create = self.client.create_bucket().bucket(&self.bucket);
-        if region != DEFAULT_REGION {
-            create = create.create_bucket_configuration(
-                CreateBucketConfiguration::builder()
-                    .location_constraint(BucketLocationConstraint::from(region))
-                    .build(),
-            );
-        }
-        match create.send().await {
-            Ok(_) => Ok(()),
-            // Another process created it between our check and our create.
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_bucket_already_owned_by_you()) => Ok(()),
-            Err(e) => Err(self.fail("creating the missing bucket", &e)),
-        }
+    if let Some(profile) = &s.profile {
+        loader = loader.profile_name(profile);
     }
+    let shared = loader.load().await;
+    let target = match &s.endpoint {
+        Some(url) => url.clone(),
+        None => format!("AWS S3 in {region}"),
+    };
+
+    check_credentials(&shared, resource, s.timeout).await?;
+
+    let conf = aws_sdk_s3::config::Builder::from(&shared)
+        // A custom endpoint (MinIO, a test server) rarely has a wildcard DNS
+        // name per bucket; AWS itself wants virtual-hosted style.
+        .force_path_style(s.endpoint.is_some())
+        // Recent SDKs add CRC checksums to every request; several
+        // S3-compatible servers reject them. S3 needs them only where an
+        // operation requires one.
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .build();
+    let conditional_conf = conf.to_builder().retry_config(RetryConfig::disabled()).build();
+    Ok(Clients {
+        client: Client::from_conf(conf),
+        conditional_client: Client::from_conf(conditional_conf),
+        region,
+        target,
+    })
 }
 
 /// Asks the credential provider once at open, so that "no credentials

@@ -40,11 +40,11 @@
 //! | `user-metadata`  | user metadata (`x-amz-meta-<name>`), a vector of `[name value]` |
 //! |                  | pairs of strings                                                |
 //!
-//! The rooms: `settings.rs` reads the configuration, `client.rs` builds the
-//! SDK clients and checks credentials and the bucket at open, `store.rs`
-//! runs the operations (and retries conditional writes itself), `errors.rs`
-//! classifies and words the SDK's errors. `tests.rs` runs against a real
-//! S3-compatible server.
+//! The files: `settings.rs` is the configuration as read, `store.rs` checks
+//! it, builds the store (creating a missing bucket) and runs the operations
+//! (and retries conditional writes itself), `client.rs` builds the SDK
+//! clients and checks credentials at open, `errors.rs` classifies and words
+//! the SDK's errors. `tests.rs` runs against a real S3-compatible server.
 
 mod client;
 mod errors;
@@ -57,6 +57,7 @@ use crate::config::Config;
 use crate::store::{Store, StoreError};
 
 pub use store::S3Store;
+use settings::Settings;
 
 const BACKEND: &str = "aws-s3";
 /// S3's own default region, and the one where a bucket is created without a
@@ -68,5 +69,5 @@ const MAX_ATTEMPTS: u32 = 3;
 
 /// Opens the store the config names (see the module doc for the keys).
 pub fn open(config: &Config) -> Result<Box<dyn Store>, StoreError> {
-    Ok(Box::new(S3Store::open(config)?))
+    Ok(Box::new(S3Store::open(config.settings::<Settings>()?)?))
 }

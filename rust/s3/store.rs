@@ -1,16 +1,29 @@
-//! The store: one object in one bucket, and how each operation runs.
+//! The store: one object in one bucket, built from its settings, and how
+//! each operation runs.
 
 use std::error::Error as StdError;
 use std::time::Duration;
 
+use aws_sdk_s3::config::Credentials;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration, ServerSideEncryption};
 use aws_sdk_s3::Client;
 
+use super::client::{self, ClientOptions};
 use super::errors::{describe, is_conflict, retry_kind, status_of, Retry};
-use super::settings::PutOptions;
-use super::MAX_ATTEMPTS;
+use super::settings::{check_user_metadata, validate_bucket_name, Settings};
+use super::{BACKEND, DEFAULT_REGION, MAX_ATTEMPTS};
 use crate::store::{error_chain, Expect, Resource, Store, StoreError, Stored, Version};
+
+/// What every PutObject carries besides the bytes and the condition.
+#[derive(Debug, Default, Clone)]
+pub(super) struct PutOptions {
+    pub(super) sse: Option<ServerSideEncryption>,
+    pub(super) sse_kms_key_id: Option<String>,
+    pub(super) content_type: Option<String>,
+    pub(super) user_metadata: Vec<(String, String)>,
+}
 
 /// One object in one bucket.
 pub struct S3Store {
@@ -28,6 +41,124 @@ pub struct S3Store {
 }
 
 impl S3Store {
+    /// Checks the settings, builds the SDK clients, checks that credentials
+    /// exist, and creates the bucket when missing. Fails within about
+    /// `timeout-ms` when the endpoint does not answer.
+    pub(super) fn open(settings: Settings) -> Result<S3Store, StoreError> {
+        let bucket = settings.bucket.ok_or_else(|| StoreError::config(BACKEND, "`bucket` is required"))?;
+        validate_bucket_name(&bucket)?;
+        let key = settings.key.ok_or_else(|| StoreError::config(BACKEND, "`key` is required"))?;
+        if key.is_empty() || key.len() > 1024 {
+            return Err(StoreError::config(
+                BACKEND,
+                format!("the key of bucket `{bucket}` must be 1 to 1024 bytes long, got {} bytes", key.len()),
+            ));
+        }
+        let region = match settings.region {
+            Some(r) if r.trim().is_empty() => {
+                return Err(StoreError::config(BACKEND, "`region` is empty"));
+            }
+            r => r.map(|r| r.trim().to_string()),
+        };
+        let endpoint = match settings.endpoint {
+            None => None,
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => Some(url),
+            Some(other) => {
+                return Err(StoreError::config(
+                    BACKEND,
+                    format!("`endpoint` must be an http:// or https:// URL, got `{other}`"),
+                ))
+            }
+        };
+        // Never put the secret key itself into a message, only whether it is there.
+        let credentials = match (settings.access_key.as_deref(), settings.secret_key.as_deref()) {
+            (None, None) => None,
+            (Some(access), Some(secret)) if !access.is_empty() && !secret.is_empty() => Some(Credentials::new(
+                access,
+                secret,
+                settings.session_token.filter(|t| !t.is_empty()),
+                None,
+                "duratom :credentials",
+            )),
+            (Some(""), Some(_)) => {
+                return Err(StoreError::config(BACKEND, "the access key in :credentials is empty"))
+            }
+            (Some(_), Some(_)) => return Err(StoreError::config(BACKEND, "the secret key in :credentials is empty")),
+            (Some(_), None) => {
+                return Err(StoreError::config(BACKEND, ":credentials give an access key but no secret key"))
+            }
+            (None, Some(_)) => {
+                return Err(StoreError::config(BACKEND, ":credentials give a secret key but no access key"))
+            }
+        };
+        let timeout_ms = settings.timeout_ms;
+        if timeout_ms <= 0 {
+            return Err(StoreError::config(BACKEND, format!("`timeout-ms` must be positive, got {timeout_ms}")));
+        }
+        let sse = match settings.sse.as_deref() {
+            None => None,
+            Some(s) if ServerSideEncryption::values().contains(&s) => Some(ServerSideEncryption::from(s)),
+            Some(other) => {
+                return Err(StoreError::config(
+                    BACKEND,
+                    format!(
+                        "`sse` (server-side encryption) must be one of {}, got `{other}`",
+                        ServerSideEncryption::values().join(", ")
+                    ),
+                ))
+            }
+        };
+        let put = PutOptions {
+            sse,
+            sse_kms_key_id: settings.sse_kms_key_id,
+            content_type: settings.content_type,
+            user_metadata: check_user_metadata(settings.user_metadata)?,
+        };
+        let timeout = Duration::from_millis(timeout_ms as u64);
+        let resource = Resource { backend: BACKEND, name: format!("{bucket}/{key}") };
+        let options = ClientOptions { region, endpoint, credentials, profile: settings.profile, timeout };
+        crate::runtime::block_on(async {
+            let clients = client::build(options, &resource).await?;
+            let store = S3Store {
+                resource: resource.clone(),
+                client: clients.client,
+                conditional_client: clients.conditional_client,
+                bucket,
+                key,
+                target: clients.target,
+                timeout,
+                put,
+            };
+            store.ensure_bucket(clients.region.as_ref()).await?;
+            Ok(store)
+        })
+        .map_err(|e| StoreError::backend(&resource, "starting the I/O runtime", e))?
+    }
+
+    async fn ensure_bucket(&self, region: &str) -> Result<(), StoreError> {
+        let err = match self.client.head_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        if status_of(&err) != Some(404) {
+            return Err(self.fail("checking that the bucket exists", &err));
+        }
+        let mut create = self.client.create_bucket().bucket(&self.bucket);
+        if region != DEFAULT_REGION {
+            create = create.create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(region))
+                    .build(),
+            );
+        }
+        match create.send().await {
+            Ok(_) => Ok(()),
+            // Another process created it between our check and our create.
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_bucket_already_owned_by_you()) => Ok(()),
+            Err(e) => Err(self.fail("creating the missing bucket", &e)),
+        }
+    }
+
     /// A backend error whose detail says what the server or the network said.
     pub(super) fn fail<E>(&self, op: &str, err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StoreError
     where

@@ -1,7 +1,7 @@
 //! The S3 backend against a real S3-compatible server: `scripts/s3-server
 //! start DIR` starts one and writes the variables to `DIR/env`.
 
-use super::settings::{check_user_metadata, validate_bucket_name};
+use super::settings::{check_user_metadata, validate_bucket_name, Settings};
 use super::*;
 use crate::store::Expect;
 use aws_config::retry::RetryConfig;
@@ -58,8 +58,13 @@ fn config(bucket: &str, key: &str, extra: &[(&str, &str)]) -> Config {
     Config::from_pairs(BACKEND, &pairs)
 }
 
+/// The store a config names, as its own type (the tests look inside).
+fn open_s3(config: &Config) -> Result<S3Store, StoreError> {
+    S3Store::open(config.settings::<Settings>()?)
+}
+
 fn open_store(bucket: &str, key: &str) -> S3Store {
-    S3Store::open(&config(bucket, key, &[])).unwrap_or_else(|e| panic!("open {bucket}/{key}: {e}"))
+    open_s3(&config(bucket, key, &[])).unwrap_or_else(|e| panic!("open {bucket}/{key}: {e}"))
 }
 
 fn bucket_exists(store: &S3Store) -> bool {
@@ -81,7 +86,7 @@ fn creates_the_missing_bucket_and_a_missing_key_is_nothing_stored() {
 #[test]
 fn creates_a_bucket_with_a_location_constraint_outside_us_east_1() {
     let bucket = fresh_bucket("region");
-    let store = S3Store::open(&config(&bucket, "k", &[("region", "eu-west-1")])).unwrap();
+    let store = open_s3(&config(&bucket, "k", &[("region", "eu-west-1")])).unwrap();
     let location = crate::runtime::block_on(store.client.get_bucket_location().bucket(&bucket).send())
         .unwrap()
         .unwrap();
@@ -158,7 +163,7 @@ fn writes_carry_user_metadata_encryption_and_content_type() {
     let bucket = fresh_bucket("meta");
     let cfg = config(&bucket, "m", &[("sse", "AES256"), ("content-type", "application/edn")])
         .with_edn("user-metadata", r#"[["owner" "team-a"] ["Purpose" "state of x"]]"#);
-    let mut store = S3Store::open(&cfg).unwrap();
+    let mut store = open_s3(&cfg).unwrap();
     store.commit(b"{:a 1}", &Expect::Anything { after: None }).unwrap();
     let head =
         crate::runtime::block_on(store.client.head_object().bucket(&bucket).key("m").send()).unwrap().unwrap();
@@ -224,7 +229,7 @@ fn credentials_from_the_environment_when_no_access_key_is_given() {
         BACKEND,
         &[("bucket", &bucket), ("key", "k"), ("endpoint", &s.endpoint), ("region", &s.region)],
     );
-    let mut store = S3Store::open(&cfg).unwrap();
+    let mut store = open_s3(&cfg).unwrap();
     store.commit(b"from env", &Expect::Anything { after: None }).unwrap();
     assert_eq!(store.load().unwrap().unwrap().bytes, b"from env");
 }
@@ -256,7 +261,7 @@ fn no_credentials_anywhere_is_a_clear_error_at_open() {
         ],
     );
     let start = Instant::now();
-    let err = S3Store::open(&cfg).err().expect("open must fail without credentials");
+    let err = open_s3(&cfg).err().expect("open must fail without credentials");
     let took = start.elapsed();
     let msg = err.to_string();
     assert!(matches!(err, StoreError::Config { .. }), "{err:?}");
@@ -287,7 +292,7 @@ fn a_refusing_endpoint_fails_at_open_quickly_and_clearly() {
         ],
     );
     let start = Instant::now();
-    let err = S3Store::open(&cfg).err().expect("open must fail");
+    let err = open_s3(&cfg).err().expect("open must fail");
     let took = start.elapsed();
     let msg = err.to_string();
     assert!(took < Duration::from_secs(4), "took {took:?}: {msg}");
@@ -314,7 +319,7 @@ fn a_silent_endpoint_fails_within_the_timeout() {
         ],
     );
     let start = Instant::now();
-    let err = S3Store::open(&cfg).err().expect("open must fail");
+    let err = open_s3(&cfg).err().expect("open must fail");
     let took = start.elapsed();
     let msg = err.to_string();
     assert!(took >= Duration::from_millis(1400) && took < Duration::from_secs(4), "took {took:?}: {msg}");
@@ -402,7 +407,7 @@ fn a_conditional_write_whose_answer_was_lost_is_not_reported_as_a_conflict() {
 fn invalid_bucket_names_are_config_errors_naming_the_bucket() {
     for bad in ["My_Bucket", "ab", &"a".repeat(64), "-abc", "abc-", "a..b", "192.168.1.1", "UPPER"] {
         let cfg = Config::from_pairs(BACKEND, &[("bucket", bad), ("key", "k"), ("access-key", "a"), ("secret-key", "b")]);
-        match S3Store::open(&cfg) {
+        match open_s3(&cfg) {
             Err(e @ StoreError::Config { .. }) => {
                 let msg = e.to_string();
                 assert!(msg.contains(&format!("`{bad}` is not a valid S3 bucket name")), "{msg}");
@@ -434,7 +439,7 @@ fn other_bad_settings_are_config_errors() {
             pairs.push(("key", "k"));
         }
         pairs.extend(extra.iter().copied());
-        let err = S3Store::open(&Config::from_pairs(BACKEND, &pairs)).err().expect("must fail");
+        let err = open_s3(&Config::from_pairs(BACKEND, &pairs)).err().expect("must fail");
         let msg = err.to_string();
         assert!(matches!(err, StoreError::Config { .. }), "{msg}");
         assert!(msg.contains(expected), "expected `{expected}` in: {msg}");
