@@ -197,7 +197,8 @@
                    ^AtomicReference version    ; version of the durable state as last seen
                    ^AtomicLong conflicts       ; shared: commits refused because storage moved
                    ^AtomicReference doubt      ; writes of unknown outcome since `version`: [[encoded value] ...] or nil
-                   ^AtomicReference backoff])  ; async: [ScheduledFuture attempt] of the writer's next round after a failure, or nil
+                   ^AtomicReference backoff    ; async: [ScheduledFuture attempt] of the writer's next round after a failure, or nil
+                   ^AtomicBoolean vanished])   ; shared: the stored value was found gone; the next commit creates it
 
 (defn- new-group
   "A group's outcome cell: nil while pending, then ::ok or the Throwable its
@@ -220,7 +221,7 @@
             (AtomicLong.) (AtomicLong.) (AtomicLong.) (AtomicLong.) (AtomicLong.)
             (AtomicReference. (new-group)) (AtomicReference.) (AtomicLong.)
             (AtomicBoolean.) (AtomicReference.) (AtomicBoolean.) (AtomicBoolean.)
-            (AtomicReference. version) (AtomicLong.) (AtomicReference.) (AtomicReference.)))
+            (AtomicReference. version) (AtomicLong.) (AtomicReference.) (AtomicReference.) (AtomicBoolean.)))
 
 (defn- describe
   "A Throwable's message, or its class when it has none (StackOverflowError)."
@@ -740,8 +741,7 @@
   adopts it. A write of this engine whose outcome was unknown and that
   landed is recognised (by its bytes): synchronous mode adopts it,
   asynchronous mode records its version and keeps the newest state, which
-  was computed from it. When nothing is stored, keeps the state in memory
-  and records that nothing is stored (the next commit creates the value).
+  was computed from it. When nothing is stored, keeps the state in memory.
   Returns [old new] when the state changed, else nil."
   [^Engine e decode]
   (let [^ReentrantLock io-lock (:io-lock e)]
@@ -755,13 +755,10 @@
             :else
             ;; what the look at storage found (a second look could meet a
             ;; write in doubt landing, and take it for another's)
-            (if-let [stored (if settled (:stored settled) (storage/load-stored (:store e)))]
+            (when-let [stored (if settled (:stored settled) (storage/load-stored (:store e)))]
               (when (not= (:version stored) (stored-version e))
                 (let [new (decode (:bytes stored))]
-                  [(adopt! e new (:version stored)) new]))
-              ;; nothing stored (removed elsewhere): memory keeps its state,
-              ;; and the next commit creates the value anew
-              (do (.set ^AtomicReference (:version e) nil) nil)))))
+                  [(adopt! e new (:version stored)) new]))))))
       (finally (.unlock io-lock)))))
 
 (defn- vanished-ex
@@ -787,9 +784,10 @@
   calls `(reload!)` (which must adopt! the stored state) and starts again, so
   `f` may run more than once; each retry follows a newer stored version, so
   the loop ends. When the stored value is gone, throws (data
-  `:duratom/vanished? true`) and records that nothing is stored, so the next
-  call creates it anew from the state in memory. Returns [old new], or nil
-  when `f` returns `abort`. Call under the duratom's lock."
+  `:duratom/vanished? true`), and the next call creates it anew from the
+  state in memory (or, should the value it saw be back, writes over that).
+  Returns [old new], or nil when `f` returns `abort`. Call under the
+  duratom's lock."
   [^Engine e f validate! abort reload!]
   (loop []
     (let [old (.get ^AtomicReference (:visible e))
@@ -797,16 +795,18 @@
       (when-not (identical? new abort)
         (validate! new)
         (let [version (stored-version e)
+              ^AtomicBoolean vanished (:vanished e)
               encoded (volatile! nil)
               committed (try (let [t0 (System/nanoTime)
                                    enc ((:encode e) new)]
                                (vreset! encoded enc)
-                               (commit-bytes! e enc t0 (or version :nothing)))
+                               (commit-bytes! e enc t0 (if (.get vanished) :nothing (or version :nothing))))
                              (catch Throwable x
                                (note-doubt! e @encoded new x) ; a later conflict's reload! recognises it
                                (throw (failure-ex e (failed! e x)))))]
           (if committed
-            (do (locking (:monitor e) ; commit-bytes! already recorded the version
+            (do (.set vanished false)
+                (locking (:monitor e) ; commit-bytes! already recorded the version
                   (.set ^AtomicReference (:doubt e) nil)
                   (.set ^AtomicReference (:latest e) new)
                   (.set ^AtomicReference (:visible e) new)
@@ -820,9 +820,11 @@
               ;; conflict that reading storage does not explain would refuse
               ;; every retry the same way.
               (cond
-                (and (some? seen) (nil? (stored-version e))) (throw (vanished-ex e))
-                (= seen (stored-version e)) (throw (unresolved-conflict-ex e))
-                :else (recur)))))))))
+                (not= seen (stored-version e)) (do (.set vanished false) (recur))
+                ;; it was gone and is back as this duratom last saw it
+                (.getAndSet vanished false) (recur)
+                (and (some? seen) (nil? (load-stored e))) (do (.set vanished true) (throw (vanished-ex e)))
+                :else (throw (unresolved-conflict-ex e))))))))))
 
 ;; ------------------------------------------------------ asynchronous mode
 
