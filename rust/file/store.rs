@@ -36,6 +36,10 @@ pub struct FileStore {
     /// No header line: the bytes are a custom encoding, stored as given.
     raw: bool,
     temp_names: TempNames,
+    /// The empty file `open` created (its metadata), until a commit
+    /// or delete: a store closed before either (a construction that failed)
+    /// removes it, leaving the directory as it found it.
+    created: Option<fs::Metadata>,
 }
 
 impl FileStore {
@@ -50,17 +54,24 @@ impl FileStore {
         if path.file_name().is_none() {
             return Err(StoreError::config(BACKEND, format!("`{}` does not name a file", path.display())));
         }
-        let store = FileStore { resource, path, raw, temp_names: TempNames::new() };
+        let mut store = FileStore { resource, path, raw, temp_names: TempNames::new(), created: None };
         let target = store.target("opening")?;
         if !target.dir.is_dir() {
             let why = format!("{} directory {} does not exist", target.whose("parent"), target.dir.display());
             return Err(StoreError::backend(&store.resource, "opening", why));
         }
-        let file = os::no_follow_no_block(OpenOptions::new().create(true).append(true))
-            .open(&target.file)
-            .map_err(|e| StoreError::io(&store.resource, "creating the file", e))?;
+        let (file, created) = match os::no_follow_no_block(OpenOptions::new().create_new(true).append(true)).open(&target.file) {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                (os::no_follow_no_block(OpenOptions::new().append(true)).open(&target.file), false)
+            }
+            other => (other, true),
+        };
+        let file = file.map_err(|e| StoreError::io(&store.resource, "creating the file", e))?;
         let meta = file.metadata().map_err(|e| StoreError::io(&store.resource, "examining the file", e))?;
         refuse_unless_regular(&store.resource, &store.path, &target.file, &meta, "opening")?;
+        if created {
+            store.created = Some(meta);
+        }
         remove_dead_writers_temp_files(&target);
         Ok(store)
     }
@@ -118,6 +129,7 @@ impl FileStore {
     /// it over the target. A failure after the rename is OutcomeUnknown: the
     /// state may be stored, and the caller's next look at storage learns it.
     fn write_durably(&mut self, target: &Target, bytes: &[u8], count: u64) -> Result<Version, StoreError> {
+        self.created = None;
         let (file, temp) = self.temp_names.create(&self.resource, target)?;
         let result = self.fill_and_rename(file, &temp, target, bytes, count);
         if result.is_err() {
@@ -171,6 +183,20 @@ fn after_rename(dir: &Path) -> std::io::Result<()> {
     AFTER_RENAME.with(|f| f.get().map_or(Ok(()), |f| f(dir)))
 }
 
+impl Drop for FileStore {
+    /// Removes the file `open` created when nothing was committed since and
+    /// it is still that empty file.
+    fn drop(&mut self) {
+        let Some(created) = self.created.take() else { return };
+        let Ok(target) = self.target("closing") else { return };
+        if let Ok(meta) = fs::symlink_metadata(&target.file) {
+            if os::same_file(&meta, &created) && meta.len() == 0 {
+                let _ = fs::remove_file(&target.file);
+            }
+        }
+    }
+}
+
 impl Store for FileStore {
     fn load(&mut self) -> Result<Option<Stored>, StoreError> {
         let target = self.target("reading")?;
@@ -207,6 +233,7 @@ impl Store for FileStore {
     /// Removes the file the path leads to (a symlink stays, dangling: the
     /// next store there writes through it again) and the lock file beside it.
     fn delete(&mut self) -> Result<(), StoreError> {
+        self.created = None;
         let target = self.target("deleting")?;
         // Opened before the removal, as for a commit's rename: its fsync
         // reaches the directory the removal happened in, even if it moves.

@@ -12,7 +12,9 @@
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use redis::{ConnectionLike, Parser, RedisError, RedisResult, Value};
 use rustls::pki_types::ServerName;
@@ -32,6 +34,43 @@ pub(super) struct Target {
 trait Stream: Read + Write + Send {}
 impl<T: Read + Write + Send> Stream for T {}
 
+/// The end of the current call, shared by a connection and its socket.
+type Deadline = Arc<Mutex<Instant>>;
+
+/// The time left until `deadline`; a timeout error once it has passed.
+fn time_left(deadline: Instant) -> io::Result<Duration> {
+    match deadline.checked_duration_since(Instant::now()) {
+        Some(left) if !left.is_zero() => Ok(left),
+        _ => Err(io::Error::new(io::ErrorKind::TimedOut, "the call's time is up")),
+    }
+}
+
+/// A socket whose every read and write waits at most until the call's
+/// deadline, so a call's many reads and writes (and a reconnect) share one
+/// bound instead of each having its own.
+struct BoundedTcp {
+    tcp: TcpStream,
+    deadline: Deadline,
+}
+
+impl Read for BoundedTcp {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tcp.set_read_timeout(Some(time_left(*self.deadline.lock())?))?;
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for BoundedTcp {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp.set_write_timeout(Some(time_left(*self.deadline.lock())?))?;
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
 /// A connection. Any failure to write a command or read its reply closes it
 /// for good: after a timeout a late reply could still arrive and be taken for
 /// the answer to the next command.
@@ -40,18 +79,17 @@ pub(super) struct Link {
     parser: Parser,
     open: bool,
     db: i64,
+    deadline: Deadline,
 }
 
 impl Link {
-    /// Connects within `timeout` per address (and per read or write after),
-    /// completes the TLS handshake when asked for, authenticates and selects
-    /// the database.
-    pub(super) fn connect(target: &Target, timeout: Duration) -> RedisResult<Link> {
-        let tcp = connect_tcp(&target.host, target.port, timeout)?;
+    /// Connects, completes the TLS handshake when asked for, authenticates
+    /// and selects the database, all before `deadline`.
+    pub(super) fn connect(target: &Target, deadline: Instant) -> RedisResult<Link> {
+        let tcp = connect_tcp(&target.host, target.port, deadline)?;
         tcp.set_nodelay(true)?;
-        // The handshake below and every later call are bounded by these.
-        tcp.set_read_timeout(Some(timeout))?;
-        tcp.set_write_timeout(Some(timeout))?;
+        let deadline = Arc::new(Mutex::new(deadline));
+        let tcp = BoundedTcp { tcp, deadline: deadline.clone() };
         let stream: Box<dyn Stream> = match &target.tls {
             None => Box::new(tcp),
             Some(config) => {
@@ -71,7 +109,7 @@ impl Link {
                 Box::new(tls)
             }
         };
-        let mut link = Link { stream, parser: Parser::new(), open: true, db: target.db };
+        let mut link = Link { stream, parser: Parser::new(), open: true, db: target.db, deadline };
         if let Some(password) = &target.password {
             let mut auth = redis::cmd("AUTH");
             if let Some(user) = &target.username {
@@ -83,6 +121,12 @@ impl Link {
             redis::cmd("SELECT").arg(target.db).exec(&mut link)?;
         }
         Ok(link)
+    }
+
+    /// Bounds every read and write from now on by `deadline`: a call sets
+    /// its own before its first command.
+    pub(super) fn set_deadline(&mut self, deadline: Instant) {
+        *self.deadline.lock() = deadline;
     }
 
     fn send(&mut self, bytes: &[u8]) -> RedisResult<()> {
@@ -109,11 +153,11 @@ fn closed() -> RedisError {
     RedisError::from(io::Error::new(io::ErrorKind::NotConnected, "the connection was closed after an error"))
 }
 
-/// The first address of `host` that accepts within `timeout`.
-fn connect_tcp(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
+/// The first address of `host` that accepts before `deadline`.
+fn connect_tcp(host: &str, port: u16, deadline: Instant) -> io::Result<TcpStream> {
     let mut last = None;
     for addr in (host, port).to_socket_addrs()? {
-        match TcpStream::connect_timeout(&addr, timeout) {
+        match TcpStream::connect_timeout(&addr, time_left(deadline)?) {
             Ok(s) => return Ok(s),
             Err(e) => last = Some(e),
         }

@@ -13,7 +13,8 @@
 //!
 //! The connection is kept open, plain or TLS (`rediss://`: rustls with the
 //! `ring` provider, over our own stream; see `connection.rs` for why not the
-//! crate's TLS); every call has bounded connect, read and write timeouts.
+//! crate's TLS); each call, its reconnect and rerun included, ends within
+//! `timeout-ms`: every read and write waits only for the time the call has left.
 //! When the connection breaks, the call that notices reconnects and, when
 //! running again cannot apply a write twice or report a false conflict, runs
 //! again; a write whose answer was lost, and that cannot be run again or
@@ -49,6 +50,6 @@ const BACKEND: &str = "redis-db";
 /// password fails here, at construction, rather than at the first commit.
 pub fn open(config: &Config) -> Result<Box<dyn Store>, StoreError> {
     let mut store = RedisStore::new(config)?;
-    store.conn = Some(store.connect("open")?);
+    store.conn = Some(store.connect("open", std::time::Instant::now() + store.timeout)?);
     Ok(Box::new(store))
 }

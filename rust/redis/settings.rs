@@ -29,7 +29,7 @@ struct Keys {
     endpoint: String,
     /// The Redis key the value lives under.
     key: Option<String>,
-    /// Connect, read and write timeout of each call.
+    /// The bound of each call: connecting, every read and write, and a rerun.
     timeout_ms: i64,
     /// The connection's name in CLIENT LIST.
     client_name: String,

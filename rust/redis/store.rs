@@ -1,6 +1,6 @@
 //! The store: a kept connection, and load, commit and delete on one key.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{ConnectionLike, ErrorKind, RedisError, Script};
 
@@ -55,7 +55,8 @@ fn ambiguous(error: RedisError) -> Failure {
 }
 
 impl RedisStore {
-    pub(super) fn connect(&self, op: &str) -> Result<Link, StoreError> {
+    /// Connects and names the connection, all before `deadline`.
+    pub(super) fn connect(&self, op: &str, deadline: Instant) -> Result<Link, StoreError> {
         let fail = |e: RedisError| {
             StoreError::backend(
                 &self.resource,
@@ -63,7 +64,7 @@ impl RedisStore {
                 format!("cannot connect to {}: {}", self.endpoint, describe(&e)),
             )
         };
-        let mut conn = Link::connect(&self.target, self.timeout).map_err(fail)?;
+        let mut conn = Link::connect(&self.target, deadline).map_err(fail)?;
         // Named, so that an operator sees duratom in CLIENT LIST.
         let _: () = redis::cmd("CLIENT")
             .arg("SETNAME")
@@ -83,6 +84,8 @@ impl RedisStore {
         rerun_harmless: bool,
         mut attempt: impl FnMut(&mut Link, &RedisStore) -> Result<T, Failure>,
     ) -> Result<T, StoreError> {
+        // One bound for the whole call: every attempt, reconnect and reply.
+        let deadline = Instant::now() + self.timeout;
         let mut may_retry = true;
         // Set when a write went out and no answer came: it may have landed,
         // so whatever happens next, the caller must hear that.
@@ -95,10 +98,13 @@ impl RedisStore {
         };
         loop {
             let mut conn = match self.conn.take() {
-                Some(c) if c.is_open() => c,
+                Some(mut c) if c.is_open() => {
+                    c.set_deadline(deadline);
+                    c
+                }
                 _ => {
                     may_retry = false;
-                    match self.connect(op) {
+                    match self.connect(op, deadline) {
                         Ok(c) => c,
                         Err(e) if unanswered.is_some() => return Err(fail(&unanswered, e.to_string())),
                         Err(e) => return Err(e),

@@ -287,3 +287,55 @@ fn tls_settings_that_cannot_work_are_errors_at_open() {
         .to_string();
     assert!(e.contains("must start with redis:// or rediss://"), "{e}");
 }
+
+/// A server that answers the first command of the first connection with
+/// `+OK` and then nothing more, on that connection or any later one: a
+/// process frozen with SIGSTOP after the duratom connected (the kernel
+/// still accepts connections for it). Returns its port.
+fn server_that_freezes_after_one_reply() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut first = true;
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let answer = std::mem::take(&mut first);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut answer = answer;
+                while matches!(conn.read(&mut buf), Ok(n) if n > 0) {
+                    if std::mem::take(&mut answer) {
+                        let _ = conn.write_all(b"+OK\r\n");
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_frozen_server_fails_each_call_within_one_timeout() {
+    let port = server_that_freezes_after_one_reply();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let timeout = std::time::Duration::from_millis(1500);
+    let mut s = open(&Config::from_pairs(
+        BACKEND,
+        &[("url", url.as_str()), ("endpoint", "frozen"), ("key", "k"), ("timeout-ms", "1500")],
+    ))
+    .unwrap();
+    // A load (safe to run again: a new connection is tried) and a
+    // compare-and-set (the same) each meet the frozen kept connection, then
+    // a frozen new one.
+    let t0 = std::time::Instant::now();
+    let e = s.load().unwrap_err().to_string();
+    let load = t0.elapsed();
+    assert!(e.contains("no answer in time") || e.contains("time is up"), "{e}");
+    let t0 = std::time::Instant::now();
+    let e = s.commit(b"x", &Expect::Version(crate::store::Version("v".into()))).unwrap_err();
+    let commit = t0.elapsed();
+    assert!(matches!(e, StoreError::OutcomeUnknown { .. } | StoreError::Backend { .. }), "{e}");
+    let bound = timeout + std::time::Duration::from_millis(500);
+    assert!(load < bound && commit < bound, "load took {load:?}, commit {commit:?}; the bound is {timeout:?}");
+}

@@ -51,6 +51,10 @@ const BACKEND: &str = "sqlite-db";
 /// table if missing, so that a wrong path fails at construction.
 pub fn open(config: &Config) -> Result<Box<dyn Store>, StoreError> {
     let mut store = SqliteStore::new(config)?;
+    let missing = store.missing();
     store.conn = Some(store.connect()?);
+    if missing {
+        store.created = store.file_id();
+    }
     Ok(Box::new(store))
 }

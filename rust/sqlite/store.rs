@@ -38,6 +38,9 @@ pub struct SqliteStore {
     busy_timeout: Duration,
     pub(super) conn: Option<Conn>,
     resource: Resource,
+    /// The database file `open` created, until a commit or delete: a store
+    /// closed before either (a construction that failed) removes it.
+    pub(super) created: Option<FileId>,
 }
 
 /// Why a call failed: the store's error, or a conflict.
@@ -115,6 +118,7 @@ impl SqliteStore {
             busy_timeout: Duration::from_millis(busy_ms as u64),
             conn: None,
             resource,
+            created: None,
         })
     }
 
@@ -186,9 +190,23 @@ impl SqliteStore {
     }
 
     fn wal_path(&self) -> PathBuf {
+        self.beside("-wal")
+    }
+
+    /// The path of the database's companion file with `suffix`.
+    fn beside(&self, suffix: &str) -> PathBuf {
         let mut p = self.path.clone().into_os_string();
-        p.push("-wal");
+        p.push(suffix);
         PathBuf::from(p)
+    }
+
+    /// Whether the database file is missing, so that opening creates it.
+    pub(super) fn missing(&self) -> bool {
+        !self.path.exists()
+    }
+
+    pub(super) fn file_id(&self) -> Option<FileId> {
+        existing_file_id(&self.path)
     }
 
     /// Whether the WAL file the connection writes is no longer the file at
@@ -386,6 +404,19 @@ fn text(bytes: &[u8]) -> Result<&str, Failure> {
     })
 }
 
+impl Drop for SqliteStore {
+    /// Removes the database file `open` created when nothing was committed
+    /// since, it is still that file, and closing left no other connection
+    /// (SQLite removed the WAL and shared-memory files as the last one).
+    fn drop(&mut self) {
+        let Some(created) = self.created.take() else { return };
+        self.conn = None;
+        if self.file_id() == Some(created) && !self.beside("-wal").exists() && !self.beside("-shm").exists() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 impl Store for SqliteStore {
     fn load(&mut self) -> Result<Option<Stored>, StoreError> {
         let table = self.table.clone();
@@ -400,6 +431,7 @@ impl Store for SqliteStore {
     }
 
     fn commit(&mut self, bytes: &[u8], expect: &Expect) -> Result<Version, StoreError> {
+        self.created = None;
         let table = self.table.clone();
         let resource = self.resource.clone();
         let version = Version::of_content(bytes);
@@ -448,6 +480,7 @@ impl Store for SqliteStore {
     }
 
     fn delete(&mut self) -> Result<(), StoreError> {
+        self.created = None;
         let table = self.table.clone();
         self.run("delete", |c, id| {
             c.db.execute(&format!("DELETE FROM {table} WHERE id = ?1"), [id])?;

@@ -451,3 +451,17 @@
         (is (= {:n 4} @a (d/refresh! b) (edn/read-string (slurp p))))
         (d/destroy a)))
     (is (empty? (.list ^File dir)) "destroy leaves nothing beside the file")))
+
+(deftest a-failed-construction-leaves-the-directory-as-it-found-it
+  (doseq [rw [nil {:commit-mode :sync} {:shared? true}]
+          [why init] [["an :init that throws" (fn [] (throw (ex-info "no initial state" {})))]
+                      ["an :init the codec refuses" {:bad (Object.)}]]]
+    (testing (str why ", rw " (pr-str rw))
+      (let [dir (ts/temp-dir)
+            path (io/file dir "state.edn")]
+        (is (thrown? Exception (d/file-atom path nil init rw)))
+        (is (= [] (vec (.list dir))) "no file left behind")
+        (spit path "")
+        (is (thrown? Exception (d/file-atom path nil init rw)))
+        (is (= ["state.edn"] (vec (.list dir))) "an empty file that was there stays")
+        (is (= 0 (.length path)))))))

@@ -279,3 +279,12 @@
     (is (= "36" (python-query path "SELECT count(*) FROM app")) "sqlite-jdbc's own rows are kept")
     (is (= "12" (python-query path "SELECT count(*) FROM duratom_state WHERE value = 'app'")))
     (is (= "ok" (python-query path "PRAGMA integrity_check")))))
+
+(deftest a-failed-construction-leaves-no-database-behind
+  (doseq [[why init] [["an :init that throws" (fn [] (throw (ex-info "no initial state" {})))]
+                      ["an :init the codec refuses" {:bad (Object.)}]]]
+    (testing why
+      (let [dir (ts/temp-dir)
+            path (io/file dir "new.db")]
+        (is (thrown? Exception (d/sqlite-atom (spec path) "t" 0 nil init {:commit-mode :sync})))
+        (is (= [] (vec (.list dir))) "no database file left behind")))))
