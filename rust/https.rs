@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use aws_smithy_runtime_api::client::http::{
@@ -45,12 +45,11 @@ pub fn client() -> SharedHttpClient {
 /// The TLS settings for HTTPS: TLS 1.2 and 1.3 with ring's ciphers, Mozilla's
 /// roots, no client certificate.
 fn tls_config() -> rustls::ClientConfig {
-    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
         // ring supports every default protocol version; this cannot fail.
         .expect("ring supports TLS 1.2 and 1.3")
-        .with_root_certificates(roots)
+        .with_root_certificates(crate::tls::compiled_in_roots())
         .with_no_client_auth()
 }
 
@@ -173,6 +172,7 @@ fn find<'a, E: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::sync::Arc;
     use std::net::TcpListener;
 
     fn send(url: &str, connect_timeout: Option<Duration>) -> Result<HttpResponse, ConnectorError> {

@@ -13,3 +13,6 @@ pub mod runtime;
 pub mod s3;
 pub mod sqlite;
 pub mod store;
+#[cfg(test)]
+pub mod test_support;
+pub mod tls;

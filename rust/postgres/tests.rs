@@ -3,11 +3,11 @@
 
 use super::*;
 use crate::store::Expect;
+use crate::test_support::{conflict, unique};
 use postgres::config::SslMode;
 use super::tls::TlsMode;
 use postgres::{Client, NoTls};
 use std::time::Duration;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
@@ -52,12 +52,6 @@ fn slowdown() -> u32 {
             .filter(|n| (1..=100).contains(n))
             .unwrap_or_else(|| panic!("DURATOM_TEST_SLOWDOWN must be a whole number from 1 to 100, got {v:?}")),
     }
-}
-
-/// A name no other test or earlier run uses.
-fn unique(label: &str) -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!("{label}_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// The server's settings for `table`, with `extra` added or replacing.
@@ -105,9 +99,7 @@ fn rows_with_id(admin: &mut Client, table_sql: &str, id: i32) -> i64 {
     admin.query_one(&format!("SELECT count(*) FROM {table_sql} WHERE id = $1"), &[&id]).unwrap().get(0)
 }
 
-fn conflict<T: std::fmt::Debug>(r: Result<T, StoreError>) -> bool {
-    matches!(r, Err(StoreError::Conflict { .. }))
-}
+crate::store_contract_tests!(|_: &std::path::Path, name: &str| config(name, &[]));
 
 #[test]
 fn text_and_bytea_values_round_trip_through_a_reopen() {
@@ -214,29 +206,19 @@ fn tables_written_by_the_original_library_work_as_they_are() {
     admin.batch_execute(&format!("DROP TABLE {folded}")).unwrap();
 }
 
+/// The contract's conflicts (`store_contract`) between duratoms; here a
+/// writer outside duratom (the original library, psql).
 #[test]
-fn conditional_commits_refuse_stale_versions() {
+fn a_write_from_outside_duratom_changes_the_version() {
     let mut admin = admin();
     let table = unique("cond");
     let mut a = open_ok(&table, &[]);
-    let mut b = open_ok(&table, &[]);
     let v1 = a.commit(b"1", &Expect::Nothing).unwrap();
-    assert!(conflict(b.commit(b"2", &Expect::Nothing)), "the row exists");
-    assert_eq!(b.load().unwrap().unwrap().version, v1);
-    let v2 = b.commit(b"2", &Expect::Version(v1.clone())).unwrap();
-    assert!(conflict(a.commit(b"3", &Expect::Version(v1))), "b wrote since a read");
-    assert_eq!(a.load().unwrap().unwrap().bytes, b"2");
-
-    // A writer outside duratom (the original library, psql) changes the version too.
     admin.execute(&format!("UPDATE {} SET value = 'outside' WHERE id = 0", ident(&table)), &[]).unwrap();
-    assert!(conflict(a.commit(b"4", &Expect::Version(v2))));
-    let v3 = a.load().unwrap().unwrap().version;
-    a.commit(b"4", &Expect::Version(v3.clone())).unwrap();
-    assert_eq!(b.load().unwrap().unwrap().bytes, b"4");
-
-    a.delete().unwrap();
-    assert!(conflict(b.commit(b"5", &Expect::Version(v3))), "a deleted row has no version");
-    b.commit(b"5", &Expect::Nothing).unwrap();
+    assert!(conflict(a.commit(b"2", &Expect::Version(v1))));
+    let now = a.load().unwrap().unwrap();
+    assert_eq!(now.bytes, b"outside");
+    a.commit(b"2", &Expect::Version(now.version)).unwrap();
     assert_eq!(rows_with_id(&mut admin, &ident(&table), 0), 1);
     admin.batch_execute(&format!("DROP TABLE {}", ident(&table))).unwrap();
 }

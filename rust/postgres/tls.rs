@@ -8,7 +8,6 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 
@@ -62,7 +61,7 @@ pub(super) type MakeTlsConnector = tokio_postgres_rustls::MakeRustlsConnect;
 /// ones), else Mozilla's list compiled in (`webpki-roots`; libpq would read
 /// ~/.postgresql/root.crt, or the system store with `sslrootcert=system`).
 pub(super) fn tls_connector(mode: TlsMode, root_cert: Option<&[u8]>) -> Result<Option<MakeTlsConnector>, StoreError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crate::tls::provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| StoreError::config(BACKEND, format!("cannot set up TLS for `sslmode`: {e}")))?;
@@ -71,8 +70,9 @@ pub(super) fn tls_connector(mode: TlsMode, root_cert: Option<&[u8]>) -> Result<O
         TlsMode::Prefer | TlsMode::Require => Arc::new(LenientVerifier { provider, chain: None }),
         TlsMode::VerifyCa | TlsMode::VerifyFull => {
             let roots = match root_cert {
-                Some(pem) => roots_from_pem(pem)?,
-                None => rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() },
+                Some(pem) => crate::tls::roots_from_pem(pem)
+                    .map_err(|what| StoreError::config(BACKEND, format!("`sslrootcert` {what}")))?,
+                None => crate::tls::compiled_in_roots(),
             };
             let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
@@ -86,20 +86,6 @@ pub(super) fn tls_connector(mode: TlsMode, root_cert: Option<&[u8]>) -> Result<O
     };
     let config = builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth();
     Ok(Some(MakeTlsConnector::new(config)))
-}
-
-/// The certificates of an `sslrootcert` PEM file as trust roots.
-fn roots_from_pem(pem: &[u8]) -> Result<rustls::RootCertStore, StoreError> {
-    let bad = |what: String| StoreError::config(BACKEND, format!("`sslrootcert` {what}"));
-    let mut roots = rustls::RootCertStore::empty();
-    for (i, cert) in CertificateDer::pem_slice_iter(pem).enumerate() {
-        let cert = cert.map_err(|e| bad(format!("holds no usable PEM certificate: {e}")))?;
-        roots.add(cert).map_err(|e| bad(format!("certificate {} is not usable as a root: {e}", i + 1)))?;
-    }
-    if roots.is_empty() {
-        return Err(bad("holds no PEM certificate".to_string()));
-    }
-    Ok(roots)
 }
 
 /// What a failed TLS handshake means, in words: the rustls error travels

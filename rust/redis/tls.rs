@@ -4,9 +4,7 @@
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
-use rustls::{CertificateError, ClientConfig, RootCertStore};
+use rustls::{CertificateError, ClientConfig};
 
 use super::BACKEND;
 use crate::store::StoreError;
@@ -20,11 +18,11 @@ pub(super) fn client_config(ca_file: Option<&str>) -> Result<Arc<ClientConfig>, 
     let roots = match ca_file {
         Some(path) => {
             let pem = std::fs::read(path).map_err(|e| bad(format!("`tls-ca-cert-file` {path}: {e}")))?;
-            roots_from_pem(&pem).map_err(|d| bad(format!("`tls-ca-cert-file` {path} {d}")))?
+            crate::tls::roots_from_pem(&pem).map_err(|d| bad(format!("`tls-ca-cert-file` {path} {d}")))?
         }
-        None => RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() },
+        None => crate::tls::compiled_in_roots(),
     };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crate::tls::provider();
     let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| bad(format!("cannot set up TLS: {e}")))?;
@@ -34,18 +32,6 @@ pub(super) fn client_config(ca_file: Option<&str>) -> Result<Arc<ClientConfig>, 
         .with_webpki_verifier(verifier)
         .with_no_client_auth();
     Ok(Arc::new(config))
-}
-
-fn roots_from_pem(pem: &[u8]) -> Result<RootCertStore, String> {
-    let mut roots = RootCertStore::empty();
-    for (i, cert) in CertificateDer::pem_slice_iter(pem).enumerate() {
-        let cert = cert.map_err(|e| format!("holds no usable PEM certificate: {e}"))?;
-        roots.add(cert).map_err(|e| format!("certificate {} is not usable as a root: {e}", i + 1))?;
-    }
-    if roots.is_empty() {
-        return Err("holds no PEM certificate".into());
-    }
-    Ok(roots)
 }
 
 /// A failed handshake in words.

@@ -4,13 +4,13 @@
 use super::settings::{check_user_metadata, validate_bucket_name, Settings};
 use super::*;
 use crate::store::Expect;
+use crate::test_support::unique;
 use aws_config::retry::RetryConfig;
 use aws_sdk_s3::types::ServerSideEncryption;
 use aws_sdk_s3::Client;
 use std::time::Duration;
 use std::net::TcpListener;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 struct Server {
@@ -39,10 +39,12 @@ fn server() -> Server {
 
 /// A bucket name no earlier run on the same server has used.
 fn fresh_bucket(what: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("dt-{what}-{}-{}-{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!("dt-{}-{nanos}", unique(what).replace('_', "-"))
 }
+
+// A bucket per resource name (S3 bucket names have no `_`).
+crate::store_contract_tests!(|_: &std::path::Path, name: &str| config(&name.replace('_', "-"), "state", &[]));
 
 fn config(bucket: &str, key: &str, extra: &[(&str, &str)]) -> Config {
     let s = server();
@@ -117,45 +119,6 @@ fn round_trips_small_and_20_mb_values_with_the_etag_as_version() {
     let got = reopened.load().unwrap().unwrap();
     assert!(got.bytes == big, "the 20 MB value came back different ({} bytes)", got.bytes.len());
     assert_eq!(got.version, v2);
-}
-
-#[test]
-fn a_stale_etag_or_create_over_an_existing_object_is_a_conflict() {
-    let bucket = fresh_bucket("conflict");
-    let mut a = open_store(&bucket, "shared");
-    let mut b = open_store(&bucket, "shared");
-    let v1 = a.commit(b"1", &Expect::Nothing).unwrap();
-    // b read v1, a writes v2, b's write conditioned on v1 must be refused.
-    assert_eq!(b.load().unwrap().unwrap().version, v1);
-    let v2 = a.commit(b"2", &Expect::Version(v1.clone())).unwrap();
-    match b.commit(b"3", &Expect::Version(v1.clone())) {
-        Err(StoreError::Conflict { resource }) => assert_eq!(resource.name, format!("{bucket}/shared")),
-        other => panic!("a stale ETag must be a conflict, got {other:?}"),
-    }
-    match b.commit(b"4", &Expect::Nothing) {
-        Err(StoreError::Conflict { .. }) => {}
-        other => panic!("If-None-Match on an existing object must be a conflict, got {other:?}"),
-    }
-    // Nothing of the refused writes landed.
-    let now = b.load().unwrap().unwrap();
-    assert_eq!((now.bytes.as_slice(), &now.version), (&b"2"[..], &v2));
-    // With the current ETag the write goes through.
-    b.commit(b"5", &Expect::Version(v2)).unwrap();
-    assert_eq!(a.load().unwrap().unwrap().bytes, b"5");
-}
-
-#[test]
-fn delete_removes_the_object_and_deleting_nothing_is_fine() {
-    let bucket = fresh_bucket("delete");
-    let mut store = open_store(&bucket, "gone");
-    let v = store.commit(b"{}", &Expect::Anything { after: None }).unwrap();
-    store.delete().unwrap();
-    assert!(store.load().unwrap().is_none());
-    store.delete().unwrap();
-    // A write expecting the deleted version is refused, creating works.
-    assert!(matches!(store.commit(b"x", &Expect::Version(v)), Err(StoreError::Conflict { .. })));
-    store.commit(b"y", &Expect::Nothing).unwrap();
-    assert_eq!(store.load().unwrap().unwrap().bytes, b"y");
 }
 
 #[test]
