@@ -197,8 +197,9 @@
   (fn [_ _ old new]
     (.add q (cond-> {:th (.getName (Thread/currentThread)) :at (System/nanoTime)
                      :o (summary old) :n (summary new)}
-              (> (- (long (or (:n new) 0)) (long (or (:n old) 0))) 1)
-              (assoc :added (set/difference (:ids new) (:ids old)))))))
+              (not= (long (or (:n new) 0)) (inc (long (or (:n old) 0))))
+              (assoc :added (set/difference (:ids new) (:ids old))
+                     :removed (set/difference (:ids old) (:ids new)))))))
 
 (defn interrupter
   "Interrupts a random one of `threads` every few milliseconds until `stop?`;
@@ -469,10 +470,17 @@
         shape (for [w watches
                     :let [{:keys [o n]} w
                           local? (= p (second (:last n)))
-                          adopted? (and (seq (:added w)) (= (count (:added w)) (- (:n n) (:n o)))
-                                        (every? unknown (:added w)))]
+                          adopted? (and (seq (:added w)) (empty? (:removed w))
+                                        (= (count (:added w)) (- (:n n) (:n o)))
+                                        (every? unknown (:added w)))
+                          ;; a sync reset! replaces what it finds: a landed write of
+                          ;; unknown outcome adopted between the driver's refresh!
+                          ;; and its reset! is adopted, then replaced
+                          reset-over-landed? (and (= :reset (first (:last n)))
+                                                  (= (:added w) #{(tag-id (:last n))})
+                                                  (seq (:removed w)) (every? unknown (:removed w)))]
                     :when (or (not= (:n o) (:c o)) (not= (:n n) (:c n)) (not (:has-own n))
-                              (and local? (not adopted?)
+                              (and local? (not adopted?) (not reset-over-landed?)
                                    (or (not= (:n n) (inc (:n o))) (not= (:c n) (inc (:c o)))))
                               (and (not local?) (<= (:n n) (:n o))))]
                 {:check "each watched state adds exactly its own id to the one before" :watch w})]
