@@ -1,6 +1,6 @@
 //! Linux and macOS: POSIX calls, `flock` for whole-file locks.
 
-use std::fs::{self, File, Metadata, OpenOptions, Permissions, TryLockError};
+use std::fs::{self, File, Metadata, OpenOptions, Permissions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
@@ -99,22 +99,6 @@ pub fn sync_dir(dir: &File) -> io::Result<()> {
 /// either the old file or the new one.
 pub fn rename_over(from: &Path, to: &Path) -> io::Result<()> {
     fs::rename(from, to)
-}
-
-/// Takes the exclusive `flock` on `file`, waiting for it. The OS releases
-/// it when the descriptor closes or its process dies.
-pub fn lock(file: &File) -> io::Result<()> {
-    file.lock()
-}
-
-/// Takes the exclusive `flock` on `file` if no one holds it: `Ok(false)`
-/// when someone does.
-pub fn try_lock(file: &File) -> io::Result<bool> {
-    match file.try_lock() {
-        Ok(()) => Ok(true),
-        Err(TryLockError::WouldBlock) => Ok(false),
-        Err(TryLockError::Error(e)) => Err(e),
-    }
 }
 
 /// Opens `path` for taking its lock: flock over NFS is emulated with locks
