@@ -113,6 +113,13 @@ fn identity(file: &File) -> Option<(u32, u32, u32)> {
     Some((info.volume_serial_number, info.index_high, info.index_low))
 }
 
+/// Whether `a` and `b` describe the same file. Std's metadata carries no
+/// file index on Windows, so this answers false, which makes its callers
+/// keep a file rather than risk removing another one.
+pub fn same_file(_a: &Metadata, _b: &Metadata) -> bool {
+    false
+}
+
 /// Whether `path` still names the file `file` is open on.
 pub fn names_file(path: &Path, file: &File) -> bool {
     let Ok(named) = no_follow_no_block(OpenOptions::new().read(true)).open(path) else { return false };
