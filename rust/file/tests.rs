@@ -45,6 +45,11 @@ fn open_within_10s(path: &Path) -> Result<FileStore, StoreError> {
     rx.recv_timeout(Duration::from_secs(10)).expect("opening the store blocked (did it open a FIFO?)")
 }
 
+
+crate::store_contract_tests!(|dir: &Path, name: &str| {
+    Config::from_pairs("local-file", &[("path", dir.join(format!("{name}.edn")).to_str().unwrap())])
+});
+
 #[test]
 fn commit_then_load_round_trips_and_counts_versions() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,11 +1,11 @@
 //! These run against a real server: `scripts/redis-server start DIR` starts
 //! one and writes DIR/env with its coordinates.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::*;
 use crate::config::Config;
 use crate::store::{Expect, StoreError};
+use crate::test_support::{conflict, unique};
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -19,15 +19,6 @@ fn url() -> String {
         env("DURATOM_TEST_REDIS_PASSWORD"),
         env("DURATOM_TEST_REDIS_HOST"),
         env("DURATOM_TEST_REDIS_PORT")
-    )
-}
-
-fn unique(label: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "duratom:test:{label}:{}:{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
     )
 }
 
@@ -47,30 +38,7 @@ fn config_with(key: &str, extra: &[(&str, &str)]) -> Config {
     Config::from_pairs(BACKEND, &pairs)
 }
 
-fn conflict<T: std::fmt::Debug>(r: Result<T, StoreError>) -> bool {
-    matches!(r, Err(StoreError::Conflict { .. }))
-}
-
-#[test]
-fn values_round_trip_and_conditional_commits_compare() {
-    let key = unique("rt");
-    let mut s = open(&config(&key)).unwrap();
-    assert!(s.load().unwrap().is_none());
-    let v1 = s.commit(&[0, 1, 2, 255, b'{'], &Expect::Nothing).unwrap();
-    assert!(conflict(s.commit(b"x", &Expect::Nothing)));
-    let got = s.load().unwrap().unwrap();
-    assert_eq!(got.bytes, vec![0, 1, 2, 255, b'{']);
-    assert_eq!(got.version, v1);
-    let v2 = s.commit(b"{:a 2}", &Expect::Version(v1.clone())).unwrap();
-    assert!(conflict(s.commit(b"{:a 3}", &Expect::Version(v1))));
-    let mut other = open(&config(&key)).unwrap();
-    assert_eq!(other.load().unwrap().unwrap().version, v2);
-    other.commit(b"outside", &Expect::Anything { after: None }).unwrap();
-    assert!(conflict(s.commit(b"{:a 4}", &Expect::Version(v2))));
-    s.delete().unwrap();
-    assert!(s.load().unwrap().is_none());
-    s.delete().unwrap();
-}
+crate::store_contract_tests!(|_: &std::path::Path, name: &str| config(name));
 
 #[test]
 fn the_version_is_what_redis_lua_computes() {

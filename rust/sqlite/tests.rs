@@ -8,6 +8,7 @@ use rusqlite::Connection;
 use super::*;
 use crate::config::Config;
 use crate::store::{Expect, StoreError};
+use crate::test_support::conflict;
 
 fn config(dir: &Path, table: &str, extra: &[(&str, &str)]) -> Config {
     let path = dir.join("db.sqlite");
@@ -16,32 +17,7 @@ fn config(dir: &Path, table: &str, extra: &[(&str, &str)]) -> Config {
     Config::from_pairs(BACKEND, &pairs)
 }
 
-fn conflict<T: std::fmt::Debug>(r: Result<T, StoreError>) -> bool {
-    matches!(r, Err(StoreError::Conflict { .. }))
-}
-
-#[test]
-fn values_round_trip_and_versions_follow_the_bytes() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = open(&config(dir.path(), "t", &[])).unwrap();
-    assert!(s.load().unwrap().is_none());
-    let v1 = s
-        .commit("{:a 1} \u{1F600}".as_bytes(), &Expect::Nothing)
-        .unwrap();
-    let got = s.load().unwrap().unwrap();
-    assert_eq!(got.bytes, "{:a 1} \u{1F600}".as_bytes());
-    assert_eq!(got.version, v1);
-    assert!(conflict(s.commit(b"x", &Expect::Nothing)));
-    let v2 = s.commit(b"{:a 2}", &Expect::Version(v1.clone())).unwrap();
-    assert!(conflict(s.commit(b"{:a 3}", &Expect::Version(v1))));
-    assert_eq!(s.load().unwrap().unwrap().bytes, b"{:a 2}");
-    drop(s);
-    let mut again = open(&config(dir.path(), "t", &[])).unwrap();
-    assert_eq!(again.load().unwrap().unwrap().version, v2);
-    again.delete().unwrap();
-    assert!(again.load().unwrap().is_none());
-    again.delete().unwrap();
-}
+crate::store_contract_tests!(|dir: &Path, name: &str| config(dir, name, &[]));
 
 #[test]
 fn wal_and_full_sync_are_set() {
