@@ -1,17 +1,17 @@
-//! Guards the door between the JVM and this library (see `build/door.rs`):
+//! Checks the native interface between the JVM and this library (see `build/native_abi.rs`):
 //!
 //! - the build fails, saying which, when a `native` method of
 //!   `java/duratom/Native.java` has no `Java_duratom_Native_*` export in
 //!   `rust/jni.rs`, an export has no declaration, or their argument counts
 //!   differ;
-//! - the door fingerprint (the signatures and the crate version) is stamped
-//!   into the library as `DURATOM_DOOR_FINGERPRINT`, which `Native` checks
+//! - the native-interface fingerprint (the signatures and the crate version) is stamped
+//!   into the library as `DURATOM_NATIVE_ABI_FINGERPRINT`, which `Native` checks
 //!   right after loading;
 //! - the shared library exports only the `Java_*` symbols: a version script
 //!   for GNU ld and lld (Linux); on macOS rustc's own exported-symbols list.
 
-#[path = "build/door.rs"]
-mod door;
+#[path = "build/native_abi.rs"]
+mod native_abi;
 
 use std::path::Path;
 
@@ -20,26 +20,26 @@ fn main() {
     let rust_path = "rust/jni.rs";
     println!("cargo:rerun-if-changed={java_path}");
     println!("cargo:rerun-if-changed={rust_path}");
-    println!("cargo:rerun-if-changed=build/door.rs");
+    println!("cargo:rerun-if-changed=build/native_abi.rs");
 
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_else(|e| fail(&[format!("cannot read {p}: {e}")]));
-    let java = door::java_natives(&read(java_path)).unwrap_or_else(|e| fail(&[e]));
-    let rust = door::rust_exports(&read(rust_path)).unwrap_or_else(|e| fail(&[e]));
+    let java = native_abi::java_natives(&read(java_path)).unwrap_or_else(|e| fail(&[e]));
+    let rust = native_abi::rust_exports(&read(rust_path)).unwrap_or_else(|e| fail(&[e]));
     if java.is_empty() {
         fail(&[format!("found no native method in {java_path}")]);
     }
-    let problems = door::mismatches(&java, &rust);
+    let problems = native_abi::mismatches(&java, &rust);
     if !problems.is_empty() {
         fail(&problems);
     }
 
     let version = std::env::var("CARGO_PKG_VERSION").expect("cargo sets CARGO_PKG_VERSION");
-    match door::java_crate_version(&read(java_path)) {
+    match native_abi::java_crate_version(&read(java_path)) {
         Some(v) if v == version => {}
         Some(v) => fail(&[format!("{java_path} has CRATE_VERSION \"{v}\" but Cargo.toml's version is {version}")]),
-        None => fail(&[format!("{java_path} declares no CRATE_VERSION = \"...\" (the version its door fingerprint uses)")]),
+        None => fail(&[format!("{java_path} declares no CRATE_VERSION = \"...\" (the version its native-interface fingerprint uses)")]),
     }
-    println!("cargo:rustc-env=DURATOM_DOOR_FINGERPRINT={}", door::fingerprint(&java, &version));
+    println!("cargo:rustc-env=DURATOM_NATIVE_ABI_FINGERPRINT={}", native_abi::fingerprint(&java, &version));
 
     let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
     // SQLite's locks as open-file-description locks (see the file): Linux only.
@@ -79,7 +79,7 @@ fn main() {
 }
 
 fn fail(problems: &[String]) -> ! {
-    eprintln!("\nerror: the JNI door does not match (build.rs):");
+    eprintln!("\nerror: the JNI native interface does not match (build.rs):");
     for p in problems {
         eprintln!("  - {p}");
     }

@@ -1,7 +1,7 @@
-//! The door check, shared by `build.rs` and `tests/door.rs`: reads the
+//! The native-interface check, shared by `build.rs` and `tests/native_abi.rs`: reads the
 //! `native` declarations of `java/duratom/Native.java` and the
 //! `Java_duratom_Native_*` exports of `rust/jni.rs`, says where they
-//! disagree, and computes the door fingerprint.
+//! disagree, and computes the native-interface fingerprint.
 //!
 //! The fingerprint is FNV-1a (64 bits) of the canonical signatures and the
 //! crate version. `Native.java` computes the same text by reflection over its
@@ -178,7 +178,7 @@ pub fn fingerprint_text(java: &[JavaNative], version: &str) -> String {
     format!("{}|{version}", signatures.join(";"))
 }
 
-/// The door fingerprint: 16 hex digits.
+/// The native-interface fingerprint: 16 hex digits.
 pub fn fingerprint(java: &[JavaNative], version: &str) -> String {
     format!("{:016x}", fnv1a64(fingerprint_text(java, version).as_bytes()))
 }

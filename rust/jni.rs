@@ -1,4 +1,4 @@
-//! The one door between the JVM and the storage engine: the `native` methods
+//! The one crossing between the JVM and the storage engine: the `native` methods
 //! of `java/duratom/Native.java`. This is the only file that touches JNI types.
 //!
 //! Rules kept here:
@@ -55,7 +55,7 @@ impl From<jni::errors::Error> for Failure {
 
 /// Runs `body`, turning a panic or an error into a pending Java exception and
 /// the `fallback` return value (which Java never sees, as it throws).
-fn door<'l, T>(
+fn cross<'l, T>(
     env: &mut JNIEnv<'l>,
     fallback: T,
     body: impl FnOnce(&mut JNIEnv<'l>) -> Result<T, Failure>,
@@ -132,7 +132,7 @@ fn joined_prefix(env: &mut JNIEnv, chunks: &JObjectArray, length: jlong) -> Resu
 /// `static native long open(byte[] config)`: opens a store, returns its handle.
 #[no_mangle]
 pub extern "system" fn Java_duratom_Native_open<'l>(mut env: JNIEnv<'l>, _: JClass<'l>, config: JByteArray<'l>) -> jlong {
-    door(&mut env, 0, |env| {
+    cross(&mut env, 0, |env| {
         let config = Config::parse(&bytes_in(env, &config)?)?;
         let store = open_store(&config)?;
         let handle = NEXT_HANDLE.fetch_add(1, Ordering::Relaxed);
@@ -145,7 +145,7 @@ pub extern "system" fn Java_duratom_Native_open<'l>(mut env: JNIEnv<'l>, _: JCla
 /// when nothing is stored.
 #[no_mangle]
 pub extern "system" fn Java_duratom_Native_load<'l>(mut env: JNIEnv<'l>, _: JClass<'l>, handle: jlong) -> jobjectArray {
-    door(&mut env, std::ptr::null_mut(), |env| {
+    cross(&mut env, std::ptr::null_mut(), |env| {
         let store = store_for(handle)?;
         let stored = store.lock().load()?;
         let Some(stored) = stored else { return Ok(std::ptr::null_mut()) };
@@ -174,7 +174,7 @@ pub extern "system" fn Java_duratom_Native_commit<'l>(
     expected: JByteArray<'l>,
     last_seen: JByteArray<'l>,
 ) -> jbyteArray {
-    door(&mut env, std::ptr::null_mut(), |env| {
+    cross(&mut env, std::ptr::null_mut(), |env| {
         let store = store_for(handle)?;
         let expect = if expected.is_null() {
             let after = if last_seen.is_null() { None } else { Some(version_in(env, &last_seen)?) };
@@ -194,25 +194,25 @@ pub extern "system" fn Java_duratom_Native_commit<'l>(
 /// `static native void delete(long handle)`: removes what is stored.
 #[no_mangle]
 pub extern "system" fn Java_duratom_Native_delete<'l>(mut env: JNIEnv<'l>, _: JClass<'l>, handle: jlong) {
-    door(&mut env, (), |_| Ok(store_for(handle)?.lock().delete()?))
+    cross(&mut env, (), |_| Ok(store_for(handle)?.lock().delete()?))
 }
 
-/// The door fingerprint of this build: the `native` signatures of
+/// The native-interface fingerprint of this build: the `native` signatures of
 /// `Native.java` and the crate version, as `build.rs` computed them.
-pub const FINGERPRINT: &str = env!("DURATOM_DOOR_FINGERPRINT");
+pub const FINGERPRINT: &str = env!("DURATOM_NATIVE_ABI_FINGERPRINT");
 
 /// `static native byte[] fingerprint()`: [`FINGERPRINT`], which `Native`
 /// compares with its own right after loading the library.
 #[no_mangle]
 pub extern "system" fn Java_duratom_Native_fingerprint<'l>(mut env: JNIEnv<'l>, _: JClass<'l>) -> jbyteArray {
-    door(&mut env, std::ptr::null_mut(), |env| Ok(env.byte_array_from_slice(FINGERPRINT.as_bytes())?.into_raw()))
+    cross(&mut env, std::ptr::null_mut(), |env| Ok(env.byte_array_from_slice(FINGERPRINT.as_bytes())?.into_raw()))
 }
 
 /// `static native void close(long handle)`: forgets the handle and releases
 /// the store's resources (connections, files). Closing twice is harmless.
 #[no_mangle]
 pub extern "system" fn Java_duratom_Native_close<'l>(mut env: JNIEnv<'l>, _: JClass<'l>, handle: jlong) {
-    door(&mut env, (), |_| {
+    cross(&mut env, (), |_| {
         STORES.lock().remove(&handle);
         Ok(())
     })

@@ -1,12 +1,12 @@
-//! The door guard of `build.rs`: its reading of `Native.java` and `jni.rs`,
+//! The native-interface check of `build.rs`: its reading of `Native.java` and `jni.rs`,
 //! the messages a mismatch gives, the fingerprint stamped into the library,
 //! and (on Linux) that the built library exports only the `Java_*` symbols.
 
-#[path = "../build/door.rs"]
+#[path = "../build/native_abi.rs"]
 #[allow(dead_code)]
-mod door;
+mod native_abi;
 
-use door::{fingerprint, java_natives, mismatches, rust_exports, JavaNative};
+use native_abi::{fingerprint, java_natives, mismatches, rust_exports, JavaNative};
 
 fn source(path: &str) -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/").to_string() + path).unwrap()
@@ -35,8 +35,8 @@ fn the_library_carries_the_fingerprint_of_these_sources() {
     assert_ne!(fingerprint(&changed, env!("CARGO_PKG_VERSION")), duratom::jni::FINGERPRINT);
     assert_ne!(fingerprint(&java, "9.9.9"), duratom::jni::FINGERPRINT);
     // FNV-1a 64 of the empty input and of "a", as published for the algorithm.
-    assert_eq!(door::fnv1a64(b""), 0xcbf29ce484222325);
-    assert_eq!(door::fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
+    assert_eq!(native_abi::fnv1a64(b""), 0xcbf29ce484222325);
+    assert_eq!(native_abi::fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
 }
 
 #[test]

@@ -27,7 +27,7 @@
 //! Configuration keys: see `Keys` in `settings.rs` (made by
 //! `clojure/duratom/backend/redis.clj`); an unknown key is an error.
 //!
-//! The rooms: `settings.rs` reads the configuration, `tls.rs` makes the TLS
+//! The files: `settings.rs` reads the configuration, `tls.rs` makes the TLS
 //! client configuration, `connection.rs` is one connection (RESP over TCP or
 //! TLS), `store.rs` runs the operations (and decides when to retry);
 //! `tests.rs` runs them against a real server.

@@ -32,7 +32,7 @@
 //! Configuration keys: see `Keys` in `store.rs` (made by
 //! `clojure/duratom/backend/sqlite.clj`); an unknown key is an error.
 //!
-//! The rooms: `store.rs` opens the database and runs the operations;
+//! The files: `store.rs` opens the database and runs the operations;
 //! `tests.rs` runs them on real database files.
 
 mod locks;
