@@ -4,8 +4,8 @@
 //!
 //! Why not the crate's own `Connection`: its TLS features bring either
 //! OpenSSL (native-tls) or `rustls-native-certs`, whose platform certificate
-//! store links macOS's Security framework; the library must link neither
-//! (issue 9). Implementing the crate's `ConnectionLike` over our own stream
+//! store links macOS's Security framework; the library links neither, so it
+//! runs on any macOS and cross-builds with a plain linker. Implementing the crate's `ConnectionLike` over our own stream
 //! keeps its commands and scripts (`cmd(..).query`, `Script::invoke`) as
 //! they are, for plain and TLS connections alike.
 
