@@ -22,7 +22,7 @@
 //!
 //! Durability is Redis's: a reply means the server applied the write in
 //! memory; it is on disk only as the server's `appendonly` / `appendfsync`
-//! settings make it (see the README).
+//! settings make it (see doc/backends/redis.md).
 //!
 //! Configuration keys: see `Keys` in `settings.rs` (made by
 //! `clojure/duratom/backend/redis.clj`); an unknown key is an error.

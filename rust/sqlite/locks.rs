@@ -8,7 +8,7 @@
 //! open, close and fcntl so that our locks are open-file-description locks:
 //! they conflict with the other copy's POSIX locks, inside the process and
 //! across processes, and only our own closes release them. macOS has no such
-//! locks; there the locks stay POSIX (README, SQLite).
+//! locks; there the locks stay POSIX (doc/backends/sqlite.md).
 
 #[cfg(target_os = "linux")]
 mod linux {
