@@ -191,6 +191,28 @@ pub extern "system" fn Java_duratom_Native_commit<'l>(
     })
 }
 
+/// `static native byte[] append(long handle, byte[][] chunks, long length, byte[] after)`:
+/// durably appends the first `length` bytes of the chunks' concatenation as
+/// one change record (log mode) to the state stored as version `after`, and
+/// returns the new version. ConflictException when `after` is not stored.
+#[no_mangle]
+pub extern "system" fn Java_duratom_Native_append<'l>(
+    mut env: JNIEnv<'l>,
+    _: JClass<'l>,
+    handle: jlong,
+    chunks: JObjectArray<'l>,
+    length: jlong,
+    after: JByteArray<'l>,
+) -> jbyteArray {
+    door(&mut env, std::ptr::null_mut(), |env| {
+        let store = store_for(handle)?;
+        let after = version_in(env, &after)?;
+        let bytes = joined_prefix(env, &chunks, length)?;
+        let version = store.lock().append(&bytes, &after)?;
+        Ok(env.byte_array_from_slice(version.0.as_bytes())?.into_raw())
+    })
+}
+
 /// `static native void delete(long handle)`: removes what is stored.
 #[no_mangle]
 pub extern "system" fn Java_duratom_Native_delete<'l>(mut env: JNIEnv<'l>, _: JClass<'l>, handle: jlong) {

@@ -61,6 +61,15 @@ pub trait Store: Send {
     /// version. When it does not hold: `Err(StoreError::Conflict)`, nothing written.
     fn commit(&mut self, bytes: &[u8], expect: &Expect) -> Result<Version, StoreError>;
 
+    /// Durably append one change record (log mode) to the state stored as
+    /// `after`, returning the new version. When the stored version is not
+    /// `after`: `Err(StoreError::Conflict)`, nothing written. Backends
+    /// without a log mode refuse.
+    fn append(&mut self, record: &[u8], after: &Version) -> Result<Version, StoreError> {
+        let _ = (record, after);
+        Err(StoreError::backend(self.resource(), "appending", "this backend has no log mode"))
+    }
+
     /// Remove the stored value. Removing what is not there is not an error.
     fn delete(&mut self) -> Result<(), StoreError>;
 

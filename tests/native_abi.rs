@@ -17,10 +17,12 @@ fn the_declarations_and_exports_of_this_tree_agree() {
     let java = java_natives(&source("java/duratom/Native.java")).unwrap();
     let rust = rust_exports(&source("rust/jni.rs")).unwrap();
     let names: Vec<&str> = java.iter().map(|j| j.name.as_str()).collect();
-    assert_eq!(names, ["close", "commit", "delete", "fingerprint", "load", "open"]);
+    assert_eq!(names, ["append", "close", "commit", "delete", "fingerprint", "load", "open"]);
     let commit = java.iter().find(|j| j.name == "commit").unwrap();
     assert_eq!(commit.canonical(), "commit(long,byte[][],long,byte[],byte[])byte[]");
     assert_eq!(rust.iter().find(|r| r.name == "commit").unwrap().java_args, 5);
+    let append = java.iter().find(|j| j.name == "append").unwrap();
+    assert_eq!(append.canonical(), "append(long,byte[][],long,byte[])byte[]");
     assert_eq!(mismatches(&java, &rust), Vec::<String>::new());
 }
 

@@ -74,6 +74,14 @@ public final class Native {
      */
     public static native byte[] commit(long handle, byte[][] chunks, long length, byte[] expected, byte[] lastSeen);
 
+    /**
+     * Durably appends the first {@code length} bytes of the concatenation of
+     * {@code chunks} as one change record (log mode) to the state stored as
+     * version {@code after}; returns the new version. ConflictException when
+     * another version is stored, or the store cannot append to it.
+     */
+    public static native byte[] append(long handle, byte[][] chunks, long length, byte[] after);
+
     /** Removes what is stored. */
     public static native void delete(long handle);
 

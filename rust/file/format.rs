@@ -97,6 +97,12 @@ pub(super) fn decode(mut bytes: Vec<u8>) -> Result<Option<(u64, Vec<u8>)>, Strin
     };
     let h = parse_header(&bytes, tag).ok_or(DAMAGED_HEADER)?;
     let body = &bytes[h.body_start..];
+    if body.len() as u64 > h.length && tag == HEADER_TAG && bytes[h.body_start..].get(h.length as usize..).is_some_and(|r| r.starts_with(RECORD_TAG)) {
+        return Err(format!(
+            "the file holds change records written in log mode (`:log? true`); open it in log mode, which \
+             reads them, or compact it there (duratom.core/compact!) to plain EDN"
+        ));
+    }
     if body.len() as u64 != h.length {
         return Err(format!("header says {} bytes, file holds {}", h.length, body.len()));
     }
@@ -164,3 +170,127 @@ pub(super) fn v1_file(version: u64, body: &[u8]) -> Vec<u8> {
     [line.as_bytes(), body].concat()
 }
 
+
+/// The tag of a change record's line (log mode).
+pub(super) const RECORD_TAG: &[u8] = b";duratom/r ";
+
+/// A change record as appended after the base: its line, `payload`, and a
+/// newline, so that the file reads as a sequence of EDN forms. The line's
+/// `crc32` covers its `version=.. length=..` text and the payload.
+pub(super) fn record(version: u64, payload: &[u8]) -> Vec<u8> {
+    let numbers = format!("version={version} length={}", payload.len());
+    let crc = checksum(numbers.as_bytes(), payload);
+    let mut r = RECORD_TAG.to_vec();
+    r.extend_from_slice(format!("{numbers} crc32={crc:08x}\n").as_bytes());
+    r.extend_from_slice(payload);
+    r.push(b'\n');
+    r
+}
+
+/// A log-mode file read: the base and its intact records.
+#[derive(Debug, PartialEq)]
+pub(super) struct Log {
+    /// The version of the last intact record (the base's when none).
+    pub version: u64,
+    /// Where the base body starts and where the last intact record ends:
+    /// the bytes between are the base and the records, as EDN forms.
+    pub start: usize,
+    pub end: usize,
+    /// Change records after the base.
+    pub records: u64,
+    /// Whether the file has a v2 header, so that records can follow it.
+    pub appendable: bool,
+}
+
+/// Damage in a log-mode file: what is wrong and at which byte offset.
+pub(super) struct Damage {
+    pub offset: usize,
+    pub detail: String,
+}
+
+/// Reads a log-mode file: the base as `decode` reads it, then its change
+/// records. A record cut short at the end of the file (a crash during its
+/// append: never acknowledged) ends the log there; any other damage is an
+/// error naming its offset. `None` when the file is empty.
+pub(super) fn decode_log(bytes: &[u8]) -> Result<Option<Log>, Damage> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let at_start = |detail: String| Damage { offset: 0, detail };
+    let (tag, appendable) = match lead_of(bytes) {
+        Lead::Plain => return Ok(Some(Log { version: 0, start: 0, end: bytes.len(), records: 0, appendable: false })),
+        Lead::Damaged => return Err(at_start(DAMAGED_HEADER.into())),
+        Lead::V2 => (HEADER_TAG, true),
+        Lead::V1 => (HEADER_TAG_V1, false),
+    };
+    let h = parse_header(bytes, tag).ok_or_else(|| at_start(DAMAGED_HEADER.into()))?;
+    let base_end = h.body_start as u64 + h.length;
+    if base_end > bytes.len() as u64 {
+        return Err(at_start(format!("header says {} bytes, file holds {}", h.length, bytes.len() - h.body_start)));
+    }
+    let base_end = base_end as usize;
+    let body = &bytes[h.body_start..base_end];
+    let crc = if appendable { checksum(&bytes[h.numbers.clone()], body) } else { crc32fast::hash(body) };
+    if crc != h.crc32 {
+        return Err(at_start(format!("checksum {crc:08x} does not match the header's {:08x}", h.crc32)));
+    }
+    let mut log = Log { version: h.version, start: h.body_start, end: base_end, records: 0, appendable };
+    if !appendable && base_end != bytes.len() {
+        return Err(at_start(format!("header says {} bytes, file holds {}", h.length, bytes.len() - h.body_start)));
+    }
+    while log.end < bytes.len() {
+        match next_record(bytes, log.end, log.version) {
+            Next::Record(end) => {
+                log.end = end;
+                log.version += 1;
+                log.records += 1;
+            }
+            Next::Torn => break,
+            Next::Damaged(detail) => return Err(Damage { offset: log.end, detail }),
+        }
+    }
+    Ok(Some(log))
+}
+
+enum Next {
+    /// An intact record, ending there.
+    Record(usize),
+    /// The end of the file is a record cut short.
+    Torn,
+    Damaged(String),
+}
+
+/// The record at `at`, which must carry version `previous + 1`.
+fn next_record(bytes: &[u8], at: usize, previous: u64) -> Next {
+    let rest = &bytes[at..];
+    // A crash leaves the last append cut short, or (power lost before its
+    // fdatasync) as zeros: both only at the end of the file.
+    let zeros = |b: &[u8]| b.iter().all(|&x| x == 0);
+    if rest.len() < RECORD_TAG.len() && (RECORD_TAG.starts_with(rest) || zeros(rest)) {
+        return Next::Torn;
+    }
+    if !rest.starts_with(RECORD_TAG) {
+        return if zeros(rest) { Next::Torn } else { Next::Damaged("expected a change record (`;duratom/r ...`)".into()) };
+    }
+    let Some(line_end) = rest.iter().take(HEADER_MAX).position(|&b| b == b'\n') else {
+        return if rest.len() < HEADER_MAX && !rest.contains(&b'\n') { Next::Torn } else { Next::Damaged("a damaged change record line".into()) };
+    };
+    let Some(h) = parse_header(rest, RECORD_TAG) else { return Next::Damaged("a damaged change record line".into()) };
+    if h.version != previous.wrapping_add(1) {
+        return Next::Damaged(format!("a change record numbered {} follows version {previous}", h.version));
+    }
+    let total = (line_end as u64 + 1).saturating_add(h.length).saturating_add(1);
+    if total > rest.len() as u64 {
+        return Next::Torn;
+    }
+    let total = total as usize;
+    let payload = &rest[line_end + 1..total - 1];
+    let crc = checksum(&rest[h.numbers.clone()], payload);
+    if crc == h.crc32 && rest[total - 1] == b'\n' {
+        return Next::Record(at + total);
+    }
+    if total == rest.len() && rest[total - 1] == 0 {
+        return Next::Torn; // zeros where the end of the last append should be
+    }
+    Next::Damaged(format!("change record checksum {crc:08x} does not match its line's {:08x}", h.crc32))
+}

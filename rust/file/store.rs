@@ -9,7 +9,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::format::{decimal, decode, header};
+use super::format::{decimal, decode, decode_log, header, record, Log};
 use super::os;
 use super::resolve::{refuse_unless_regular, resolve, Target};
 use super::temp::{lock_path, remove_dead_writers_temp_files, take_lock, TempNames};
@@ -27,6 +27,9 @@ struct Settings {
     /// A custom `:rw` encoding: the bytes are stored without the header line.
     #[serde(default)]
     raw: bool,
+    /// Log mode: commits may append change records after the base.
+    #[serde(default)]
+    log: bool,
 }
 
 pub struct FileStore {
@@ -35,11 +38,31 @@ pub struct FileStore {
     path: PathBuf,
     /// No header line: the bytes are a custom encoding, stored as given.
     raw: bool,
+    /// Log mode: loads read change records, `append` writes them.
+    log: bool,
+    /// Log mode: the end of the log as this store last read or wrote it, so
+    /// that an append need not read the file again while it is unchanged.
+    log_end: Option<LogEnd>,
     temp_names: TempNames,
     /// The empty file `open` created (its metadata), until a commit
     /// or delete: a store closed before either (a construction that failed)
     /// removes it, leaving the directory as it found it.
     created: Option<fs::Metadata>,
+}
+
+/// The file (by identity and length) and the version its log ends with.
+#[derive(Clone, Copy)]
+struct LogEnd {
+    meta: (u64, u64, u64),
+    version: u64,
+    appendable: bool,
+}
+
+/// Identity and length of an open file: any append changes the length, any
+/// replace the identity.
+fn identity(meta: &std::fs::Metadata) -> (u64, u64, u64) {
+    let (dev, ino) = os::file_id(meta);
+    (dev, ino, meta.len())
 }
 
 impl FileStore {
@@ -48,13 +71,16 @@ impl FileStore {
     /// that is, or links to, anything but a regular file is an error and is
     /// left untouched.
     pub fn open(config: &Config) -> Result<FileStore, StoreError> {
-        let Settings { path, raw } = config.settings()?;
+        let Settings { path, raw, log } = config.settings()?;
         let path = PathBuf::from(path);
         let resource = Resource { backend: BACKEND, name: path.display().to_string() };
         if path.file_name().is_none() {
             return Err(StoreError::config(BACKEND, format!("`{}` does not name a file", path.display())));
         }
-        let mut store = FileStore { resource, path, raw, temp_names: TempNames::new(), created: None };
+        if raw && log {
+            return Err(StoreError::config(BACKEND, "log mode needs duratom's EDN encoding; a custom `:rw` cannot use it"));
+        }
+        let mut store = FileStore { resource, path, raw, log, log_end: None, temp_names: TempNames::new(), created: None };
         let target = store.target("opening")?;
         if !target.dir.is_dir() {
             let why = format!("{} directory {} does not exist", target.whose("parent"), target.dir.display());
@@ -95,15 +121,84 @@ impl FileStore {
     /// What the target holds: `None` when there is no file or it is empty,
     /// else the version and body, checked as `load` checks them (length and
     /// checksum), so a damaged file is Corrupt, naming it.
-    fn read_stored(&self, target: &Target, op: &str) -> Result<Option<Stored>, StoreError> {
+    fn read_stored(&mut self, target: &Target, op: &str) -> Result<Option<Stored>, StoreError> {
         let Some(mut file) = self.open_for_reading(target, op)? else { return Ok(None) };
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(|e| StoreError::io(&self.resource, op, e))?;
+        if self.log {
+            let meta = file.metadata().map_err(|e| StoreError::io(&self.resource, op, e))?;
+            return Ok(self.read_log(target, &meta, bytes)?.map(|(log, mut bytes)| {
+                bytes.truncate(log.end);
+                bytes.drain(..log.start);
+                Stored { bytes, version: Version(log.version.to_string()) }
+            }));
+        }
         if self.raw {
             return Ok((!bytes.is_empty()).then(|| Stored { version: Version::of_content(&bytes), bytes }));
         }
         let decoded = decode(bytes).map_err(|detail| target.corrupt(&self.resource, detail))?;
         Ok(decoded.map(|(count, body)| Stored { bytes: body, version: Version(count.to_string()) }))
+    }
+
+    /// Reads a log-mode file's `bytes` (the file `meta` describes) and
+    /// remembers where its log ends. Damage is Corrupt, naming the offset.
+    fn read_log(&mut self, target: &Target, meta: &std::fs::Metadata, bytes: Vec<u8>) -> Result<Option<(Log, Vec<u8>)>, StoreError> {
+        match decode_log(&bytes) {
+            Ok(Some(log)) => {
+                self.log_end = Some(LogEnd { meta: (identity(meta).0, identity(meta).1, log.end as u64), version: log.version, appendable: log.appendable });
+                Ok(Some((log, bytes)))
+            }
+            Ok(None) => {
+                self.log_end = None;
+                Ok(None)
+            }
+            Err(d) => Err(target.corrupt(&self.resource, format!("damaged at byte offset {}: {}; the file is left as it is", d.offset, d.detail))),
+        }
+    }
+
+    /// Appends `payload` as the record after version `after`, under the lock
+    /// file's lock. A record cut short at the end (a crash) is cut off first.
+    fn append_locked(&mut self, target: &Target, payload: &[u8], after: &Version) -> Result<Version, StoreError> {
+        let r = &self.resource;
+        let file = os::no_follow_no_block(OpenOptions::new().read(true).write(true))
+            .open(&target.file)
+            .map_err(|e| StoreError::io(r, "opening the file to append", e))?;
+        let meta = file.metadata().map_err(|e| StoreError::io(r, "examining the file", e))?;
+        refuse_unless_regular(r, &self.path, &target.file, &meta, "appending")?;
+        let (id_now, len_now) = ((identity(&meta).0, identity(&meta).1), meta.len());
+        let cached = self.log_end.filter(|c| (c.meta.0, c.meta.1) == id_now && c.meta.2 == len_now);
+        let end = match cached {
+            Some(c) => c,
+            None => {
+                let mut bytes = Vec::new();
+                (&file).read_to_end(&mut bytes).map_err(|e| StoreError::io(r, "reading the log", e))?;
+                if self.read_log(target, &meta, bytes)?.is_none() {
+                    return Err(StoreError::Conflict { resource: self.resource.clone() });
+                }
+                self.log_end.expect("read_log remembers the end")
+            }
+        };
+        // Records follow only a base with a v2 header; the caller writes a
+        // full state otherwise.
+        if !end.appendable || Version(end.version.to_string()) != *after {
+            return Err(StoreError::Conflict { resource: self.resource.clone() });
+        }
+        let r = &self.resource;
+        let at = end.meta.2;
+        if len_now > at {
+            file.set_len(at).map_err(|e| StoreError::io(r, "cutting off a record a crash cut short", e))?;
+        }
+        let version = end.version + 1;
+        let bytes = record(version, payload);
+        self.log_end = None; // unknown until the append is durable
+        if let Err(e) = os::write_all_at(&file, &bytes, at) {
+            let _ = file.set_len(at); // a partial record would be a torn tail anyway
+            return Err(StoreError::io(r, "appending a change record", e));
+        }
+        // Written: should the fdatasync fail, the record may still reach the disk.
+        file.sync_data().map_err(|e| StoreError::outcome_unknown(r, "fdatasync after appending a change record", e))?;
+        self.log_end = Some(LogEnd { meta: (end.meta.0, end.meta.1, at + bytes.len() as u64), version, appendable: true });
+        Ok(Version(version.to_string()))
     }
 
     /// The header count of the state stored after `previous` (the version
@@ -130,6 +225,7 @@ impl FileStore {
     /// state may be stored, and the caller's next look at storage learns it.
     fn write_durably(&mut self, target: &Target, bytes: &[u8], count: u64) -> Result<Version, StoreError> {
         self.created = None;
+        self.log_end = None; // the file is replaced
         let (file, temp) = self.temp_names.create(&self.resource, target)?;
         let result = self.fill_and_rename(file, &temp, target, bytes, count);
         if result.is_err() {
@@ -230,10 +326,20 @@ impl Store for FileStore {
         }
     }
 
+    fn append(&mut self, record: &[u8], after: &Version) -> Result<Version, StoreError> {
+        if !self.log {
+            return Err(StoreError::backend(&self.resource, "appending", "the file is not in log mode"));
+        }
+        let target = self.target("appending")?;
+        let _lock = take_lock(&self.resource, &target)?; // released when dropped, also on error
+        self.append_locked(&target, record, after)
+    }
+
     /// Removes the file the path leads to (a symlink stays, dangling: the
     /// next store there writes through it again) and the lock file beside it.
     fn delete(&mut self) -> Result<(), StoreError> {
         self.created = None;
+        self.log_end = None;
         let target = self.target("deleting")?;
         // Opened before the removal, as for a commit's rename: its fsync
         // reaches the directory the removal happened in, even if it moves.

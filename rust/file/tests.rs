@@ -718,3 +718,76 @@ fn a_name_of_255_bytes_commits_conditionally_and_cleans_up() {
     s.delete().unwrap();
     assert!(names_in(dir.path()).is_empty(), "delete removes the file and its lock file");
 }
+
+fn open_log(path: &Path) -> FileStore {
+    FileStore::open(&Config::from_pairs("local-file", &[("path", path.to_str().unwrap()), ("log", "true")])).unwrap()
+}
+
+/// Log mode: a full base, then appended records; a load gives the base and
+/// the records as EDN forms under the last record's version, and an append
+/// after a stale version is a conflict that writes nothing.
+#[test]
+fn log_mode_appends_records_after_the_base_and_loads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.edn");
+    let mut s = open_log(&path);
+    let v1 = s.commit(b"{:a 1}", &Expect::Anything { after: None }).unwrap();
+    let v2 = s.append(b"[[:assoc [] :b 2]]", &v1).unwrap();
+    let v3 = s.append(b"[[:assoc [] :c 3]]", &v2).unwrap();
+    assert_eq!(v3, Version("3".into()));
+    let got = open_log(&path).load().unwrap().unwrap();
+    assert_eq!(got.version, v3);
+    let text = String::from_utf8(got.bytes).unwrap();
+    assert!(text.starts_with("{:a 1};duratom/r version=2 length=18 crc32=") && text.ends_with("\n[[:assoc [] :c 3]]\n"), "{text}");
+    assert!(matches!(s.append(b"[]", &v2), Err(StoreError::Conflict { .. })), "a stale version");
+    // Another store on the file appends after this one's: this one reads the new end.
+    let v4 = open_log(&path).append(b"[[:dissoc [] :a]]", &v3).unwrap();
+    assert!(matches!(s.append(b"[]", &v3), Err(StoreError::Conflict { .. })));
+    s.append(b"[[:assoc [] :d 4]]", &v4).unwrap();
+    // A full commit replaces base and records.
+    let v6 = s.commit(b"{:z 0}", &Expect::Version(Version("5".into()))).unwrap();
+    assert_eq!((v6.clone(), fs::read_to_string(&path).unwrap()), (Version("6".into()), String::from_utf8([header(6, b"{:z 0}"), b"{:z 0}".to_vec()].concat()).unwrap()));
+    // A store not in log mode refuses a file with records, saying why.
+    s.append(b"[[:assoc [] :y 1]]", &v6).unwrap();
+    let e = open_at(&path).unwrap().load().unwrap_err();
+    assert!(e.to_string().contains("log mode"), "{e}");
+}
+
+/// A record cut short by a crash, at any length, or zero-filled, is not
+/// acknowledged: the load ends before it and the next append replaces it.
+/// Damage anywhere else is Corrupt, naming the byte offset, and the file
+/// stays as it was.
+#[test]
+fn log_mode_ignores_a_torn_tail_and_names_the_offset_of_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("torn.edn");
+    let mut s = open_log(&path);
+    let v1 = s.commit(b"{:a 1}", &Expect::Anything { after: None }).unwrap();
+    let base_len = fs::read(&path).unwrap().len();
+    let v2 = s.append(b"[[:assoc [] :b 2]]", &v1).unwrap();
+    let good = fs::read(&path).unwrap();
+    let v3 = s.append(b"[[:assoc [] :c 3]]", &v2).unwrap();
+    let full = fs::read(&path).unwrap();
+    for cut in good.len()..full.len() {
+        fs::write(&path, &full[..cut]).unwrap();
+        let got = open_log(&path).load().unwrap().unwrap();
+        assert_eq!(got.version, v2, "cut at {cut}");
+    }
+    let mut zeroed = full.clone();
+    zeroed[good.len() + 20..].fill(0);
+    fs::write(&path, &zeroed).unwrap();
+    let mut t = open_log(&path);
+    assert_eq!(t.load().unwrap().unwrap().version, v2, "a zero-filled last record");
+    assert_eq!(t.append(b"[[:assoc [] :c 33]]", &v2).unwrap(), v3, "the torn record is replaced");
+    assert!(String::from_utf8(fs::read(&path).unwrap()).unwrap().ends_with(":c 33]]\n"));
+    // One damaged byte in the first record, with an intact record after it.
+    fs::write(&path, &full).unwrap();
+    let mut damaged = full.clone();
+    let at = good.len() - 4;
+    damaged[at] = b'7';
+    fs::write(&path, &damaged).unwrap();
+    let e = open_log(&path).load().unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, StoreError::Corrupt { .. }) && msg.contains(&format!("byte offset {base_len}:")) && msg.contains("torn.edn"), "{msg}");
+    assert_eq!(fs::read(&path).unwrap(), damaged, "left as it was");
+}

@@ -115,3 +115,13 @@ pub fn name_max(dir: &Path) -> usize {
     let n = unsafe { libc::pathconf(c.as_ptr(), libc::_PC_NAME_MAX) };
     if n > 0 { n as usize } else { 255 }
 }
+
+/// Writes all of `bytes` at `offset` of `file`.
+pub fn write_all_at(file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
+}
+
+/// The device and inode of the file `meta` describes.
+pub fn file_id(meta: &Metadata) -> (u64, u64) {
+    (meta.dev(), meta.ino())
+}
