@@ -359,6 +359,65 @@
                  :key-name "duratom-bench" :init small-map :rw (sync-rw d/default-redis-rw)))
    #(:ops-per-sec (raw! "redis" (small-bytes-file dir) run-ms))))
 
+;; ----------------------------------------------------------------- log mode
+
+(defn- one-key-ms
+  "Median ms of a synchronous one-key swap! on `dura`, over `n` swaps."
+  [dura n]
+  (median (vec (repeatedly n (fn []
+                               (let [t (System/nanoTime)
+                                     k (rand-int 200000)]
+                                 (swap! dura assoc-in [k :n] (System/nanoTime))
+                                 (ms-since t)))))))
+
+(defn log-rows [^File dir]
+  (log "log: building a map of 200,000 small maps")
+  (let [big (into {} (map (fn [i] [i {:n i :s (str "v" i)}]) (range 200000)))
+        log-rw (assoc (sync-rw d/default-file-rw) :log? true)
+        full (file-duratom (.getPath (io/file dir "full-200k.edn")) (sync-rw d/default-file-rw) big)
+        logd (file-duratom (.getPath (io/file dir "log-200k.edn")) log-rw big)
+        _ (swap! logd assoc :warm 1) ; the first commit after opening writes the base
+        results (rounds "log mode"
+                        [[:full #(one-key-ms full 5)]
+                         [:log #(one-key-ms logd 200)]])
+        full-ms (median (:full results))
+        log-ms (median (:log results))]
+    (row! {:scenario "log mode: one-key sync swap! on a 200,000-entry map"
+           :value (fmt-ms log-ms) :baseline (str "full rewrite " (fmt-ms full-ms))
+           :ratio (fmt-x (/ full-ms log-ms)) :target "<= 2 ms, >= 50x" :met (and (<= log-ms 2.0) (>= (/ full-ms log-ms) 50.0))})
+    (let [bytes (.getBytes (print-edn small-map) StandardCharsets/UTF_8)
+          bfile (bytes-file dir "log-small.bytes" bytes)
+          small (file-duratom (.getPath (io/file dir "log-small.edn")) log-rw small-map)
+          r (rounds "log mode small"
+                    [[:raw #(:ops-per-sec (raw! "file" (.getPath (io/file dir "raw-log-small.edn")) bfile run-ms))]
+                     [:log #(swap-rate (fn [] (swap! small bump)) run-ms 1)]])]
+      (at-least-row "log mode: file, sync, 10-key map, 1 thread" (median (:log r))
+                    "raw durable replace" (median (:raw r)) 1.5))
+    (let [path (.getPath (io/file dir "log-async.edn"))
+          lag (fn []
+                (let [dura (file-duratom path (assoc d/default-file-rw :log? true) big)]
+                  (swap! dura assoc :warm 1)
+                  (d/flush! dura)
+                  (dotimes [i 20000] (swap! dura assoc-in [(mod i 200000) :n] i))
+                  (let [t (System/nanoTime)]
+                    (d/flush! dura)
+                    (ms-since t))))
+          lags (vec (repeatedly runs lag))
+          m (median lags)]
+      (row! {:scenario "log mode: async, 20,000 one-key swaps on the 200,000-entry map, then flush!"
+             :value (fmt-ms m) :baseline "-" :ratio "-" :target "<= 50 ms" :met (<= m 50.0)}))
+    (let [path (.getPath (io/file dir "log-load.edn"))
+          dura (file-duratom path (assoc log-rw :max-bytes Long/MAX_VALUE) big)]
+      (swap! dura assoc :warm 1)
+      (dotimes [i 10000] (swap! dura assoc-in [i :n] :x))
+      (let [load-ms (fn [] (let [t (System/nanoTime)] (file-duratom path log-rw nil) (ms-since t)))
+            with-records (median (vec (repeatedly runs load-ms)))
+            _ (d/compact! dura)
+            compacted (median (vec (repeatedly runs load-ms)))]
+        (row! {:scenario "log mode: load of base + 10,000 records"
+               :value (fmt-ms with-records) :baseline (str "compacted " (fmt-ms compacted))
+               :ratio (fmt-x (/ with-records compacted)) :target "<= 1.5x" :met (<= (/ with-records compacted) 1.5)})))))
+
 ;; --------------------------------------------------------------- large state
 
 (defn- heap-used []
@@ -531,7 +590,8 @@
 (def ^:private scenarios
   "Every scenario group, by the name DURATOM_BENCH_ONLY selects it with."
   [["file-sync" file-sync-rows] ["file-async" file-async-rows] ["postgres" postgres-rows] ["s3" s3-rows]
-   ["sqlite" sqlite-rows] ["redis" redis-rows] ["large" large-rows] ["large-memory" large-memory-row]])
+   ["sqlite" sqlite-rows] ["redis" redis-rows] ["large" large-rows] ["large-memory" large-memory-row]
+   ["log" log-rows]])
 
 (defn run-all []
   (let [t0 (System/nanoTime)

@@ -315,7 +315,7 @@
    (let [rw (or rw default-file-rw)
          path (file-backend/->file file-path)
          codec (rw/file-codec rw path)]
-     (make-duratom (file-backend/store-config path (:raw? codec)) codec lock init rw))))
+     (make-duratom (file-backend/store-config path (:raw? codec) (:log? codec)) codec lock init rw))))
 
 (defn postgres-atom
   "A duratom stored in row `row-id` (default 0) of table `table-name`, which
@@ -451,12 +451,28 @@
   `:pending?` (a state not yet durable), `:last-error` (nil or the last
   persistence exception), `:last-commit-nanos` (duration of the last commit),
   `:commit-mode` (`:sync` or `:async`) and `:conflicts` (shared mode: commits
-  refused because another process wrote first). A duragent's also have `:queued`
+  refused because another process wrote first); in log mode also `:log-records` and
+  `:log-bytes` (change records and their bytes since the last full state). A duragent's also have `:queued`
   (actions waiting)."
   [dura]
   (if (instance? Agent dura)
     (agent/stats dura)
-    (engine/stats (.-engine ^Duratom dura))))
+    (let [d ^Duratom dura]
+      (merge (engine/stats (.-engine d))
+             (when-let [log-stats (:stats (.-codec d))] (log-stats))))))
+
+(defn compact!
+  "Log mode (`:log? true` in a file duratom's `:rw`): rewrites the file as
+  its newest state alone, plain EDN with duratom's header line (readable by
+  `clojure.edn` and the original library), with the same crash-safe replace
+  as every full commit. Returns once it is durable (asynchronous mode: once
+  the writer has written it); throws what the write threw. Elsewhere it
+  writes the newest state again."
+  [dura]
+  (let [d ^Duratom dura]
+    (when-let [compact (:compact! (.-codec d))] (compact))
+    (engine/recommit! (.-engine d))
+    nil))
 
 (defn refresh!
   "Loads the newest stored value now, makes it the state (firing watches if

@@ -11,7 +11,8 @@
   library called it, so nippy and friends keep working unchanged; what it
   writes is the user's own, unchecked."
   (:require [clojure.java.io :as io]
-            [duratom.edn :as dedn])
+            [duratom.edn :as dedn]
+            [duratom.log :as dlog])
   (:import (java.io ByteArrayInputStream File PushbackReader InputStream)
            (java.nio.charset StandardCharsets)
            (java.nio.file Files)))
@@ -129,8 +130,19 @@
   `path` to write; its bytes are then committed durably by the engine. A
   custom `:read` is given a temp file holding the stored bytes."
   [rw ^File path]
-  (if (default-fns? rw default-file-rw)
-    (assoc (default-codec rw {:backend :local-file :resource (.getPath (.getAbsoluteFile path))}) :raw? false)
+  (cond
+    (and (:log? rw) (not (default-fns? rw default-file-rw)))
+    (throw (IllegalArgumentException.
+            "duratom: :log? true needs duratom's EDN encoding; it cannot be combined with a custom :read or :write"))
+
+    (default-fns? rw default-file-rw)
+    (let [where {:backend :local-file :resource (.getPath (.getAbsoluteFile path))}
+          edn (default-codec rw where)]
+      (if (:log? rw)
+        (assoc (dlog/codec edn (:encode (default-codec rw where))) :raw? false :log? true)
+        (assoc edn :raw? false)))
+
+    :else
     (let [dir (.getAbsoluteFile (or (.getParentFile (.getAbsoluteFile path)) (File. ".")))
           with-temp (fn [f]
                       (let [tmp (File/createTempFile ".duratom-" ".rw" dir)]

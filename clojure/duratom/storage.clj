@@ -109,6 +109,29 @@
       {:bytes (aget pair 0)
        :version (String. ^bytes (aget pair 1) StandardCharsets/UTF_8)})))
 
+(defn- replace!
+  "Native commit of `encoded` (see commit!)."
+  [store ^Encoded encoded expected last-seen]
+  (let [utf8 (fn [^String v] (.getBytes v StandardCharsets/UTF_8))
+        expected-bytes (cond (nil? expected) nil
+                             (= :nothing expected) Native/EXPECT_NOTHING
+                             :else (utf8 expected))]
+    (through-door store :commit
+      (String. (Native/commit (handle store) (:chunks encoded) (long (:size encoded)) expected-bytes
+                              (some-> last-seen utf8))
+               StandardCharsets/UTF_8))))
+
+(defn- append!
+  "Native append of the change record `encoded` to the state stored as `after`."
+  [store ^Encoded encoded ^String after]
+  (through-door store :commit
+    (String. (Native/append (handle store) (:chunks encoded) (long (:size encoded))
+                            (.getBytes after StandardCharsets/UTF_8))
+             StandardCharsets/UTF_8)))
+
+(defn- conflict? [e]
+  (and (instance? clojure.lang.ExceptionInfo e) (:duratom/conflict? (ex-data e))))
+
 (defn commit!
   "Durably stores `encoded` (a duratom.edn.Encoded, or a byte array); returns
   the new version string. `expected`: nil to write unconditionally, `:nothing`
@@ -116,23 +139,32 @@
   that version is still stored. When the condition fails, returns nil and
   writes nothing. `last-seen`, for an unconditional write: the version the
   caller last saw (nil: none); the file store numbers the new state after
-  it, since the caller, not the store, keeps the record of the version."
+  it, since the caller, not the store, keeps the record of the version.
+
+  Log mode (duratom.log): an `encoded` carrying `:log/after` is a change
+  record from the state stored as that version. It is appended when that is
+  the version the commit is made after (`expected`, else `last-seen`);
+  otherwise, or when an unconditional append finds another version stored,
+  the full state (`:log/full`, a delay) is written instead. `:log/landed`
+  is called with the new version once the write is durable."
   ([store encoded expected] (commit! store encoded expected nil))
   ([store encoded expected last-seen]
-   (try
-     (let [utf8 (fn [^String v] (.getBytes v StandardCharsets/UTF_8))
-           expected-bytes (cond (nil? expected) nil
-                                (= :nothing expected) Native/EXPECT_NOTHING
-                                :else (utf8 expected))
-           ^Encoded encoded (if (bytes? encoded) (dedn/encoded-bytes encoded) encoded)]
-       (through-door store :commit
-         (String. (Native/commit (handle store) (:chunks encoded) (long (:size encoded)) expected-bytes
-                                 (some-> last-seen utf8))
-                  StandardCharsets/UTF_8)))
-     (catch clojure.lang.ExceptionInfo e
-       (if (:duratom/conflict? (ex-data e))
-         nil
-         (throw e))))))
+   (let [^Encoded encoded (if (bytes? encoded) (dedn/encoded-bytes encoded) encoded)
+         after (:log/after encoded)
+         full (fn [] (let [f (force (:log/full encoded))]
+                       [(replace! store f expected last-seen) (:log/landed f)]))
+         [version landed] (try
+                            (cond
+                              (nil? after) [(replace! store encoded expected last-seen) (:log/landed encoded)]
+                              (= after (if (nil? expected) last-seen expected))
+                              (try [(append! store encoded after) (:log/landed encoded)]
+                                   (catch Exception e
+                                     (if (and (nil? expected) (conflict? e)) (full) (throw e))))
+                              :else (full))
+                            (catch Exception e
+                              (if (conflict? e) nil (throw e))))]
+     (when (and version landed) (landed version))
+     version)))
 
 (defn delete!
   "Removes what the store holds. Removing nothing is not an error."

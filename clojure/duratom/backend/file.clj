@@ -15,9 +15,12 @@
 
 (defn store-config
   "Store description for the file at `file-path`. `raw?`: the bytes are a
-  custom `:rw` encoding, stored without duratom's header line."
-  [file-path raw?]
-  (let [path (.getPath (->file file-path))]
-    {:backend :local-file
-     :resource path
-     :native-config {"backend" "local-file" "path" path "raw" (boolean raw?)}}))
+  custom `:rw` encoding, stored without duratom's header line. `log?`: log
+  mode (change records after the base; see duratom.log)."
+  ([file-path raw?] (store-config file-path raw? false))
+  ([file-path raw? log?]
+   (let [path (.getPath (->file file-path))]
+     {:backend :local-file
+      :resource path
+      :native-config (cond-> {"backend" "local-file" "path" path "raw" (boolean raw?)}
+                       log? (assoc "log" true))})))

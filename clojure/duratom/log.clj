@@ -1,0 +1,293 @@
+(ns duratom.log
+  "Log mode: a commit stores what changed since the last stored state, as one
+  change record, instead of the whole state.
+
+  The change is found by node identity: Clojure's persistent collections copy
+  only the path to a change and share every other node, so comparing the
+  last stored state with the new one with `identical?`, and descending only
+  where they differ, costs about the size of the change, not of the state.
+  Hash maps are compared through their trie nodes, vectors through their
+  32-element arrays, array maps entry by entry; sorted maps and sets entry by
+  entry in order (the whole collection). A change of type or of metadata, and
+  any other collection, is recorded whole at that point.
+
+  A change record is backend-independent EDN: a vector of operations, each
+  `[op path & args]` where `path` is the keys (and vector indices) from the
+  root to the collection changed:
+  `[:assoc path k v]`, `[:dissoc path k]`, `[:conj path x]` and
+  `[:disj path x]` (sets), `[:pop path n]` (a vector cut to n elements),
+  `[:put path v]` (the value at path replaced whole).
+
+  Stored, a log is the base state followed by its records, as EDN forms;
+  `replay` rebuilds the state from them exactly."
+  (:require [clojure.edn :as edn]
+            [duratom.readers :as readers])
+  (:import (clojure.lang PersistentHashMap PersistentHashSet PersistentVector PersistentArrayMap
+                         PersistentTreeMap PersistentTreeSet APersistentSet IRecord IObj)
+           (java.io PushbackReader StringReader)
+           (java.lang.reflect Field)
+           (java.nio.charset StandardCharsets)))
+
+(set! *warn-on-reflection* true)
+
+(defn- field ^Field [^Class c ^String name]
+  (doto (.getDeclaredField c name) (.setAccessible true)))
+
+(def ^:private ^Field phm-root (field PersistentHashMap "root"))
+(def ^:private ^Field set-impl (field APersistentSet "impl"))
+(def ^:private bitmap-node (Class/forName "clojure.lang.PersistentHashMap$BitmapIndexedNode"))
+(def ^:private array-node (Class/forName "clojure.lang.PersistentHashMap$ArrayNode"))
+(def ^:private ^Field bin-bitmap (field bitmap-node "bitmap"))
+(def ^:private ^Field bin-array (field bitmap-node "array"))
+(def ^:private ^Field an-array (field array-node "array"))
+(def ^:private ^Field hcn-array (field (Class/forName "clojure.lang.PersistentHashMap$HashCollisionNode") "array"))
+
+(def ^:private max-ops
+  "A change of more operations than this is written as a full state."
+  4096)
+
+(defn- too-many! []
+  (throw (ex-info "change too large" {::too-large true})))
+
+;; ------------------------------------------------------------------ diff
+
+(defn- add-entries!
+  "Every [k v] under the trie node `node` into the java.util.HashMap `m`."
+  [^java.util.HashMap m node]
+  (when node
+    (condp identical? (class node)
+      bitmap-node (let [^objects a (.get bin-array node)]
+                    (loop [i 0]
+                      (when (< i (alength a))
+                        (let [k (aget a i) v (aget a (inc i))]
+                          (if (nil? k)
+                            (add-entries! m v) ; nil key slot: a subnode (or empty)
+                            (.put m k v)))
+                        (recur (+ i 2)))))
+      array-node (doseq [n ^objects (.get an-array node)] (add-entries! m n))
+      (let [^objects a (.get hcn-array node)]
+        (loop [i 0]
+          (when (< i (alength a))
+            (when-let [k (aget a i)] (.put m k (aget a (inc i))))
+            (recur (+ i 2))))))))
+
+(declare diff!)
+
+(defn- entries-diff!
+  "Compares two java.util.Maps of entries of the map at `path`."
+  [out path ^java.util.Map a ^java.util.Map b]
+  (doseq [^java.util.Map$Entry e (.entrySet a)]
+    (let [k (.getKey e)]
+      (if (.containsKey b k)
+        (diff! out (conj path k) (.getValue e) (.get b k))
+        (out [:dissoc path k]))))
+  (doseq [^java.util.Map$Entry e (.entrySet b)]
+    (when-not (.containsKey a (.getKey e))
+      (out [:assoc path (.getKey e) (.getValue e)]))))
+
+(defn- subtree-diff! [out path na nb]
+  (let [a (java.util.HashMap.) b (java.util.HashMap.)]
+    (add-entries! a na)
+    (add-entries! b nb)
+    (entries-diff! out path a b)))
+
+(defn- node-diff!
+  "Reports the changed entries between trie nodes `na` and `nb`, skipping
+  every pair of identical subtrees."
+  [out path na nb]
+  (cond
+    (identical? na nb) nil
+    (and (identical? (class na) bitmap-node) (identical? (class nb) bitmap-node))
+    (let [ba (bit-and 0xffffffff (long (.get bin-bitmap na))) bb (bit-and 0xffffffff (long (.get bin-bitmap nb)))
+          ^objects aa (.get bin-array na) ^objects ab (.get bin-array nb)]
+      (loop [bits (bit-or ba bb)]
+        (when-not (zero? bits)
+          (let [bit (Long/lowestOneBit bits)
+                ia (when-not (zero? (bit-and ba bit)) (* 2 (Long/bitCount (bit-and ba (dec bit)))))
+                ib (when-not (zero? (bit-and bb bit)) (* 2 (Long/bitCount (bit-and bb (dec bit)))))
+                ka (when ia (aget aa ia)) va (when ia (aget aa (inc ia)))
+                kb (when ib (aget ab ib)) vb (when ib (aget ab (inc ib)))]
+            (cond
+              (and ia ib (identical? ka kb) (identical? va vb)) nil
+              (and ia ib (nil? ka) (nil? kb)) (node-diff! out path va vb)
+              :else
+              (let [a (java.util.HashMap.) b (java.util.HashMap.)]
+                (when ia (if (nil? ka) (add-entries! a va) (.put a ka va)))
+                (when ib (if (nil? kb) (add-entries! b vb) (.put b kb vb)))
+                (entries-diff! out path a b)))
+            (recur (bit-xor bits bit))))))
+    (and (identical? (class na) array-node) (identical? (class nb) array-node))
+    (let [^objects aa (.get an-array na) ^objects ab (.get an-array nb)]
+      (dotimes [i (alength aa)]
+        (node-diff! out path (aget aa i) (aget ab i))))
+    :else (subtree-diff! out path na nb)))
+
+(defn- plain-map? [x]
+  (or (instance? PersistentHashMap x) (instance? PersistentArrayMap x)))
+
+(defn- map-diff! [out path a b]
+  (if (and (instance? PersistentHashMap a) (instance? PersistentHashMap b))
+    (do (when (or (contains? a nil) (contains? b nil))
+          (let [a1 (if (contains? a nil) (doto (java.util.HashMap.) (.put nil (get a nil))) {})
+                b1 (if (contains? b nil) (doto (java.util.HashMap.) (.put nil (get b nil))) {})]
+            (entries-diff! out path a1 b1)))
+        (node-diff! out path (.get phm-root a) (.get phm-root b)))
+    (entries-diff! out path (java.util.HashMap. ^java.util.Map a) (java.util.HashMap. ^java.util.Map b))))
+
+(defn- set-diff! [out path a b]
+  (let [ops (java.util.ArrayList.)
+        collect (fn [op] (.add ops op))]
+    (map-diff! collect [] (.get set-impl a) (.get set-impl b))
+    (doseq [[op _ k] ops]
+      (out (if (= op :dissoc) [:disj path k] [:conj path k])))))
+
+(defn- vector-diff! [out path ^PersistentVector a ^PersistentVector b]
+  (let [na (.count a) nb (.count b) n (min na nb)]
+    (loop [i 0]
+      (when (< i n)
+        (let [^objects ca (.arrayFor a i) ^objects cb (.arrayFor b i)]
+          (when-not (identical? ca cb)
+            (dotimes [j (min 32 (- n i))]
+              (diff! out (conj path (+ i j)) (aget ca j) (aget cb j)))))
+        (recur (+ i 32))))
+    (when (< nb na) (out [:pop path nb]))
+    (loop [i na]
+      (when (< i nb)
+        (out [:assoc path i (.nth b i)])
+        (recur (inc i))))))
+
+(defn- sorted-diff! [out path a b]
+  (if (map? a)
+    (entries-diff! out path (java.util.HashMap. ^java.util.Map a) (java.util.HashMap. ^java.util.Map b))
+    (let [a' (java.util.HashSet. ^java.util.Collection a) b' (java.util.HashSet. ^java.util.Collection b)]
+      (doseq [x a] (when-not (.contains b' x) (out [:disj path x])))
+      (doseq [x b] (when-not (.contains a' x) (out [:conj path x]))))))
+
+(defn- same-kind?
+  "Whether `b` can be reached from `a` by the operations (same type,
+  comparator and metadata)."
+  [a b]
+  (and (= (meta a) (meta b))
+       (not (instance? IRecord a)) (not (instance? IRecord b))
+       (or (and (plain-map? a) (plain-map? b))
+           (and (instance? PersistentHashSet a) (instance? PersistentHashSet b))
+           (and (instance? PersistentVector a) (instance? PersistentVector b))
+           (and (or (instance? PersistentTreeMap a) (instance? PersistentTreeSet a))
+                (identical? (class a) (class b))
+                (identical? (.comparator ^clojure.lang.Sorted a) (.comparator ^clojure.lang.Sorted b))))))
+
+(defn- diff!
+  "Reports, through `out`, the operations that turn `a` into `b` at `path`."
+  [out path a b]
+  (cond
+    (identical? a b) nil
+    (not (same-kind? a b)) (out [:put path b])
+    (plain-map? a) (map-diff! out path a b)
+    (instance? PersistentHashSet a) (set-diff! out path a b)
+    (instance? PersistentVector a) (vector-diff! out path a b)
+    :else (sorted-diff! out path a b)))
+
+(defn diff
+  "The operations that turn `a` into `b` (a vector), or nil when `b` cannot
+  be reached from `a` by operations (another type or metadata at the root,
+  or a change of more than `max-ops` operations)."
+  [a b]
+  (when (and (some? a) (some? b) (same-kind? a b))
+    (let [ops (java.util.ArrayList.)
+          out (fn [op]
+                (when (>= (.size ops) (long max-ops)) (too-many!))
+                (.add ops op))]
+      (try (diff! out [] a b)
+           (vec ops)
+           (catch clojure.lang.ExceptionInfo x
+             (if (::too-large (ex-data x)) nil (throw x)))))))
+
+;; ---------------------------------------------------------------- replay
+
+(defn- at-path
+  "(f (get-in state path)) put back at path, every collection keeping its
+  type and metadata."
+  [state path f]
+  (if (empty? path)
+    (f state)
+    (let [k (first path)]
+      (assoc state k (at-path (get state k) (rest path) f)))))
+
+(defn- pop-to [v ^long n]
+  (loop [v v] (if (> (count v) n) (recur (pop v)) v)))
+
+(defn apply-op
+  "`state` with one operation of a change record applied."
+  [state [op path a b]]
+  (at-path state path
+           (case op
+             :assoc #(assoc % a b)
+             :dissoc #(dissoc % a)
+             :conj #(conj % a)
+             :disj #(disj % a)
+             :pop #(pop-to % (long a))
+             :put (constantly a))))
+
+(defn replay
+  "The state the stored log text `bytes` (UTF-8: the base, then change
+  records, as EDN forms) holds, and the figures of the log:
+  `[state records log-chars]`."
+  [^bytes bytes]
+  (let [r (PushbackReader. (StringReader. (String. bytes StandardCharsets/UTF_8)))
+        opts {:eof ::eof :readers (:readers readers/default) :default (:default readers/default)}
+        base (edn/read opts r)]
+    (loop [state (if (identical? base ::eof) nil base) n 0]
+      (let [ops (edn/read opts r)]
+        (if (identical? ops ::eof)
+          [state n]
+          (recur (reduce apply-op state ops) (inc n)))))))
+
+;; ----------------------------------------------------------------- codec
+
+(def ^:private record-overhead
+  "Bytes a record's line and final newline add to its payload (about)."
+  48)
+
+(defn codec
+  "Log mode over the EDN codec `edn-codec` ({:encode :decode}): `:encode`
+  gives a change record from the last stored state when one is known and
+  the change is small (a full state otherwise: until a write of this codec
+  is durable, when the commit is made after another version than the last
+  one written here (see duratom.storage/commit!), when the records have
+  outgrown the base, when the record would pass half the base, or after
+  `:compact!`); `:decode` replays base
+  and records. `record-encode` encodes records. Also gives `:stats` (a fn:
+  `{:log-records n :log-bytes n}` since the last full state) and `:compact!`
+  (a fn: the next commit writes the full state)."
+  [edn-codec record-encode]
+  (let [last (atom nil) ; {:value :version :base-bytes :log-bytes :records} of the last durable write
+        compact? (atom false)
+        encode (:encode edn-codec)]
+    {:encode (fn [value]
+               (let [{:keys [version base-bytes log-bytes] :as l} @last
+                     full (delay (let [enc (encode value)
+                                       size (:size enc)]
+                                   (assoc enc :log/landed (fn [v]
+                                                            (reset! last {:value value :version v :base-bytes size
+                                                                          :log-bytes 0 :records 0})))))
+                     ops (when (and l (not @compact?) (<= (long log-bytes) (long base-bytes)))
+                           (diff (:value l) value))
+                     rec (when ops (record-encode ops))]
+                 (if (and rec (<= (* 2 (+ record-overhead (long (:size rec)))) (long base-bytes)))
+                   (assoc rec
+                          :log/after version
+                          :log/full full
+                          :log/landed (fn [v]
+                                        (swap! last (fn [l]
+                                                      (-> l
+                                                          (assoc :value value :version v)
+                                                          (update :log-bytes + record-overhead (:size rec))
+                                                          (update :records inc))))))
+                   (do (reset! compact? false)
+                       (force full)))))
+     ;; A state read from storage is not taken as the diff base: its version
+     ;; is the engine's to know. A commit after it finds the version it is
+     ;; made after is not the last one written here, and writes in full.
+     :decode (fn [^bytes bytes] (first (replay bytes)))
+     :stats (fn [] (let [l @last] {:log-records (:records l 0) :log-bytes (:log-bytes l 0)}))
+     :compact! (fn [] (reset! compact? true))}))

@@ -1,0 +1,152 @@
+(ns duratom.log-test
+  (:require [clojure.edn :as edn]
+            [clojure.java.io :as io]
+            [clojure.string :as str]
+            [clojure.walk]
+            [clojure.test :refer [deftest is testing]]
+            [duratom.core :as d]
+            [duratom.log :as dlog]
+            [duratom.readers :as readers]
+            [duratom.test-support :as ts])
+  (:import (java.io File)
+           (java.nio.file Files)))
+
+(defn- log-atom [p init & [rw]]
+  (d/file-atom p nil init (merge {:commit-mode :sync :log? true} rw)))
+
+(defn- text [p] (slurp p))
+
+(deftest a-commit-appends-a-record-and-compact-writes-plain-edn
+  (let [p (io/file (ts/temp-dir) "log.edn")
+        a (log-atom p (into {} (map (fn [i] [i {:n i}]) (range 1000))))]
+    (swap! a assoc-in [7 :n] :seven)
+    (swap! a dissoc 8)
+    (swap! a assoc :new #{1 2})
+    (let [s (d/stats a)]
+      (is (= 3 (:log-records s)) "three records since the base")
+      (is (pos? (:log-bytes s))))
+    (is (= 3 (count (re-seq #";duratom/r " (text p)))) "the records are in the file")
+    (is (= @a @(log-atom p nil)) "a reopened duratom replays them")
+    (d/compact! a)
+    (is (zero? (:log-records (d/stats a))))
+    (is (not (str/includes? (text p) ";duratom/r ")) "compacted: no records")
+    (is (= @a (edn/read-string readers/default (text p))) "plain EDN with the header")
+    (is (= @a @(d/file-atom p)) "a duratom not in log mode reads the compacted file")
+    (swap! a assoc :after 1)
+    (let [e (try (d/file-atom p) nil (catch Exception e e))]
+      (is (and e (str/includes? (ex-message e) "log mode")) "a file with records refuses non-log mode, saying why"))))
+
+;; ------------------------------------------------------------ generative
+
+(def ^:private leaves [0 1 -7 "s" :k 'sym 1.5 nil true \c 3/4 #inst "2024-01-01T00:00:00.000-00:00"
+                       (java.time.LocalDate/of 2024 2 29)])
+
+(defn- rand-path
+  "A path to an existing collection in `v` (maps and vectors only), at most
+  4 deep."
+  [^java.util.Random r v]
+  (loop [path [] x v depth 0]
+    (let [kids (cond (map? x) (vec (filter (fn [[_ c]] (coll? c)) x))
+                     (vector? x) (vec (keep-indexed (fn [i c] (when (coll? c) [i c])) x))
+                     :else [])]
+      (if (or (empty? kids) (> depth 3) (zero? (.nextInt r 3)))
+        path
+        (let [[k c] (nth kids (.nextInt r (count kids)))]
+          (recur (conj path k) c (inc depth)))))))
+
+(defn- rand-leaf [^java.util.Random r] (nth leaves (.nextInt r (count leaves))))
+
+(defn- rand-coll [^java.util.Random r]
+  (case (.nextInt r 7)
+    0 {:a (rand-leaf r)}
+    1 [(rand-leaf r) (rand-leaf r)]
+    2 #{(rand-leaf r)}
+    3 (sorted-map 1 (rand-leaf r) 2 2)
+    4 (into {} (map (fn [i] [i i]) (range (.nextInt r 40))))
+    5 (vec (range (.nextInt r 70)))
+    6 (conj clojure.lang.PersistentQueue/EMPTY 1 2)))
+
+(defn- rand-op
+  "One random operation on `v`: assoc, dissoc, update-in, conj, disj, pop,
+  with-meta, or a change of type at a random place."
+  [^java.util.Random r v]
+  (let [path (rand-path r v)
+        x (get-in v path)
+        f (case (.nextInt r 8)
+            0 (fn [c] (cond (map? c) (assoc c (.nextInt r 60) (if (zero? (.nextInt r 3)) (rand-coll r) (rand-leaf r)))
+                            (vector? c) (if (seq c) (assoc c (.nextInt r (count c)) (rand-leaf r)) (conj c 1))
+                            :else c))
+            1 (fn [c] (if (and (map? c) (seq c)) (dissoc c (key (first (shuffle (seq c))))) c))
+            2 (fn [c] (if (vector? c) (conj c (rand-leaf r)) (if (set? c) (conj c (rand-leaf r)) c)))
+            3 (fn [c] (cond (set? c) (if (seq c) (disj c (first c)) c)
+                            (and (vector? c) (seq c)) (pop c)
+                            :else c))
+            4 (fn [c] (with-meta c {:m (.nextInt r 5)}))
+            5 (fn [c] (if (map? c) (into (sorted-map) (filter (comp number? key) c)) (if (vector? c) (apply list c) c)))
+            6 (fn [c] (if (and (map? c) (not (sorted? c))) (assoc c :kid (rand-coll r)) c))
+            7 (fn [c] (if (and (map? c) (not (sorted? c))) (update c :count (fnil inc 0)) c)))]
+    (if (empty? path) (f v) (update-in v path f))))
+
+(defn- shape
+  "`ts/types-of`, except that hash and array maps are one kind: which of the
+  two a map is depends on how it was built, and EDN reading does not keep it."
+  [x]
+  (clojure.walk/postwalk #(if (contains? #{clojure.lang.PersistentArrayMap clojure.lang.PersistentHashMap} %) :map %)
+                         (ts/types-of x)))
+
+(deftest replay-gives-exactly-the-committed-state
+  (let [seed (System/nanoTime)
+        r (java.util.Random. seed)
+        p (io/file (ts/temp-dir) "gen.edn")
+        init {:users (into {} (map (fn [i] [i {:id i :tags #{i}}]) (range 300)))
+              :v (vec (range 100)) :s (sorted-map 1 1) :top 0}
+        a (log-atom p init)
+        ops (volatile! 0)]
+    (dotimes [_ 100]
+      (dotimes [_ 25]
+        (swap! a #(rand-op r %))
+        (vswap! ops inc))
+      (let [again @(log-atom p nil)]
+        (is (= (shape @a) (shape again))
+            (str "seed " seed ": the replayed state differs after " @ops " operations"))))
+    (println "log replay:" @ops "operations, seed" seed)
+    (is (>= @ops 2000))))
+
+(deftest diff-finds-only-the-change-in-a-large-map
+  (let [m (into {} (map (fn [i] [i {:n i}]) (range 200000)))
+        m2 (assoc-in m [12345 :n] :x)]
+    (is (= [[:put [12345 :n] :x]] (dlog/diff m m2)) "a number replaced by a keyword: put whole")
+    (is (= [[:assoc [12345] :m 1]] (dlog/diff m (assoc-in m [12345 :m] 1))))
+    (is (= [[:dissoc [] 5]] (dlog/diff m (dissoc m 5))))
+    (is (= [] (dlog/diff m m)))))
+
+;; ---------------------------------------------------------------- crashes
+
+(deftest acknowledged-records-survive-sigkill
+  (let [dir (ts/temp-dir)
+        p (io/file dir "crash.edn")
+        rnd (java.util.Random. 7)
+        code (str "(require 'duratom.core)"
+                  "(let [a (duratom.core/file-atom \"" p "\" nil {:n 0 :pad (vec (range 2000))}"
+                  "          {:commit-mode :sync :log? true})]"
+                  "  (loop [i 0] (let [v (:n (swap! a update :n inc))]"
+                  "    (when (zero? (mod i 97)) (duratom.core/compact! a))"
+                  "    (println v) (flush)) (recur (inc i))))")]
+    (dotimes [i 50]
+      (let [acked (ts/sigkill-after-acks code (inc (.nextInt rnd 300)))]
+        (is (some? acked))
+        (let [stored (:n @(log-atom p nil))]
+          (is (and (some? stored) (>= stored acked))
+              (str "kill " i ": stored " stored ", last acknowledged " acked)))))))
+
+(deftest shared-mode-in-log-mode-loses-no-update
+  (let [p (io/file (ts/temp-dir) "shared.edn")
+        a (log-atom p {:n 0 :pad (vec (range 500))} {:shared? true})
+        code (str "(require 'duratom.core)"
+                  "(let [a (duratom.core/file-atom \"" p "\" nil nil {:shared? true :log? true})]"
+                  "  (dotimes [_ 200] (swap! a update :n inc)) (println :done))")
+        kids (doall (repeatedly 2 #(future (ts/child-output code))))]
+    (dotimes [_ 200] (swap! a update :n inc))
+    (doseq [k kids] (is (str/includes? @k ":done")))
+    (is (= 600 (:n (d/refresh! a))))
+    (is (= 600 (:n @(log-atom p nil))))))
