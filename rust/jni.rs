@@ -204,7 +204,7 @@ pub extern "system" fn Java_duratom_Native_append<'l>(
     length: jlong,
     after: JByteArray<'l>,
 ) -> jbyteArray {
-    door(&mut env, std::ptr::null_mut(), |env| {
+    cross(&mut env, std::ptr::null_mut(), |env| {
         let store = store_for(handle)?;
         let after = version_in(env, &after)?;
         let bytes = joined_prefix(env, &chunks, length)?;
