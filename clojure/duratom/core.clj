@@ -399,7 +399,8 @@
   in `:rw`), and `:meta` and `:validator` as `clojure.core/atom` takes them
   (also keys of `:rw`): the validator checks the initial state (what storage
   holds, or `:init`) and a rejected one throws IllegalStateException
-  \"Invalid reference state\" with nothing written."
+  \"Invalid reference state\" with nothing written. `:local-file` also
+  takes `:log?` (same as `:log? true` in `:rw`: log mode)."
   (fn [backed-by & _args] backed-by))
 
 (defn- with-keywords
@@ -413,8 +414,9 @@
     (some? validator) (assoc :validator validator)))
 
 (defmethod duratom :local-file
-  [_ & {:keys [file-path init lock rw] :or {rw default-file-rw} :as opts}]
-  (file-atom file-path (or lock (ReentrantLock.)) init (with-keywords rw opts)))
+  [_ & {:keys [file-path init lock rw log?] :or {rw default-file-rw} :as opts}]
+  (file-atom file-path (or lock (ReentrantLock.)) init
+             (cond-> (with-keywords rw opts) (some? log?) (assoc :log? log?))))
 
 (defmethod duratom :postgres-db
   [_ & {:keys [db-config table-name row-id init lock rw] :or {row-id 0 rw default-postgres-rw} :as opts}]

@@ -36,6 +36,14 @@
     (let [e (try (d/file-atom p) nil (catch Exception e e))]
       (is (and e (str/includes? (ex-message e) "log mode")) "a file with records refuses non-log mode, saying why"))))
 
+(deftest log-mode-is-a-constructor-keyword-too
+  (let [p (io/file (ts/temp-dir) "log.edn")
+        a (d/duratom :local-file :file-path p :init {:n 0} :log? true :rw {:commit-mode :sync})]
+    (swap! a update :n inc)
+    (is (= 1 (:log-records (d/stats a))) "the commit appended a record")
+    (is (str/includes? (text p) ";duratom/r ") "the record is in the file")
+    (is (= {:n 1} @(log-atom p nil)))))
+
 ;; ------------------------------------------------------------ generative
 
 (def ^:private leaves [0 1 -7 "s" :k 'sym 1.5 nil true \c 3/4 #inst "2024-01-01T00:00:00.000-00:00"
