@@ -1,4 +1,4 @@
-//! Checks the native interface between the JVM and this library (see `build/native_abi.rs`):
+//! Checks the native interface between the JVM and this library (see `rust/build/native_abi.rs`):
 //!
 //! - the build fails, saying which, when a `native` method of
 //!   `java/duratom/Native.java` has no `Java_duratom_Native_*` export in
@@ -10,7 +10,7 @@
 //! - the shared library exports only the `Java_*` symbols: a version script
 //!   for GNU ld and lld (Linux); on macOS rustc's own exported-symbols list.
 
-#[path = "build/native_abi.rs"]
+#[path = "rust/build/native_abi.rs"]
 mod native_abi;
 
 use std::path::Path;
@@ -20,7 +20,7 @@ fn main() {
     let rust_path = "rust/jni.rs";
     println!("cargo:rerun-if-changed={java_path}");
     println!("cargo:rerun-if-changed={rust_path}");
-    println!("cargo:rerun-if-changed=build/native_abi.rs");
+    println!("cargo:rerun-if-changed=rust/build/native_abi.rs");
 
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_else(|e| fail(&[format!("cannot read {p}: {e}")]));
     let java = native_abi::java_natives(&read(java_path)).unwrap_or_else(|e| fail(&[e]));

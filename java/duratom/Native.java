@@ -105,7 +105,7 @@ public final class Native {
     /**
      * The fingerprint a library matching this class carries: FNV-1a (64 bits) of this
      * class's native signatures and {@link #CRATE_VERSION}, computed exactly as
-     * build/native_abi.rs computes it from the source (each method {@code name(type,type)type}
+     * rust/build/native_abi.rs computes it from the source (each method {@code name(type,type)type}
      * with simple type names, sorted, joined by ';', then '|' and the version).
      */
     public static String doorFingerprint() {

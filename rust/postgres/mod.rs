@@ -54,7 +54,7 @@ const BACKEND: &str = "postgres-db";
 
 /// The TLS connector a duratom uses for `sslmode=prefer` (encrypt when the
 /// server offers it, certificate not checked), so that the raw baseline of
-/// the benchmark (examples/raw_baselines.rs) connects exactly as a duratom does.
+/// the benchmark (bench/raw_baselines.rs) connects exactly as a duratom does.
 pub fn prefer_tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
     tls::tls_connector(tls::TlsMode::Prefer, None)?
         .ok_or_else(|| StoreError::config(BACKEND, "sslmode=prefer made no TLS connector"))

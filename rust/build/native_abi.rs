@@ -1,4 +1,4 @@
-//! The native-interface check, shared by `build.rs` and `tests/native_abi.rs`: reads the
+//! The native-interface check, shared by `build.rs` and `test/rust/native_abi.rs`: reads the
 //! `native` declarations of `java/duratom/Native.java` and the
 //! `Java_duratom_Native_*` exports of `rust/jni.rs`, says where they
 //! disagree, and computes the native-interface fingerprint.

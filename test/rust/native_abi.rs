@@ -2,7 +2,7 @@
 //! the messages a mismatch gives, the fingerprint stamped into the library,
 //! and (on Linux) that the built library exports only the `Java_*` symbols.
 
-#[path = "../build/native_abi.rs"]
+#[path = "../../rust/build/native_abi.rs"]
 #[allow(dead_code)]
 mod native_abi;
 
