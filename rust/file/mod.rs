@@ -18,18 +18,21 @@
 //! clean-up removes only temp files whose writer is provably gone
 //! (`temp.rs`).
 //!
-//! Configuration keys: see `Settings` in `store.rs` (made by
+//! Configuration keys: see `Settings` in `settings.rs` (made by
 //! `clojure/duratom/backend/file.clj`); an unknown key is an error.
 //!
-//! The files: `resolve.rs` follows the path to the file that holds the
-//! state; `temp.rs` names, creates and cleans up the files beside it;
-//! `format.rs` is the on-disk format; `store.rs` runs the operations;
-//! `os/` holds every call that depends on the operating system; `tests.rs`
-//! runs them on real files.
+//! The files: `settings.rs` is the configuration as read; `store.rs` checks
+//! it, builds the store and runs the operations; `temp.rs` names, creates
+//! and cleans up the files beside the state's file; `resolve.rs` follows the
+//! path to that file; `format.rs` is the on-disk format; `os/`
+//! holds every call that depends on the operating system; `tests.rs` runs
+//! them on real files. Apart from `store.rs`, which uses them, each imports
+//! only from files listed after it.
 
 mod format;
 mod os;
 mod resolve;
+mod settings;
 mod store;
 mod temp;
 #[cfg(test)]

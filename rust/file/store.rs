@@ -12,25 +12,11 @@ use std::path::{Path, PathBuf};
 use super::format::{decimal, decode, decode_log, header, record, Log};
 use super::os;
 use super::resolve::{refuse_unless_regular, resolve, Target};
+use super::settings::Settings;
 use super::temp::{lock_path, remove_dead_writers_temp_files, take_lock, TempNames};
 use super::BACKEND;
 use crate::config::Config;
 use crate::store::{Expect, Resource, Store, StoreError, Stored, Version};
-
-/// The keys a file store is configured with (made by
-/// `clojure/duratom/backend/file.clj`); any other key is an error at open.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Settings {
-    /// The file. Its parent directory must exist.
-    path: String,
-    /// A custom `:rw` encoding: the bytes are stored without the header line.
-    #[serde(default)]
-    raw: bool,
-    /// Log mode: commits may append change records after the base.
-    #[serde(default)]
-    log: bool,
-}
 
 pub struct FileStore {
     resource: Resource,

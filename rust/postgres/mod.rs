@@ -33,7 +33,7 @@
 //! `connection.rs` connects and prepares the statements, `tls.rs` makes the
 //! TLS connector an `sslmode` asks for, `errors.rs` classifies and words the
 //! client's errors, `table_name.rs` quotes the table name. `tests.rs` runs
-//! against a real server. Each imports only from files listed after it.
+//! against a real server. Apart from `store.rs`, which uses them, each imports only from files listed after it.
 
 mod connection;
 mod errors;

@@ -16,9 +16,13 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use redis::{ConnectionLike, Parser, RedisError, RedisResult, Value};
+use redis::{ConnectionAddr, ConnectionLike, IntoConnectionInfo, Parser, RedisError, RedisResult, Value};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
+
+use super::errors::kind_text;
+use super::{tls, BACKEND};
+use crate::store::StoreError;
 
 /// Where and how to connect, read from the URL and the TLS settings.
 pub(super) struct Target {
@@ -29,6 +33,42 @@ pub(super) struct Target {
     pub(super) db: i64,
     /// TLS when set.
     pub(super) tls: Option<Arc<ClientConfig>>,
+}
+
+impl Target {
+    /// Where the URL points. `rediss://` is read as `redis://` by the crate
+    /// (whose own TLS this build leaves out, see the module doc) and means TLS.
+    pub(super) fn from_url(url: &str, endpoint: &str, ca_file: Option<&str>) -> Result<Target, StoreError> {
+        let bad = |detail: String| StoreError::config(BACKEND, detail);
+        let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+        let tls = match scheme.to_ascii_lowercase().as_str() {
+            "redis" => false,
+            "rediss" => true,
+            _ => return Err(bad(format!("the connection URL for {endpoint} must start with redis:// or rediss://"))),
+        };
+        if rest.contains('#') {
+            return Err(bad(format!("the connection URL for {endpoint} has a #fragment, which is not read")));
+        }
+        if ca_file.is_some() && !tls {
+            return Err(bad(format!("`tls-ca-cert-file` is given, but the URL for {endpoint} is not rediss://")));
+        }
+        // The URL holds the password: its parse error is worded without it.
+        let info = format!("redis://{rest}")
+            .into_connection_info()
+            .map_err(|e| bad(format!("the connection URL for {endpoint} is not usable: {}", kind_text(&e))))?;
+        let ConnectionAddr::Tcp(host, port) = info.addr().clone() else {
+            return Err(bad(format!("the connection URL for {endpoint} names no TCP host")));
+        };
+        let redis = info.redis_settings();
+        Ok(Target {
+            host,
+            port,
+            username: redis.username().map(str::to_string),
+            password: redis.password().map(str::to_string),
+            db: redis.db(),
+            tls: if tls { Some(tls::client_config(ca_file)?) } else { None },
+        })
+    }
 }
 
 trait Stream: Read + Write + Send {}
@@ -201,7 +241,7 @@ impl ConnectionLike for Link {
 /// later).
 fn handshake_failure(e: io::Error) -> io::Error {
     match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-        Some(tls) => io::Error::new(e.kind(), super::tls::describe(tls)),
+        Some(tls) => io::Error::new(e.kind(), tls::describe(tls)),
         None => e,
     }
 }

@@ -24,15 +24,18 @@
 //! memory; it is on disk only as the server's `appendonly` / `appendfsync`
 //! settings make it (see doc/backends/redis.md).
 //!
-//! Configuration keys: see `Keys` in `settings.rs` (made by
+//! Configuration keys: see `Settings` in `settings.rs` (made by
 //! `clojure/duratom/backend/redis.clj`); an unknown key is an error.
 //!
-//! The files: `settings.rs` reads the configuration, `tls.rs` makes the TLS
-//! client configuration, `connection.rs` is one connection (RESP over TCP or
-//! TLS), `store.rs` runs the operations (and decides when to retry);
-//! `tests.rs` runs them against a real server.
+//! The files: `settings.rs` is the configuration as read, `store.rs` checks
+//! it, builds the store and runs the operations (and decides when to retry),
+//! `connection.rs` reads the URL and is one connection (RESP over TCP or
+//! TLS), `tls.rs` makes the TLS client configuration, `errors.rs` classifies
+//! and words the client's errors. `tests.rs` runs against a real server.
+//! Apart from `store.rs`, which uses them, each imports only from files listed after it.
 
 mod connection;
+mod errors;
 mod settings;
 mod store;
 mod tls;
@@ -43,13 +46,14 @@ use crate::config::Config;
 use crate::store::{Store, StoreError};
 
 pub use store::RedisStore;
+use settings::Settings;
 
 const BACKEND: &str = "redis-db";
 
 /// Opens the key the config names and connects, so that a wrong host or
 /// password fails here, at construction, rather than at the first commit.
 pub fn open(config: &Config) -> Result<Box<dyn Store>, StoreError> {
-    let mut store = RedisStore::new(config)?;
+    let mut store = RedisStore::new(config.settings::<Settings>()?)?;
     store.conn = Some(store.connect("open", std::time::Instant::now() + store.timeout)?);
     Ok(Box::new(store))
 }

@@ -1,15 +1,18 @@
-//! The store: a kept connection, and load, commit and delete on one key.
+//! The store: built from the settings, a kept connection, and load, commit
+//! and delete on one key.
 
 use std::time::{Duration, Instant};
 
-use redis::{ConnectionLike, ErrorKind, RedisError, Script};
+use redis::{ConnectionLike, RedisError, Script};
 
 use super::connection::{Link, Target};
-
+use super::errors::{ambiguous, describe, Failure};
+use super::settings::Settings;
+use super::BACKEND;
 use crate::store::{Expect, Resource, Store, StoreError, Stored, Version};
 
 /// SET the key to ARGV[1] only if its value's SHA-1 is ARGV[2]: 1 if set, 0 if not.
-pub(super) const COMPARE_AND_SET: &str = r"
+const COMPARE_AND_SET: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if (not cur) or redis.sha1hex(cur) ~= ARGV[2] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
@@ -17,44 +20,47 @@ return 1
 ";
 
 pub struct RedisStore {
-    pub(super) target: Target,
-    pub(super) key: Vec<u8>,
+    target: Target,
+    key: Vec<u8>,
     pub(super) timeout: Duration,
-    pub(super) endpoint: String,
-    pub(super) client_name: String,
-    pub(super) cas: Script,
+    endpoint: String,
+    client_name: String,
+    cas: Script,
     pub(super) conn: Option<Link>,
-    pub(super) resource: Resource,
-}
-
-/// Why one attempt failed.
-enum Failure {
-    /// `ambiguous`: the failure came while a write was sent, so it may have
-    /// taken effect.
-    Redis {
-        error: RedisError,
-        ambiguous: bool,
-    },
-    Conflict,
-}
-
-impl From<RedisError> for Failure {
-    fn from(error: RedisError) -> Self {
-        Failure::Redis {
-            error,
-            ambiguous: false,
-        }
-    }
-}
-
-fn ambiguous(error: RedisError) -> Failure {
-    Failure::Redis {
-        error,
-        ambiguous: true,
-    }
+    resource: Resource,
 }
 
 impl RedisStore {
+    /// Checks the settings; does not connect.
+    pub(super) fn new(settings: Settings) -> Result<RedisStore, StoreError> {
+        let bad = |detail: String| StoreError::config(BACKEND, detail);
+        let url = settings.url.ok_or_else(|| bad("`url` is required".into()))?;
+        let key = settings.key.ok_or_else(|| bad("`key` is required".into()))?;
+        if key.is_empty() {
+            return Err(bad("`key` is empty".into()));
+        }
+        let client_name = settings.client_name;
+        if client_name.is_empty() || client_name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad("`client-name` must be non-empty, without spaces".into()));
+        }
+        let timeout_ms = settings.timeout_ms;
+        if !(1..=3_600_000).contains(&timeout_ms) {
+            return Err(bad(format!("`timeout-ms` must be 1..3600000, got {timeout_ms}")));
+        }
+        let endpoint = settings.endpoint;
+        let target = Target::from_url(&url, &endpoint, settings.tls_ca_cert_file.as_deref())?;
+        Ok(RedisStore {
+            target,
+            key: key.as_bytes().to_vec(),
+            timeout: Duration::from_millis(timeout_ms as u64),
+            resource: Resource { backend: BACKEND, name: format!("{endpoint} key {key}") },
+            endpoint,
+            client_name,
+            cas: Script::new(COMPARE_AND_SET),
+            conn: None,
+        })
+    }
+
     /// Connects and names the connection, all before `deadline`.
     pub(super) fn connect(&self, op: &str, deadline: Instant) -> Result<Link, StoreError> {
         let fail = |e: RedisError| {
@@ -219,16 +225,5 @@ impl Store for RedisStore {
 
     fn resource(&self) -> &Resource {
         &self.resource
-    }
-}
-
-/// A Redis error worded for people; never includes the URL (or its password).
-fn describe(e: &RedisError) -> String {
-    if e.is_timeout() {
-        return format!("no answer in time ({e})");
-    }
-    match e.kind() {
-        ErrorKind::AuthenticationFailed => format!("authentication failed ({e})"),
-        _ => e.to_string(),
     }
 }

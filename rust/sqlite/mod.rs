@@ -29,13 +29,20 @@
 //! Safe SQL: values travel only as bind parameters; the table name appears in
 //! SQL only as a quoted identifier.
 //!
-//! Configuration keys: see `Keys` in `store.rs` (made by
+//! Configuration keys: see `Settings` in `settings.rs` (made by
 //! `clojure/duratom/backend/sqlite.clj`); an unknown key is an error.
 //!
-//! The files: `store.rs` opens the database and runs the operations;
-//! `tests.rs` runs them on real database files.
+//! The files: `settings.rs` is the configuration as read, `store.rs` checks
+//! it, builds the store and runs the operations, `connection.rs` opens the
+//! database (WAL, FULL sync, the table) and tells its files apart, `locks.rs`
+//! installs SQLite's file locks as OFD locks on Linux (with `ofd_locks.c`),
+//! `errors.rs` classifies and words SQLite's errors. `tests.rs` runs them on
+//! real database files. Apart from `store.rs`, which uses them, each imports only from files listed after it.
 
+mod connection;
+mod errors;
 mod locks;
+mod settings;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -44,17 +51,12 @@ use crate::config::Config;
 use crate::store::{Store, StoreError};
 
 pub use store::SqliteStore;
+use settings::Settings;
 
 const BACKEND: &str = "sqlite-db";
 
 /// Opens the row the config names, opening the database and creating the
 /// table if missing, so that a wrong path fails at construction.
 pub fn open(config: &Config) -> Result<Box<dyn Store>, StoreError> {
-    let mut store = SqliteStore::new(config)?;
-    let missing = store.missing();
-    store.conn = Some(store.connect()?);
-    if missing {
-        store.created = store.file_id();
-    }
-    Ok(Box::new(store))
+    Ok(Box::new(SqliteStore::open(config.settings::<Settings>()?)?))
 }

@@ -1,33 +1,17 @@
-//! The store: opening the database, and load, commit and delete on one row.
+//! The store: built from the settings, and load, commit and delete on one
+//! row (a removed WAL's commits saved first).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
-use crate::config::Config;
-use crate::store::{Expect, Resource, Store, StoreError, Stored, Version};
-
+use super::connection::{beside, existing_file_id, file_id, Conn, FileId, ValueKind};
+use super::errors::{code, describe, with_resource, Failure};
+use super::settings::Settings;
 use super::BACKEND;
-
-/// How values are bound: the declared type of the table's `value` column.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ValueKind {
-    Text,
-    Blob,
-}
-
-/// The identity of a file (device, inode), to notice a removed or replaced database.
-type FileId = (u64, u64);
-
-pub(super) struct Conn {
-    db: Connection,
-    value: ValueKind,
-    file: Option<FileId>,
-    /// The WAL file this connection writes, as found at its path on open.
-    wal: Option<FileId>,
-}
+use crate::store::{Expect, Resource, Store, StoreError, Stored, Version};
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -36,60 +20,37 @@ pub struct SqliteStore {
     row_id: i64,
     create_type: ValueKind,
     busy_timeout: Duration,
-    pub(super) conn: Option<Conn>,
+    conn: Option<Conn>,
     resource: Resource,
     /// The database file `open` created, until a commit or delete: a store
     /// closed before either (a construction that failed) removes it.
-    pub(super) created: Option<FileId>,
-}
-
-/// Why a call failed: the store's error, or a conflict.
-enum Failure {
-    Sql(rusqlite::Error),
-    Conflict,
-    Other(StoreError),
-}
-
-impl From<rusqlite::Error> for Failure {
-    fn from(e: rusqlite::Error) -> Self {
-        Failure::Sql(e)
-    }
-}
-
-/// The keys a SQLite store is configured with (made by
-/// `clojure/duratom/backend/sqlite.clj`); any other key is an error at open.
-/// Missing keys take the values of [`Default`] below, the one place where
-/// defaults live; `path` and `table` have none.
-#[derive(serde::Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
-struct Keys {
-    /// The database file; its directory must exist.
-    path: Option<String>,
-    table: Option<String>,
-    row_id: i64,
-    /// text or blob: the `value` column's type when the table is created.
-    column_type: String,
-    busy_timeout_ms: i64,
-}
-
-impl Default for Keys {
-    fn default() -> Self {
-        Keys { path: None, table: None, row_id: 0, column_type: "text".into(), busy_timeout_ms: 5000 }
-    }
+    created: Option<FileId>,
 }
 
 impl SqliteStore {
-    pub(super) fn new(config: &Config) -> Result<SqliteStore, StoreError> {
-        let keys: Keys = config.settings()?;
-        let path = PathBuf::from(keys.path.ok_or_else(|| StoreError::config(BACKEND, "`path` is required"))?);
+    /// Checks the settings and opens the database (creating the file and
+    /// the table when missing), so that a wrong path fails at construction.
+    pub(super) fn open(settings: Settings) -> Result<SqliteStore, StoreError> {
+        let mut store = SqliteStore::new(settings)?;
+        let missing = !store.path.exists();
+        store.conn = Some(store.connect()?);
+        if missing {
+            store.created = existing_file_id(&store.path);
+        }
+        Ok(store)
+    }
+
+    /// Checks the settings; does not open the database.
+    fn new(settings: Settings) -> Result<SqliteStore, StoreError> {
+        let path = PathBuf::from(settings.path.ok_or_else(|| StoreError::config(BACKEND, "`path` is required"))?);
         if path.as_os_str().is_empty() {
             return Err(StoreError::config(BACKEND, "`path` is empty"));
         }
-        let name = keys.table.ok_or_else(|| StoreError::config(BACKEND, "`table` is required"))?;
+        let name = settings.table.ok_or_else(|| StoreError::config(BACKEND, "`table` is required"))?;
         let table = quote_table(&name)
             .map_err(|d| StoreError::config(BACKEND, format!("table name {d}")))?;
-        let row_id = keys.row_id;
-        let create_type = match keys.column_type.as_str() {
+        let row_id = settings.row_id;
+        let create_type = match settings.column_type.as_str() {
             "text" => ValueKind::Text,
             "blob" => ValueKind::Blob,
             other => {
@@ -99,7 +60,7 @@ impl SqliteStore {
                 ))
             }
         };
-        let busy_ms = keys.busy_timeout_ms;
+        let busy_ms = settings.busy_timeout_ms;
         if !(0..=3_600_000).contains(&busy_ms) {
             return Err(StoreError::config(
                 BACKEND,
@@ -126,87 +87,12 @@ impl SqliteStore {
         StoreError::backend(&self.resource, op, describe(&e, self.busy_timeout))
     }
 
-    /// Opens the database, sets WAL and FULL sync, and finds or creates the table.
-    pub(super) fn connect(&self) -> Result<Conn, StoreError> {
-        super::locks::install();
-        let dir = match self.path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        if !dir.is_dir() {
-            return Err(StoreError::backend(
-                &self.resource,
-                "open",
-                format!("the directory {} does not exist", dir.display()),
-            ));
-        }
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let db =
-            Connection::open_with_flags(&self.path, flags).map_err(|e| self.error("open", e))?;
-        db.busy_timeout(self.busy_timeout)
-            .map_err(|e| self.error("open", e))?;
-        let mode: String = db
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(|e| self.error("setting WAL mode", e))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::backend(
-                &self.resource,
-                "open",
-                format!("the database cannot use WAL mode (it reports journal_mode {mode}), so commits could not be made durable"),
-            ));
-        }
-        db.pragma_update(None, "synchronous", "FULL")
-            .map_err(|e| self.error("open", e))?;
-        let value = match self.value_column(&db)? {
-            Some(kind) => kind,
-            None => {
-                let ty = match self.create_type {
-                    ValueKind::Text => "TEXT",
-                    ValueKind::Blob => "BLOB",
-                };
-                db.execute_batch(&format!(
-                    "CREATE TABLE IF NOT EXISTS {} (id INTEGER, value {ty})",
-                    self.table
-                ))
-                .map_err(|e| self.error("creating the table", e))?;
-                self.value_column(&db)?.ok_or_else(|| {
-                    StoreError::backend(
-                        &self.resource,
-                        "open",
-                        "the table is missing after creating it",
-                    )
-                })?
-            }
-        };
-        // The first read above opened (or created) the WAL.
-        Ok(Conn {
-            db,
-            value,
-            file: file_id(&self.path),
-            wal: existing_file_id(&self.wal_path()),
-        })
+    fn connect(&self) -> Result<Conn, StoreError> {
+        Conn::open(&self.path, &self.table, self.create_type, self.busy_timeout, &self.resource)
     }
 
     fn wal_path(&self) -> PathBuf {
-        self.beside("-wal")
-    }
-
-    /// The path of the database's companion file with `suffix`.
-    fn beside(&self, suffix: &str) -> PathBuf {
-        let mut p = self.path.clone().into_os_string();
-        p.push(suffix);
-        PathBuf::from(p)
-    }
-
-    /// Whether the database file is missing, so that opening creates it.
-    pub(super) fn missing(&self) -> bool {
-        !self.path.exists()
-    }
-
-    pub(super) fn file_id(&self) -> Option<FileId> {
-        existing_file_id(&self.path)
+        beside(&self.path, "-wal")
     }
 
     /// Whether the WAL file the connection writes is no longer the file at
@@ -247,32 +133,6 @@ impl SqliteStore {
             "the WAL file {} was removed or replaced while open; the commits it held were copied into the database file, and the database was reopened",
             wal.display()
         ))
-    }
-
-    /// The kind of the table's `value` column; `None` when there is no table.
-    /// A table without `id` and `value` columns is not one of ours: an error.
-    fn value_column(&self, db: &Connection) -> Result<Option<ValueKind>, StoreError> {
-        let read = || -> Result<Vec<(String, String)>, rusqlite::Error> {
-            let mut stmt = db.prepare(&format!("PRAGMA table_info({})", self.table))?;
-            let rows =
-                stmt.query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
-            rows.collect()
-        };
-        let columns = read().map_err(|e| self.error("reading the table's columns", e))?;
-        if columns.is_empty() {
-            return Ok(None);
-        }
-        let find = |name: &str| columns.iter().find(|(n, _)| n.eq_ignore_ascii_case(name));
-        match (find("id"), find("value")) {
-            (Some(_), Some((_, ty))) => {
-                Ok(Some(if ty.to_ascii_uppercase().contains("BLOB") { ValueKind::Blob } else { ValueKind::Text }))
-            }
-            _ => Err(StoreError::backend(
-                &self.resource,
-                "open",
-                "the table exists but has no `id` and `value` columns, so it is not a duratom table",
-            )),
-        }
     }
 
     /// The open connection, reopened when the database file was removed or
@@ -411,7 +271,10 @@ impl Drop for SqliteStore {
     fn drop(&mut self) {
         let Some(created) = self.created.take() else { return };
         self.conn = None;
-        if self.file_id() == Some(created) && !self.beside("-wal").exists() && !self.beside("-shm").exists() {
+        if existing_file_id(&self.path) == Some(created)
+            && !beside(&self.path, "-wal").exists()
+            && !beside(&self.path, "-shm").exists()
+        {
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -493,70 +356,10 @@ impl Store for SqliteStore {
     }
 }
 
-/// Puts the store's resource into an error made where it was not at hand.
-fn with_resource(f: Failure, resource: &Resource) -> Failure {
-    match f {
-        Failure::Other(StoreError::Backend { op, detail, .. }) => {
-            Failure::Other(StoreError::Backend {
-                resource: resource.clone(),
-                op,
-                detail,
-            })
-        }
-        other => other,
-    }
-}
-
-fn code(e: &rusqlite::Error) -> Option<ErrorCode> {
-    match e {
-        rusqlite::Error::SqliteFailure(err, _) => Some(err.code),
-        _ => None,
-    }
-}
-
-/// A rusqlite error worded for people: a lock held elsewhere says so.
-fn describe(e: &rusqlite::Error, busy: Duration) -> String {
-    match code(e) {
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => format!(
-            "the database is locked by another connection (waited {} ms): {e}",
-            busy.as_millis()
-        ),
-        Some(ErrorCode::CannotOpen) => format!("cannot open the database file: {e}"),
-        _ => e.to_string(),
-    }
-}
-
-#[cfg(unix)]
-fn file_id(path: &Path) -> Option<FileId> {
-    use std::os::unix::fs::MetadataExt;
-    // Missing file: a sentinel that never equals a real identity, so a
-    // connection to a removed file counts as stale.
-    Some(
-        std::fs::metadata(path)
-            .map(|m| (m.dev(), m.ino()))
-            .unwrap_or((u64::MAX, u64::MAX)),
-    )
-}
-
-#[cfg(not(unix))]
-fn file_id(_path: &Path) -> Option<FileId> {
-    None
-}
-
-/// The identity of the file at `path`; `None` when there is none (or no
-/// identities on this platform).
-fn existing_file_id(path: &Path) -> Option<FileId> {
-    if path.exists() {
-        file_id(path)
-    } else {
-        None
-    }
-}
-
 /// The table name as one quoted SQLite identifier. SQLite compares
 /// identifiers without regard to ASCII case, quoted or not, so the table the
 /// original library created under the same name (unquoted) is this one.
-pub(super) fn quote_table(name: &str) -> Result<String, String> {
+fn quote_table(name: &str) -> Result<String, String> {
     if name.trim().is_empty() {
         return Err("is empty".into());
     }
