@@ -1,5 +1,5 @@
 (ns duratom.storage
-  "The Clojure side of the one door into the Rust storage engine
+  "The Clojure side of the one boundary into the Rust storage engine
   (`duratom.Native`). Nothing else calls `duratom.Native`.
 
   A store is opened from a backend description
@@ -52,7 +52,7 @@
             :duratom/outcome-unknown? (instance? Native$OutcomeUnknownException e)}
            e))
 
-(defmacro ^:private through-door
+(defmacro ^:private across-boundary
   "Runs `body` (a native call), translating its exceptions for `store`."
   [store op & body]
   `(try ~@body
@@ -65,7 +65,7 @@
 (defn- open-handle ^long [desc]
   ;; A library that did not load throws its reason here, at every open.
   (Native/ensureLoaded)
-  (through-door desc :open (Native/open (wire (:native-config desc)))))
+  (across-boundary desc :open (Native/open (wire (:native-config desc)))))
 
 (defn open
   "Opens the store a backend description names; returns a `Store`. Throws
@@ -104,7 +104,7 @@
 (defn load-stored
   "What the store holds now: `{:bytes b, :version v}`, or nil when nothing is stored."
   [store]
-  (through-door store :load
+  (across-boundary store :load
     (when-let [pair (Native/load (handle store))]
       {:bytes (aget pair 0)
        :version (String. ^bytes (aget pair 1) StandardCharsets/UTF_8)})))
@@ -116,7 +116,7 @@
         expected-bytes (cond (nil? expected) nil
                              (= :nothing expected) Native/EXPECT_NOTHING
                              :else (utf8 expected))]
-    (through-door store :commit
+    (across-boundary store :commit
       (String. (Native/commit (handle store) (:chunks encoded) (long (:size encoded)) expected-bytes
                               (some-> last-seen utf8))
                StandardCharsets/UTF_8))))
@@ -124,7 +124,7 @@
 (defn- append!
   "Native append of the change record `encoded` to the state stored as `after`."
   [store ^Encoded encoded ^String after]
-  (through-door store :commit
+  (across-boundary store :commit
     (String. (Native/append (handle store) (:chunks encoded) (long (:size encoded))
                             (.getBytes after StandardCharsets/UTF_8))
              StandardCharsets/UTF_8)))
@@ -169,7 +169,7 @@
 (defn delete!
   "Removes what the store holds. Removing nothing is not an error."
   [store]
-  (through-door store :delete (Native/delete (handle store))))
+  (across-boundary store :delete (Native/delete (handle store))))
 
 (defn close!
   "Releases the store's native resources. Harmless twice."

@@ -21,7 +21,7 @@ import java.util.List;
 import java.util.UUID;
 
 /**
- * The one door between the JVM and duratom's Rust storage engine
+ * The one boundary between the JVM and duratom's Rust storage engine
  * (rust/jni.rs implements these methods). Nothing else calls native code.
  *
  * Stores are named by handles: numbers into a table the library owns. A closed
@@ -88,13 +88,13 @@ public final class Native {
     /** Forgets the handle and releases its resources; harmless twice. */
     public static native void close(long handle);
 
-    /** The door fingerprint the loaded library was built with (ASCII hex; see build.rs). */
+    /** The native-interface fingerprint the loaded library was built with (ASCII hex; see build.rs). */
     public static native byte[] fingerprint();
 
-    // ------------------------------------------------------------ the door check
+    // ------------------------------------------------ the native-interface check
 
     /**
-     * The crate version the door fingerprint includes; it must equal the version in
+     * The crate version the native-interface fingerprint includes; it must equal the version in
      * Cargo.toml, which build.rs checks.
      */
     static final String CRATE_VERSION = "0.1.0";
@@ -108,7 +108,7 @@ public final class Native {
      * rust/build/native_abi.rs computes it from the source (each method {@code name(type,type)type}
      * with simple type names, sorted, joined by ';', then '|' and the version).
      */
-    public static String doorFingerprint() {
+    public static String expectedFingerprint() {
         List<String> signatures = new ArrayList<>();
         for (Method m : Native.class.getDeclaredMethods()) {
             if (!Modifier.isNative(m.getModifiers())) continue;
@@ -139,29 +139,29 @@ public final class Native {
      * The error for a library whose fingerprint is {@code found} (null: it has none) where
      * this class expects {@code expected}; null when they match.
      */
-    public static UnsatisfiedLinkError doorMismatch(String where, String found, String expected) {
+    public static UnsatisfiedLinkError fingerprintMismatch(String where, String found, String expected) {
         if (expected.equals(found)) return null;
         String fix = " Rebuild it (`cargo build --release` in this checkout, or scripts/build-native), or point "
                 + PATH_PROPERTY + " / " + PATH_ENV + " at a library from the same build as these classes.";
         if (found == null) {
             return new UnsatisfiedLinkError("duratom: the native library " + where
-                    + " carries no door fingerprint (expected " + expected
+                    + " carries no native-interface fingerprint (expected " + expected
                     + "): it comes from an older or foreign build." + fix);
         }
-        return new UnsatisfiedLinkError("duratom: the native library " + where + " has door fingerprint "
+        return new UnsatisfiedLinkError("duratom: the native library " + where + " has native-interface fingerprint "
                 + found + " but this duratom.Native expects " + expected
                 + ": the library comes from another build (other native methods or another version)." + fix);
     }
 
     /** Checks the loaded library's fingerprint against this class's; throws on a mismatch. */
-    private static void checkDoor() {
+    private static void checkFingerprint() {
         String found;
         try {
             found = new String(fingerprint(), StandardCharsets.US_ASCII);
         } catch (UnsatisfiedLinkError e) {
             found = null;
         }
-        UnsatisfiedLinkError mismatch = doorMismatch(loadedFrom, found, doorFingerprint());
+        UnsatisfiedLinkError mismatch = fingerprintMismatch(loadedFrom, found, expectedFingerprint());
         if (mismatch != null) throw mismatch;
     }
 
@@ -183,7 +183,7 @@ public final class Native {
     static {
         try {
             load();
-            checkDoor();
+            checkFingerprint();
         } catch (UnsatisfiedLinkError e) {
             loadFailure = e;
         } catch (IllegalCallerException e) {
@@ -368,9 +368,9 @@ public final class Native {
         }
     }
 
-    /** Prefix of the copies {@link #extractLocked} makes; the version and door fingerprint tell builds apart. */
+    /** Prefix of the copies {@link #extractLocked} makes; the version and native-interface fingerprint tell builds apart. */
     public static String copyPrefix() {
-        return "duratom-" + CRATE_VERSION + "-" + doorFingerprint() + "-";
+        return "duratom-" + CRATE_VERSION + "-" + expectedFingerprint() + "-";
     }
 
     /** Suffix of a copy's lock file: {@code <copy>.lck}. */

@@ -5,7 +5,7 @@
 //!
 //! The fingerprint is FNV-1a (64 bits) of the canonical signatures and the
 //! crate version. `Native.java` computes the same text by reflection over its
-//! own `native` methods (see `Native.doorFingerprint`), so the two must build
+//! own `native` methods (see `Native.expectedFingerprint`), so the two must build
 //! it identically: each method as `name(type,type)type` with Java's simple
 //! type names (`long`, `byte[]`, `byte[][]`), sorted by name, joined by `;`,
 //! then `|` and the crate version.

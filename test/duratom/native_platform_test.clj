@@ -230,7 +230,7 @@
         crashed (str (Native/copyPrefix) "0000.dll")
         orphan (str (Native/copyPrefix) "1111.dll")]
     (is (str/starts-with? live (Native/copyPrefix)) live)
-    (is (= (str "duratom-0.1.0-" (Native/doorFingerprint) "-") (Native/copyPrefix)) "named by version and door fingerprint")
+    (is (= (str "duratom-0.1.0-" (Native/expectedFingerprint) "-") (Native/copyPrefix)) "named by version and native-interface fingerprint")
     (is (str/ends-with? live ".dll") live)
     (spit (io/file dir crashed) "left by a JVM that died")
     (spit (io/file dir (str crashed ".lck")) "")

@@ -1,5 +1,5 @@
-(ns duratom.door-test
-  "The door check of duratom.Native: the loaded library's fingerprint (stamped
+(ns duratom.native-abi-test
+  "The native-interface check of duratom.Native: the loaded library's fingerprint (stamped
   by build.rs) must match the one this class computes from its own native
   declarations, and a library from another build is a clear error naming both
   fingerprints and where the library came from."
@@ -12,14 +12,14 @@
 (deftest the-loaded-library-matches-this-class
   (let [found (String. (Native/fingerprint) "US-ASCII")]
     (is (re-matches #"[0-9a-f]{16}" found))
-    (is (= (Native/doorFingerprint) found))
-    (is (nil? (Native/doorMismatch "x" found (Native/doorFingerprint))))
+    (is (= (Native/expectedFingerprint) found))
+    (is (nil? (Native/fingerprintMismatch "x" found (Native/expectedFingerprint))))
     (is (str/includes? (Native/loadedFrom) "libduratom") (Native/loadedFrom))))
 
 (deftest a-library-from-another-build-is-named-with-both-fingerprints
-  (let [e (Native/doorMismatch "/old/libduratom.so (named by duratom.native.path)" "0123456789abcdef" "fedcba9876543210")]
+  (let [e (Native/fingerprintMismatch "/old/libduratom.so (named by duratom.native.path)" "0123456789abcdef" "fedcba9876543210")]
     (is (instance? UnsatisfiedLinkError e))
-    (is (re-find #"native library /old/libduratom.so \(named by duratom.native.path\) has door fingerprint 0123456789abcdef but this duratom.Native expects fedcba9876543210"
+    (is (re-find #"native library /old/libduratom.so \(named by duratom.native.path\) has native-interface fingerprint 0123456789abcdef but this duratom.Native expects fedcba9876543210"
                  (.getMessage e))))
   (testing "a library without any fingerprint, loaded in a child JVM: the loader says which file and why"
     (let [foreign (->> ["lib/libzip.so" "lib/libjava.so" "lib/libnio.so"]
@@ -36,8 +36,8 @@
                      (catch Throwable e (println (.getName (class e)) (.getMessage e))))"
                :jvm-opts [(str "-Dduratom.native.path=" foreign)])]
       (is (str/includes? out "java.lang.UnsatisfiedLinkError") out)
-      (is (str/includes? out (str "the native library " foreign " (named by duratom.native.path) carries no door fingerprint")) out)
-      (is (str/includes? out (str "expected " (Native/doorFingerprint))) out))))
+      (is (str/includes? out (str "the native library " foreign " (named by duratom.native.path) carries no native-interface fingerprint")) out)
+      (is (str/includes? out (str "expected " (Native/expectedFingerprint))) out))))
 
 (deftest classes-compiled-in-a-checkout-load-the-library-cargo-built-there
   ;; Leiningen compiles Native into target/jvm/classes; the loader finds the
