@@ -221,31 +221,18 @@ mod tests {
         server.join().unwrap();
     }
 
-    /// Serves one TLS handshake with a freshly made self-signed certificate
-    /// (made by the `openssl` command, which the test servers need anyway).
+    /// Serves one TLS handshake with a self-signed certificate that no root
+    /// trusts (rust/testdata/localhost.crt).
     fn tls_server_with_unknown_cert() -> (String, std::thread::JoinHandle<()>) {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let dir = tempfile::tempdir().unwrap();
-        let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
-        let made = std::process::Command::new("openssl")
-            .args(["req", "-new", "-x509", "-days", "1", "-nodes", "-subj", "/CN=localhost"])
-            .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
-            .args(["-addext", "subjectAltName=DNS:localhost", "-addext", "basicConstraints=critical,CA:FALSE"])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .expect("the openssl command (Debian package openssl)");
-        assert!(made.status.success(), "openssl req: {}", String::from_utf8_lossy(&made.stderr));
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
             .with_single_cert(
-                vec![CertificateDer::from_pem_file(&cert).unwrap()],
-                PrivateKeyDer::from_pem_file(&key).unwrap(),
+                vec![CertificateDer::from_pem_slice(include_bytes!("testdata/localhost.crt")).unwrap()],
+                PrivateKeyDer::from_pem_slice(include_bytes!("testdata/localhost.key")).unwrap(),
             )
             .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();

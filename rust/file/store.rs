@@ -30,10 +30,10 @@ pub struct FileStore {
     /// that an append need not read the file again while it is unchanged.
     log_end: Option<LogEnd>,
     temp_names: TempNames,
-    /// The empty file `open` created (its metadata), until a commit
-    /// or delete: a store closed before either (a construction that failed)
+    /// The identity of the empty file `open` created, until a commit or
+    /// delete: a store closed before either (a construction that failed)
     /// removes it, leaving the directory as it found it.
-    created: Option<fs::Metadata>,
+    created: Option<(u64, u64)>,
 }
 
 /// The file (by identity and length) and the version its log ends with.
@@ -44,11 +44,11 @@ struct LogEnd {
     appendable: bool,
 }
 
-/// Identity and length of an open file: any append changes the length, any
-/// replace the identity.
-fn identity(meta: &std::fs::Metadata) -> (u64, u64, u64) {
-    let (dev, ino) = os::file_id(meta);
-    (dev, ino, meta.len())
+/// Identity and length of an open file (`meta` is its metadata): any
+/// append changes the length, any replace the identity.
+fn identity(file: &File, meta: &fs::Metadata) -> std::io::Result<(u64, u64, u64)> {
+    let (dev, ino) = os::file_id(file)?;
+    Ok((dev, ino, meta.len()))
 }
 
 impl FileStore {
@@ -82,7 +82,7 @@ impl FileStore {
         let meta = file.metadata().map_err(|e| StoreError::io(&store.resource, "examining the file", e))?;
         refuse_unless_regular(&store.resource, &store.path, &target.file, &meta, "opening")?;
         if created {
-            store.created = Some(meta);
+            store.created = Some(os::file_id(&file).map_err(|e| StoreError::io(&store.resource, "examining the file", e))?);
         }
         remove_dead_writers_temp_files(&target);
         Ok(store)
@@ -112,8 +112,8 @@ impl FileStore {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(|e| StoreError::io(&self.resource, op, e))?;
         if self.log {
-            let meta = file.metadata().map_err(|e| StoreError::io(&self.resource, op, e))?;
-            return Ok(self.read_log(target, &meta, bytes)?.map(|(log, mut bytes)| {
+            let id = file.metadata().and_then(|m| identity(&file, &m)).map_err(|e| StoreError::io(&self.resource, op, e))?;
+            return Ok(self.read_log(target, id, bytes)?.map(|(log, mut bytes)| {
                 bytes.truncate(log.end);
                 bytes.drain(..log.start);
                 Stored { bytes, version: Version(log.version.to_string()) }
@@ -126,12 +126,12 @@ impl FileStore {
         Ok(decoded.map(|(count, body)| Stored { bytes: body, version: Version(count.to_string()) }))
     }
 
-    /// Reads a log-mode file's `bytes` (the file `meta` describes) and
-    /// remembers where its log ends. Damage is Corrupt, naming the offset.
-    fn read_log(&mut self, target: &Target, meta: &std::fs::Metadata, bytes: Vec<u8>) -> Result<Option<(Log, Vec<u8>)>, StoreError> {
+    /// Reads a log-mode file's `bytes` (of the file whose identity is `id`)
+    /// and remembers where its log ends. Damage is Corrupt, naming the offset.
+    fn read_log(&mut self, target: &Target, id: (u64, u64, u64), bytes: Vec<u8>) -> Result<Option<(Log, Vec<u8>)>, StoreError> {
         match decode_log(&bytes) {
             Ok(Some(log)) => {
-                self.log_end = Some(LogEnd { meta: (identity(meta).0, identity(meta).1, log.end as u64), version: log.version, appendable: log.appendable });
+                self.log_end = Some(LogEnd { meta: (id.0, id.1, log.end as u64), version: log.version, appendable: log.appendable });
                 Ok(Some((log, bytes)))
             }
             Ok(None) => {
@@ -151,14 +151,15 @@ impl FileStore {
             .map_err(|e| StoreError::io(r, "opening the file to append", e))?;
         let meta = file.metadata().map_err(|e| StoreError::io(r, "examining the file", e))?;
         refuse_unless_regular(r, &self.path, &target.file, &meta, "appending")?;
-        let (id_now, len_now) = ((identity(&meta).0, identity(&meta).1), meta.len());
+        let id = identity(&file, &meta).map_err(|e| StoreError::io(r, "examining the file", e))?;
+        let (id_now, len_now) = ((id.0, id.1), id.2);
         let cached = self.log_end.filter(|c| (c.meta.0, c.meta.1) == id_now && c.meta.2 == len_now);
         let end = match cached {
             Some(c) => c,
             None => {
                 let mut bytes = Vec::new();
                 (&file).read_to_end(&mut bytes).map_err(|e| StoreError::io(r, "reading the log", e))?;
-                if self.read_log(target, &meta, bytes)?.is_none() {
+                if self.read_log(target, id, bytes)?.is_none() {
                     return Err(StoreError::Conflict { resource: self.resource.clone() });
                 }
                 self.log_end.expect("read_log remembers the end")
@@ -232,7 +233,7 @@ impl FileStore {
         // rename landed in, even if that directory is moved meanwhile (by
         // path, it would fail or reach another one).
         let dir = os::open_dir(&target.dir).map_err(|e| StoreError::io(r, format!("opening directory {}", target.dir.display()), e))?;
-        if !os::dir_holds(&dir, temp, &file) {
+        if !os::dir_holds(&dir, &target.dir, temp, &file) {
             let why = format!("the directory {} was moved or replaced during the commit; nothing was replaced", target.dir.display());
             return Err(StoreError::backend(r, "writing", why));
         }
@@ -271,10 +272,11 @@ impl Drop for FileStore {
     fn drop(&mut self) {
         let Some(created) = self.created.take() else { return };
         let Ok(target) = self.target("closing") else { return };
-        if let Ok(meta) = fs::symlink_metadata(&target.file) {
-            if os::same_file(&meta, &created) && meta.len() == 0 {
-                let _ = fs::remove_file(&target.file);
-            }
+        let Ok(file) = os::no_follow_no_block(OpenOptions::new().read(true)).open(&target.file) else { return };
+        let unchanged = file.metadata().is_ok_and(|m| m.is_file() && m.len() == 0) && os::file_id(&file).is_ok_and(|id| id == created);
+        drop(file); // closed first: Windows would keep a file open here until then
+        if unchanged {
+            let _ = fs::remove_file(&target.file);
         }
     }
 }

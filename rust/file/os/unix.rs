@@ -1,6 +1,6 @@
 //! Linux and macOS: POSIX calls, `flock` for whole-file locks.
 
-use std::fs::{self, File, Metadata, OpenOptions, Permissions};
+use std::fs::{self, File, Metadata, OpenOptions, Permissions, TryLockError};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
@@ -55,22 +55,18 @@ pub fn set_permission_bits(file: &File, mode: u32) -> io::Result<()> {
     file.set_permissions(Permissions::from_mode(mode))
 }
 
-/// Whether `a` and `b` describe the same file (device and inode).
-pub fn same_file(a: &Metadata, b: &Metadata) -> bool {
-    a.dev() == b.dev() && a.ino() == b.ino()
-}
-
 /// Whether `path` still names the file `file` is open on.
 pub fn names_file(path: &Path, file: &File) -> bool {
     match (fs::symlink_metadata(path), file.metadata()) {
-        (Ok(a), Ok(b)) => same_file(&a, &b),
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
     }
 }
 
-/// Whether the directory `dir` is open on holds an entry `name` that is the
-/// file `file` is open on.
-pub fn dir_holds(dir: &File, name: &Path, file: &File) -> bool {
+/// Whether the directory `dir` is open on (found at `_dir_path`) holds an
+/// entry `name` that is the file `file` is open on, wherever that directory
+/// is now.
+pub fn dir_holds(dir: &File, _dir_path: &Path, name: &Path, file: &File) -> bool {
     let Some(name) = name.file_name().and_then(|n| std::ffi::CString::new(n.as_bytes()).ok()) else { return false };
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: a valid directory fd, a NUL-terminated name and a stat buffer of ours.
@@ -121,7 +117,23 @@ pub fn write_all_at(file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
     std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
 }
 
-/// The device and inode of the file `meta` describes.
-pub fn file_id(meta: &Metadata) -> (u64, u64) {
-    (meta.dev(), meta.ino())
+/// The device and inode of the file `file` is open on.
+pub fn file_id(file: &File) -> io::Result<(u64, u64)> {
+    file.metadata().map(|m| (m.dev(), m.ino()))
+}
+
+/// Takes the exclusive lock on the whole of `file` (`flock`), waiting for
+/// it. The OS releases it when the descriptor closes or its process dies.
+pub fn lock(file: &File) -> io::Result<()> {
+    file.lock()
+}
+
+/// Takes the exclusive lock on `file` if no one holds it: `Ok(false)` when
+/// someone does.
+pub fn try_lock(file: &File) -> io::Result<bool> {
+    match file.try_lock() {
+        Ok(()) => Ok(true),
+        Err(TryLockError::WouldBlock) => Ok(false),
+        Err(TryLockError::Error(e)) => Err(e),
+    }
 }
