@@ -7,8 +7,9 @@
 //! works as it is (no column is added).
 //!
 //! Durability: the connection runs in WAL mode with `synchronous=FULL`, so
-//! the WAL is fsynced at every commit and a commit is durable when it
-//! returns; the database stays consistent whenever the process or machine
+//! the WAL is fsynced at every commit, and each commit is checkpointed into
+//! the database file before it returns, so it stays durable when the WAL
+//! file is removed afterwards; the database stays consistent whenever the process or machine
 //! dies. WAL mode is a property of the database file: once set it stays, and
 //! other SQLite users of the file (the original library included) keep
 //! working; the file must be on a local file system, as WAL requires.

@@ -293,3 +293,22 @@ fn a_removed_wal_loses_no_acknowledged_commit_and_is_reported() {
     drop(s);
     assert_eq!(read(&db_path), "4");
 }
+
+#[test]
+fn an_acknowledged_commit_is_in_the_database_file_before_the_wal_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(&config(dir.path(), "t", &[])).unwrap();
+    s.commit(b"1", &Expect::Anything { after: None }).unwrap();
+    s.commit(b"2", &Expect::Anything { after: None }).unwrap();
+    std::fs::remove_file(dir.path().join("db.sqlite-wal")).unwrap();
+    // What is left if this process dies now, with no further call: the
+    // database file alone, which holds every acknowledged commit.
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.path().join("db.sqlite"), copy.path().join("db.sqlite")).unwrap();
+    let stored: String = Connection::open(copy.path().join("db.sqlite"))
+        .unwrap()
+        .query_row("SELECT value FROM t WHERE id = 0", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, "2");
+    std::mem::forget(s);
+}

@@ -288,3 +288,61 @@
             path (io/file dir "new.db")]
         (is (thrown? Exception (d/sqlite-atom (spec path) "t" 0 nil init {:commit-mode :sync})))
         (is (= [] (vec (.list dir))) "no database file left behind")))))
+
+(def ^:private wal-removal-code
+  "A child JVM's program: a sync duratom on `path` does `n` swaps, printing
+  each acknowledged :n, then `ready`; then, for each line read from stdin,
+  one more swap, printing `ok N` or `error MESSAGE` on one line."
+  '(fn [path n]
+     (let [a (duratom.core/sqlite-atom {:dbtype "sqlite" :dbname path} "t" 0 nil {:n 0} {:commit-mode :sync})
+           out (fn [& xs] (println (clojure.string/replace (apply str xs) "\n" " ")) (flush))]
+       (dotimes [_ n] (out (:n (swap! a update :n inc))))
+       (out "ready")
+       (doseq [_ (line-seq (java.io.BufferedReader. *in*))]
+         (out (try (str "ok " (:n (swap! a update :n inc)))
+                   (catch Exception e (str "error " (ex-message e)))))))))
+
+(defn- start-wal-child
+  "Starts wal-removal-code on `path` for `n` swaps; returns [process
+  line-reader acknowledged-values] once it printed `ready`."
+  [path n]
+  (let [child (ts/child-jvm (str "(require 'duratom.core) (" (pr-str wal-removal-code) " " (pr-str path) " " n ")"))
+        r (BufferedReader. (InputStreamReader. (.getInputStream child)))
+        acked (loop [acc []]
+                (let [line (.readLine r)]
+                  (cond (nil? line) (throw (ex-info "the child ended before ready" {:acked acc}))
+                        (= "ready" line) acc
+                        :else (recur (conj acc (Long/parseLong line))))))]
+    [child r acked]))
+
+(defn- sigkill! [^Process child]
+  (.destroyForcibly child)
+  (is (.waitFor child 1 TimeUnit/MINUTES)))
+
+(deftest the-wal-removed-then-the-process-killed-loses-no-acknowledged-commit
+  (let [path (str (io/file (ts/temp-dir) "wal.db"))
+        wal (io/file (str path "-wal"))
+        stored #(:n @(d/sqlite-atom (spec path) "t" 0 nil nil {:commit-mode :sync}))]
+    (testing "removed after the acknowledgements, killed before any further call"
+      (let [[child _ acked] (start-wal-child path 25)]
+        (is (= (range 1 26) acked))
+        (is (.delete wal) "the WAL existed and is removed")
+        (sigkill! child)
+        (is (= 25 (stored)) "every acknowledged commit is in the database file")))
+    (testing "removed, then the next swap! reports it naming the file; killed after"
+      (let [[child r acked] (start-wal-child path 10)
+            w (.getOutputStream ^Process child)]
+        (is (= (range 26 36) acked))
+        (is (.delete wal))
+        (.write w (.getBytes "swap\n"))
+        (.flush w)
+        (let [line (.readLine ^BufferedReader r)]
+          (is (str/starts-with? (str line) "error ") line)
+          (is (str/includes? (str line) (str wal " was removed")) "names the removed WAL file"))
+        (.write w (.getBytes "swap\n"))
+        (.flush w)
+        (is (= "ok 36" (.readLine ^BufferedReader r)) "the call after the report goes on")
+        (.delete wal)
+        (sigkill! child)
+        (is (= 36 (stored)))))
+    (is (= "ok" (python-query path "PRAGMA integrity_check")))))
