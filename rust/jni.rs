@@ -185,9 +185,7 @@ pub extern "system" fn Java_duratom_Native_commit<'l>(
                 v => Expect::Version(v),
             }
         };
-        let bytes = joined_prefix(env, &chunks, length)?;
-        let version = store.lock().commit(&bytes, &expect)?;
-        Ok(env.byte_array_from_slice(version.0.as_bytes())?.into_raw())
+        write_chunks(env, &store, &chunks, length, |s, bytes| s.commit(bytes, &expect))
     })
 }
 
@@ -207,10 +205,23 @@ pub extern "system" fn Java_duratom_Native_append<'l>(
     cross(&mut env, std::ptr::null_mut(), |env| {
         let store = store_for(handle)?;
         let after = version_in(env, &after)?;
-        let bytes = joined_prefix(env, &chunks, length)?;
-        let version = store.lock().append(&bytes, &after)?;
-        Ok(env.byte_array_from_slice(version.0.as_bytes())?.into_raw())
+        write_chunks(env, &store, &chunks, length, |s, bytes| s.append(bytes, &after))
     })
+}
+
+/// What commit and append share: the first `length` bytes of the chunks'
+/// concatenation, handed to `write` on `store` (under its lock), and the new
+/// version it returns as a Java byte array.
+fn write_chunks(
+    env: &mut JNIEnv,
+    store: &SharedStore,
+    chunks: &JObjectArray,
+    length: jlong,
+    write: impl FnOnce(&mut dyn Store, &[u8]) -> Result<Version, StoreError>,
+) -> Result<jbyteArray, Failure> {
+    let bytes = joined_prefix(env, chunks, length)?;
+    let version = write(&mut **store.lock(), &bytes)?;
+    Ok(env.byte_array_from_slice(version.0.as_bytes())?.into_raw())
 }
 
 /// `static native void delete(long handle)`: removes what is stored.

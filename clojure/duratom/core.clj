@@ -317,6 +317,16 @@
          codec (rw/file-codec rw path)]
      (make-duratom (file-backend/store-config path (:raw? codec) (:log? codec)) codec lock init rw))))
 
+(defn- row-atom
+  "What `postgres-atom` and `sqlite-atom` share: a duratom in row `row-id`
+  (nil: 0) of `table-name`, through the backend's `store-config` and `codec`,
+  with `default-rw` when `rw` is nil."
+  [store-config codec default-rw db-config table-name row-id lock init rw]
+  (check-rw! rw)
+  (let [rw (or rw default-rw)
+        desc (store-config db-config table-name (or row-id 0) (:column-type rw :text))]
+    (make-duratom desc (codec rw desc) lock init rw)))
+
 (defn postgres-atom
   "A duratom stored in row `row-id` (default 0) of table `table-name`, which
   is created when missing. `db-config`: a clojure.java.jdbc db-spec for
@@ -329,10 +339,8 @@
   ([db-config table-name row-id lock init]
    (postgres-atom db-config table-name row-id lock init default-postgres-rw))
   ([db-config table-name row-id lock init rw]
-   (check-rw! rw)
-   (let [rw (or rw default-postgres-rw)
-         desc (postgres-backend/store-config db-config table-name (or row-id 0) (:column-type rw :text))]
-     (make-duratom desc (rw/postgres-codec rw desc) lock init rw))))
+   (row-atom postgres-backend/store-config rw/postgres-codec default-postgres-rw
+             db-config table-name row-id lock init rw)))
 
 (defn s3-atom
   "A duratom stored in object `k` of `bucket` (created when missing).
@@ -367,10 +375,8 @@
   ([db-config table-name row-id lock init]
    (sqlite-atom db-config table-name row-id lock init default-sqlite-rw))
   ([db-config table-name row-id lock init rw]
-   (check-rw! rw)
-   (let [rw (or rw default-sqlite-rw)
-         desc (sqlite-backend/store-config db-config table-name (or row-id 0) (:column-type rw :text))]
-     (make-duratom desc (rw/sqlite-codec rw desc) lock init rw))))
+   (row-atom sqlite-backend/store-config rw/sqlite-codec default-sqlite-rw
+             db-config table-name row-id lock init rw)))
 
 (defn redis-atom
   "A duratom stored under the Redis key `key-name`. `db-config`: a carmine

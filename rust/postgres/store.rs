@@ -7,6 +7,7 @@ use std::time::Duration;
 use postgres::types::ToSql;
 use tokio::runtime::Runtime;
 use tokio_postgres::config::SslMode;
+use tokio_postgres::Statement;
 
 use super::connection::{Conn, Connector, ValueKind};
 use super::errors::{ambiguous, connection_lost, describe, sqlstate, stale_statements, Failure};
@@ -349,14 +350,7 @@ impl Store for PostgresStore {
                     // again in case another writer inserted while we waited.
                     let tx = c.client.transaction().await?;
                     tx.execute(&c.lock, &[&c.table, &id]).await?;
-                    let v = match first_xmin(&tx.query(&c.update_any, &[value, &id]).await?)? {
-                        Some(v) => v,
-                        None => tx.query_one(&c.insert, &[&id, value]).await?.try_get(0)?,
-                    };
-                    c.write_sent = true;
-                    tx.commit().await.map_err(ambiguous)?;
-                    c.write_sent = false;
-                    Ok(Version(v))
+                    write_and_commit(tx, &c.update_any, &c.insert, &mut c.write_sent, value, id).await
                 }
                 Expect::Version(expected) => {
                     // One round trip: every commit outside shared mode takes
@@ -378,14 +372,7 @@ impl Store for PostgresStore {
                         return Err(Failure::Conflict);
                     }
                     // A row whose value is NULL counts as empty: fill it in.
-                    let v = match first_xmin(&tx.query(&c.update_any, &[value, &id]).await?)? {
-                        Some(v) => v,
-                        None => tx.query_one(&c.insert, &[&id, value]).await?.try_get(0)?,
-                    };
-                    c.write_sent = true;
-                    tx.commit().await.map_err(ambiguous)?;
-                    c.write_sent = false;
-                    Ok(Version(v))
+                    write_and_commit(tx, &c.update_any, &c.insert, &mut c.write_sent, value, id).await
                 }
             }
         })
@@ -405,6 +392,27 @@ impl Store for PostgresStore {
 }
 
 /// The new `xmin` an `UPDATE ... RETURNING xmin::text` reports, if it hit a row.
+/// In `tx`, which holds the row's lock: updates the row, or inserts it when
+/// there is none, then commits, with `write_sent` set while the commit is
+/// out. Returns the row's new version.
+async fn write_and_commit(
+    tx: tokio_postgres::Transaction<'_>,
+    update_any: &Statement,
+    insert: &Statement,
+    write_sent: &mut bool,
+    value: &(dyn ToSql + Sync),
+    id: i64,
+) -> Result<Version, Failure> {
+    let v = match first_xmin(&tx.query(update_any, &[value, &id]).await?)? {
+        Some(v) => v,
+        None => tx.query_one(insert, &[&id, value]).await?.try_get(0)?,
+    };
+    *write_sent = true;
+    tx.commit().await.map_err(ambiguous)?;
+    *write_sent = false;
+    Ok(Version(v))
+}
+
 fn first_xmin(rows: &[postgres::Row]) -> Result<Option<String>, Failure> {
     match rows.first() {
         Some(row) => Ok(Some(row.try_get(0)?)),
