@@ -152,44 +152,25 @@ pub mod contract {
 #[macro_export]
 macro_rules! store_contract_tests {
     ($config:expr) => {
+        $crate::store_contract_tests!(@each $config;
+            a_new_store_holds_nothing_and_a_commit_loads_back,
+            every_commit_makes_a_new_version,
+            expect_nothing_creates_only_where_nothing_is_stored,
+            expect_version_refuses_a_stale_version,
+            expect_anything_writes_over_whatever_is_stored,
+            delete_then_load_finds_nothing,
+            unknown_config_keys_are_refused_at_open);
+    };
+    (@each $config:expr; $($name:ident),+) => {
         mod store_contract {
             use super::*;
             use $crate::test_support::contract;
-
-            #[test]
-            fn a_new_store_holds_nothing_and_a_commit_loads_back() {
-                contract::a_new_store_holds_nothing_and_a_commit_loads_back($config)
-            }
-
-            #[test]
-            fn every_commit_makes_a_new_version() {
-                contract::every_commit_makes_a_new_version($config)
-            }
-
-            #[test]
-            fn expect_nothing_creates_only_where_nothing_is_stored() {
-                contract::expect_nothing_creates_only_where_nothing_is_stored($config)
-            }
-
-            #[test]
-            fn expect_version_refuses_a_stale_version() {
-                contract::expect_version_refuses_a_stale_version($config)
-            }
-
-            #[test]
-            fn expect_anything_writes_over_whatever_is_stored() {
-                contract::expect_anything_writes_over_whatever_is_stored($config)
-            }
-
-            #[test]
-            fn delete_then_load_finds_nothing() {
-                contract::delete_then_load_finds_nothing($config)
-            }
-
-            #[test]
-            fn unknown_config_keys_are_refused_at_open() {
-                contract::unknown_config_keys_are_refused_at_open($config)
-            }
+            $(
+                #[test]
+                fn $name() {
+                    contract::$name($config)
+                }
+            )+
         }
     };
 }
