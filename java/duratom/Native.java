@@ -214,7 +214,7 @@ public final class Native {
     }
 
     /**
-     * The error for a JVM that refuses native access (Java 22 and later with
+     * The error for a JVM that refuses native access (Java 24 and later with
      * --illegal-native-access=deny, or a later default): it names the flag to add.
      */
     static UnsatisfiedLinkError nativeAccessRefused(IllegalCallerException e) {

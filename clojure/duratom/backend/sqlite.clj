@@ -1,8 +1,8 @@
 (ns duratom.backend.sqlite
   "Turns the sqlite-db constructor's arguments (a clojure.java.jdbc SQLite
   db-spec, table name, row id, column type) into a store description for
-  `duratom.storage/open`. The storage itself is rust/sqlite/, whose `Keys`
-  (store.rs) reads the native configuration keys made here (any other is an
+  `duratom.storage/open`. The storage itself is rust/sqlite/, whose `Settings`
+  (settings.rs) reads the native configuration keys made here (any other is an
   error there):
 
     path, table, row-id, column-type, busy-timeout-ms
