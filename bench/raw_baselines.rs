@@ -4,6 +4,9 @@
 //! ```text
 //! raw_baselines file PATH BYTES-FILE MILLIS [MIN-OPS]   FileStore::commit of the bytes, in a loop
 //!                                                       (temp write, fsync, rename, fsync of the directory)
+//! raw_baselines append PATH BYTES-FILE MILLIS [MIN-OPS] FileStore::append of the bytes as a change record,
+//!                                                       in a loop, on a log-mode file holding a small base
+//!                                                       (one write and one fdatasync each)
 //! raw_baselines pg BYTES-FILE MILLIS [MIN-OPS]          UPDATE t SET value = $1 WHERE id = $2, one row,
 //!                                                       on a dedicated table (env DURATOM_TEST_PG_*)
 //! raw_baselines s3 BYTES-FILE MILLIS [MIN-OPS]          PutObject of the bytes (env DURATOM_TEST_S3_*)
@@ -30,7 +33,7 @@ use duratom::file::FileStore;
 use duratom::store::{Expect, Store};
 
 fn usage() -> ! {
-    eprintln!("usage: raw_baselines file|sqlite PATH BYTES-FILE MILLIS [MIN-OPS] | pg BYTES-FILE MILLIS [MIN-OPS] | s3|redis BYTES-FILE MILLIS [MIN-OPS]");
+    eprintln!("usage: raw_baselines file|append|sqlite PATH BYTES-FILE MILLIS [MIN-OPS] | pg BYTES-FILE MILLIS [MIN-OPS] | s3|redis BYTES-FILE MILLIS [MIN-OPS]");
     exit(2)
 }
 
@@ -75,7 +78,7 @@ fn main() {
     let mode = args.first().map(String::as_str).unwrap_or_else(|| usage());
     let rest = &args[1..];
     let (path, rest) = match mode {
-        "file" | "sqlite" => (Some(rest.first().unwrap_or_else(|| usage()).clone()), &rest[1..]),
+        "file" | "append" | "sqlite" => (Some(rest.first().unwrap_or_else(|| usage()).clone()), &rest[1..]),
         "pg" | "s3" | "redis" => (None, rest),
         _ => usage(),
     };
@@ -87,6 +90,7 @@ fn main() {
     let min_ops: u64 = rest.get(2).map(|s| s.parse().unwrap_or_else(|_| usage())).unwrap_or(1);
     match mode {
         "file" => file(&path.unwrap(), &bytes, millis, min_ops),
+        "append" => append(&path.unwrap(), &bytes, millis, min_ops),
         "pg" => pg(&bytes, millis, min_ops),
         "s3" => s3(&bytes, millis, min_ops),
         "sqlite" => sqlite(&path.unwrap(), &bytes, millis, min_ops),
@@ -103,6 +107,19 @@ fn file(path: &str, bytes: &[u8], millis: u64, min_ops: u64) {
     let mut after = None;
     measure("file", bytes.len(), millis, min_ops, warmup, || {
         after = Some(store.commit(bytes, &Expect::Anything { after: after.take() }).unwrap_or_else(|e| fail("commit", e)));
+    });
+}
+
+/// The append of log mode, as a file duratom's commit makes it: the record
+/// goes after the version last written, one fdatasync each. A fresh file
+/// holds a small base (records grow the file, never replace it).
+fn append(path: &str, bytes: &[u8], millis: u64, min_ops: u64) {
+    let _ = std::fs::remove_file(path);
+    let mut store = FileStore::open(&Config::from_pairs("local-file", &[("path", path), ("log", "true")]))
+        .unwrap_or_else(|e| fail("opening the file store", e));
+    let mut after = store.commit(b"{}", &Expect::Anything { after: None }).unwrap_or_else(|e| fail("writing the base", e));
+    measure("append", bytes.len(), millis, min_ops, 20, || {
+        after = store.append(bytes, &after).unwrap_or_else(|e| fail("append", e));
     });
 }
 

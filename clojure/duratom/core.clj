@@ -72,9 +72,27 @@
                             :duratom/op :load}
                            e))))))
 
+(defn- decode-stored
+  "A fn of what storage holds (`{:bytes :version}`) that decodes it with
+  `codec` and tells a log-mode codec the version of the state it decoded
+  (see duratom.log/codec)."
+  [codec]
+  (let [decode (:decode codec) loaded (:loaded codec)]
+    (fn [stored]
+      (let [value (decode (:bytes stored))]
+        (when loaded (loaded value (:version stored)))
+        value))))
+
 (defn- notify-watches [ref watches old new]
   (doseq [[k w] watches]
     (w k ref old new)))
+
+(defn- shared-reloader
+  "Shared mode: the `reload!` engine/shared-update! calls after a conflict:
+  adopts what storage holds and fires the watches of `ref` when it moved."
+  [ref engine codec ^AtomicReference watches-ref]
+  #(when-let [[o n] (engine/reload! engine (decode-stored codec))]
+     (notify-watches ref (.get watches-ref) o n)))
 
 (defn- destroyed
   "The exception every mutation of a destroyed duratom throws."
@@ -100,8 +118,7 @@
                               engine f #(validate! (.get validator-ref) %) abort
                               ;; storage moved: its state is a new one, fire watches
                               ;; (states are never compared: equals may throw)
-                              #(when-let [[o n] (engine/reload! engine (:decode codec))]
-                                 (notify-watches this (.get watches-ref) o n)))]
+                              (shared-reloader this engine codec watches-ref))]
           (notify-watches this (.get watches-ref) old new)
           [old new])
         (finally (.unlock lock)))
@@ -127,7 +144,7 @@
     (.lock lock)
     (try
       (when-not (.get released-flag)
-        (when-let [[old new] (engine/reload! engine (:decode codec))]
+        (when-let [[old new] (engine/reload! engine (decode-stored codec))]
           (notify-watches this (.get watches-ref) old new)))
       (engine/current engine)
       (finally (.unlock lock))))
@@ -259,7 +276,7 @@
     (try
       (let [stored (storage/load-stored store)
             value (if stored
-                    ((:decode codec) (:bytes stored))
+                    ((decode-stored codec) stored)
                     (resolve-init init))
             validator (:validator rw)
             _ (validate! validator value) ; before anything is written, as atom's constructor
@@ -269,7 +286,7 @@
           (when-not (engine/commit-initial! eng value shared?)
             ;; another process created it meanwhile: its state wins
             (let [theirs (engine/load-stored eng)]
-              (engine/adopt! eng ((:decode codec) (:bytes theirs)) (:version theirs)))))
+              (engine/adopt! eng ((decode-stored codec) theirs) (:version theirs)))))
         (Duratom. store codec eng (or lock (ReentrantLock.)) sync? shared? (read-from-storage? rw)
                   (AtomicReference. validator) (AtomicReference. PersistentHashMap/EMPTY) (AtomicBoolean. false)
                   (:meta rw)))
@@ -475,11 +492,29 @@
   `clojure.edn` and the original library), with the same crash-safe replace
   as every full commit. Returns once it is durable (asynchronous mode: once
   the writer has written it); throws what the write threw. Elsewhere it
-  writes the newest state again."
+  writes the newest state again. On a destroyed duratom it throws
+  IllegalStateException, as a mutation does. In shared mode it writes only
+  over the version it read (another process's newer commit is loaded and
+  compacted instead), and fires no watch unless that load changed the
+  state."
   [dura]
-  (let [d ^Duratom dura]
+  (let [d ^Duratom dura
+        engine (.-engine d)
+        ^Lock lock (.-lock d)]
+    (when (.get ^AtomicBoolean (.-released-flag d)) (throw (destroyed (.-store d))))
     (when-let [compact (:compact! (.-codec d))] (compact))
-    (engine/recommit! (.-engine d))
+    (if (.-sync? d)
+      ;; the state again, as a commit: its failure is thrown here
+      (let [accepted (do (.lock lock)
+                         (try
+                           (if (.-shared? d)
+                             (engine/shared-update! engine identity (fn [_]) abort
+                                                    (shared-reloader d engine (.-codec d) (.-watches-ref d)))
+                             (engine/propose! engine identity (fn [_]) abort))
+                           (finally (.unlock lock))))]
+        (when-not (.-shared? d)
+          (engine/await-durable! engine (first accepted))))
+      (engine/recommit! engine))
     nil))
 
 (defn refresh!

@@ -737,8 +737,9 @@
 
 (defn reload!
   "Reads what storage holds now, while no commit is in flight; when its
-  version is not the one this engine last saw, decodes it with `decode` and
-  adopts it. A write of this engine whose outcome was unknown and that
+  version is not the one this engine last saw, decodes it with `decode`
+  (called with what duratom.storage/load-stored gives: `{:bytes :version}`)
+  and adopts it. A write of this engine whose outcome was unknown and that
   landed is recognised (by its bytes): synchronous mode adopts it,
   asynchronous mode records its version and keeps the newest state, which
   was computed from it. When nothing is stored, keeps the state in memory.
@@ -757,7 +758,7 @@
             ;; write in doubt landing, and take it for another's)
             (when-let [stored (if settled (:stored settled) (storage/load-stored (:store e)))]
               (when (not= (:version stored) (stored-version e))
-                (let [new (decode (:bytes stored))]
+                (let [new (decode stored)]
                   [(adopt! e new (:version stored)) new]))))))
       (finally (.unlock io-lock)))))
 

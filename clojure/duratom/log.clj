@@ -42,8 +42,8 @@
 (def ^:private ^Field an-array (field array-node "array"))
 (def ^:private ^Field hcn-array (field (Class/forName "clojure.lang.PersistentHashMap$HashCollisionNode") "array"))
 
-(def ^:private max-ops
-  "A change of more operations than this is written as a full state."
+(def ^:private min-max-ops
+  "The fewest operations `diff` gives up at (see `diff`)."
   4096)
 
 (defn- too-many! []
@@ -110,6 +110,8 @@
             (cond
               (and ia ib (identical? ka kb) (identical? va vb)) nil
               (and ia ib (nil? ka) (nil? kb)) (node-diff! out path va vb)
+              ;; the same key, its value changed: assoc keeps the key object
+              (and ia ib (some? ka) (identical? ka kb)) (diff! out (conj path ka) va vb)
               :else
               (let [a (java.util.HashMap.) b (java.util.HashMap.)]
                 (when ia (if (nil? ka) (add-entries! a va) (.put a ka va)))
@@ -125,13 +127,35 @@
 (defn- plain-map? [x]
   (or (instance? PersistentHashMap x) (instance? PersistentArrayMap x)))
 
+(def ^:private small-array-map
+  "Array maps of at most this many entries are compared by lookups in
+  place (linear in an array map): no copy."
+  16)
+
+(defn- array-map-diff! [out path ^PersistentArrayMap a ^PersistentArrayMap b]
+  (let [absent (Object.)]
+    (reduce-kv (fn [_ k va]
+                 (let [vb (.valAt b k absent)]
+                   (if (identical? vb absent)
+                     (out [:dissoc path k])
+                     (diff! out (conj path k) va vb))))
+               nil a)
+    (reduce-kv (fn [_ k vb] (when-not (.containsKey a k) (out [:assoc path k vb]))) nil b)))
+
 (defn- map-diff! [out path a b]
-  (if (and (instance? PersistentHashMap a) (instance? PersistentHashMap b))
+  (cond
+    (and (instance? PersistentHashMap a) (instance? PersistentHashMap b))
     (do (when (or (contains? a nil) (contains? b nil))
           (let [a1 (if (contains? a nil) (doto (java.util.HashMap.) (.put nil (get a nil))) {})
                 b1 (if (contains? b nil) (doto (java.util.HashMap.) (.put nil (get b nil))) {})]
             (entries-diff! out path a1 b1)))
         (node-diff! out path (.get phm-root a) (.get phm-root b)))
+
+    (and (instance? PersistentArrayMap a) (instance? PersistentArrayMap b)
+         (<= (count a) (long small-array-map)) (<= (count b) (long small-array-map)))
+    (array-map-diff! out path a b)
+
+    :else
     (entries-diff! out path (java.util.HashMap. ^java.util.Map a) (java.util.HashMap. ^java.util.Map b))))
 
 (defn- set-diff! [out path a b]
@@ -189,18 +213,21 @@
 
 (defn diff
   "The operations that turn `a` into `b` (a vector), or nil when `b` cannot
-  be reached from `a` by operations (another type or metadata at the root,
-  or a change of more than `max-ops` operations)."
-  [a b]
-  (when (and (some? a) (some? b) (same-kind? a b))
-    (let [ops (java.util.ArrayList.)
+  be reached from `a` by operations (another type or metadata at the root),
+  or when the change takes more than `max-ops` operations (default 4,096):
+  past that, the caller writes the state whole."
+  ([a b] (diff a b min-max-ops))
+  ([a b max-ops]
+   (when (and (some? a) (some? b) (same-kind? a b))
+    (let [limit (long max-ops)
+          ops (java.util.ArrayList.)
           out (fn [op]
-                (when (>= (.size ops) (long max-ops)) (too-many!))
+                (when (>= (.size ops) limit) (too-many!))
                 (.add ops op))]
       (try (diff! out [] a b)
            (vec ops)
            (catch clojure.lang.ExceptionInfo x
-             (if (::too-large (ex-data x)) nil (throw x)))))))
+             (if (::too-large (ex-data x)) nil (throw x))))))))
 
 ;; ---------------------------------------------------------------- replay
 
@@ -228,18 +255,23 @@
              :pop #(pop-to % (long a))
              :put (constantly a))))
 
+(def ^:private record-tag ";duratom/r ")
+
 (defn replay
   "The state the stored log text `bytes` (UTF-8: the base, then change
   records, as EDN forms) holds, and the figures of the log:
-  `[state records log-chars]`."
+  `[state records base-chars log-chars]` (the sizes in characters; the base
+  is taken to end where the first record line starts)."
   [^bytes bytes]
-  (let [r (PushbackReader. (StringReader. (String. bytes StandardCharsets/UTF_8)))
+  (let [text (String. bytes StandardCharsets/UTF_8)
+        r (PushbackReader. (StringReader. text))
         opts {:eof ::eof :readers (:readers readers/default) :default (:default readers/default)}
         base (edn/read opts r)]
     (loop [state (if (identical? base ::eof) nil base) n 0]
       (let [ops (edn/read opts r)]
         (if (identical? ops ::eof)
-          [state n]
+          (let [base-chars (if (zero? n) (.length text) (max 0 (.indexOf text ^String record-tag)))]
+            [state n base-chars (- (.length text) base-chars)])
           (recur (reduce apply-op state ops) (inc n)))))))
 
 ;; ----------------------------------------------------------------- codec
@@ -248,32 +280,44 @@
   "Bytes a record's line and final newline add to its payload (about)."
   48)
 
+(def ^:private min-base-bytes
+  "The base size below which the compaction rules count as if the base were
+  this large: a small state would otherwise be rewritten whole every few
+  commits, and a durable replace costs several appends."
+  65536)
+
 (defn codec
   "Log mode over the EDN codec `edn-codec` ({:encode :decode}): `:encode`
   gives a change record from the last stored state when one is known and
-  the change is small (a full state otherwise: until a write of this codec
-  is durable, when the commit is made after another version than the last
-  one written here (see duratom.storage/commit!), when the records have
-  outgrown the base, when the record would pass half the base, or after
-  `:compact!`); `:decode` replays base
-  and records. `record-encode` encodes records. Also gives `:stats` (a fn:
-  `{:log-records n :log-bytes n}` since the last full state) and `:compact!`
-  (a fn: the next commit writes the full state)."
+  the change is small (a full state otherwise: until a state of this codec
+  is known to be stored, when the commit is made after another version than
+  that one (see duratom.storage/commit!), when the records have outgrown the
+  base, when the record would pass half the base (a base under 64 KiB counts
+  as 64 KiB for both), or after `:compact!`); `:decode` replays base and
+  records. `record-encode` encodes records. Also gives `:loaded` (a fn of
+  value and version: the state just decoded is stored as that version, so
+  that the next commit appends to it), `:stats` (a fn: `{:log-records n
+  :log-bytes n}` since the last full state) and `:compact!` (a fn: commits
+  write the full state until one has landed)."
   [edn-codec record-encode]
-  (let [last (atom nil) ; {:value :version :base-bytes :log-bytes :records} of the last durable write
+  (let [last (atom nil) ; {:value :version :base-bytes :log-bytes :records} of the last state known stored
+        decoded (atom nil) ; {:value :base-bytes :log-bytes :records} of the last decode
         compact? (atom false)
         encode (:encode edn-codec)]
     {:encode (fn [value]
                (let [{:keys [version base-bytes log-bytes] :as l} @last
+                     room (max (long min-base-bytes) (long (or base-bytes 0)))
                      full (delay (let [enc (encode value)
                                        size (:size enc)]
                                    (assoc enc :log/landed (fn [v]
+                                                            (reset! compact? false)
                                                             (reset! last {:value value :version v :base-bytes size
                                                                           :log-bytes 0 :records 0})))))
-                     ops (when (and l (not @compact?) (<= (long log-bytes) (long base-bytes)))
-                           (diff (:value l) value))
+                     ops (when (and l (not @compact?) (<= (long log-bytes) room))
+                           ;; each operation takes more than 16 bytes of record
+                           (diff (:value l) value (max (long min-max-ops) (quot room 16))))
                      rec (when ops (record-encode ops))]
-                 (if (and rec (<= (* 2 (+ record-overhead (long (:size rec)))) (long base-bytes)))
+                 (if (and rec (<= (* 2 (+ (long record-overhead) (long (:size rec)))) room))
                    (assoc rec
                           :log/after version
                           :log/full full
@@ -283,11 +327,17 @@
                                                           (assoc :value value :version v)
                                                           (update :log-bytes + record-overhead (:size rec))
                                                           (update :records inc))))))
-                   (do (reset! compact? false)
-                       (force full)))))
-     ;; A state read from storage is not taken as the diff base: its version
-     ;; is the engine's to know. A commit after it finds the version it is
-     ;; made after is not the last one written here, and writes in full.
-     :decode (fn [^bytes bytes] (first (replay bytes)))
+                   (force full))))
+     :decode (fn [^bytes bytes]
+               (let [[value records base-chars log-chars] (replay bytes)]
+                 (reset! decoded {:value value :base-bytes base-chars :log-bytes log-chars :records records})
+                 value))
+     ;; The version of a decoded state is the engine's to know; it says so
+     ;; here. Only the state of the last decode is taken, by identity (a
+     ;; concurrent backend-snapshot may have decoded another since).
+     :loaded (fn [value version]
+               (let [d @decoded]
+                 (when (and (some? version) d (identical? value (:value d)))
+                   (reset! last (assoc d :version version)))))
      :stats (fn [] (let [l @last] {:log-records (:records l 0) :log-bytes (:log-bytes l 0)}))
      :compact! (fn [] (reset! compact? true))}))

@@ -144,8 +144,9 @@
   Log mode (duratom.log): an `encoded` carrying `:log/after` is a change
   record from the state stored as that version. It is appended when that is
   the version the commit is made after (`expected`, else `last-seen`);
-  otherwise, or when an unconditional append finds another version stored,
-  the full state (`:log/full`, a delay) is written instead. `:log/landed`
+  otherwise, or when the append is refused (another version stored, or a
+  stored base that takes no records: plain EDN, an old header), the full
+  state (`:log/full`, a delay) is written instead, under the same condition. `:log/landed`
   is called with the new version once the write is durable."
   ([store encoded expected] (commit! store encoded expected nil))
   ([store encoded expected last-seen]
@@ -159,7 +160,7 @@
                               (= after (if (nil? expected) last-seen expected))
                               (try [(append! store encoded after) (:log/landed encoded)]
                                    (catch Exception e
-                                     (if (and (nil? expected) (conflict? e)) (full) (throw e))))
+                                     (if (conflict? e) (full) (throw e))))
                               :else (full))
                             (catch Exception e
                               (if (conflict? e) nil (throw e))))]

@@ -4,7 +4,8 @@
   Many threads run random operations on one duratom while faults are
   injected from outside (the directory moved away and back, the PostgreSQL
   server stopped and started, the network link to the server cut by the
-  kernel, threads interrupted). Every operation records
+  kernel, threads interrupted); in log mode, compactions run among the
+  operations. Every operation records
   when it started and ended (System/nanoTime) and whether it returned (with
   what) or threw (with what). A watch records every transition. At the end a
   reopen reads storage, and `check` looks for broken promises.
@@ -96,11 +97,16 @@
     :pg (d/postgres-atom (:db-spec loc) (:table loc) 0 lock init rw)
     :s3 (d/s3-atom (:creds loc) (:bucket loc) (:key loc) lock init rw)))
 
-(defn rw-for [mode]
-  (case mode
-    :sync {:commit-mode :sync}
-    :async {:commit-mode :duratom.core/async}
-    :shared {:shared? true}))
+(defn rw-for
+  "The :rw of commit mode `mode`; `log?`: in log mode (records appended
+  after a base, see duratom.log)."
+  ([mode] (rw-for mode false))
+  ([mode log?]
+   (cond-> (case mode
+             :sync {:commit-mode :sync}
+             :async {:commit-mode :duratom.core/async}
+             :shared {:shared? true})
+     log? (assoc :log? true))))
 
 ;; ---------------------------------------------------------------- the driver
 
@@ -126,7 +132,7 @@
   (when (pos? mean-nanos)
     (LockSupport/parkNanos (long (* 2 mean-nanos (.nextDouble rnd))))))
 
-(defn- pick-op [^Random rnd mode without]
+(defn- pick-op [^Random rnd mode log? without]
   (let [x (.nextInt rnd 100)
         kind (cond (< x 45) :swap
                    (< x 52) :swap-vals
@@ -134,6 +140,7 @@
                    (< x 72) :cas
                    (< x 82) :flush
                    (< x 92) :refresh
+                   (and log? (< x 96)) :compact
                    :else :deref)]
     (if (contains? without kind) :deref kind)))
 
@@ -160,17 +167,21 @@
     :cas (let [cur @dura]
            {:ret (compare-and-set! dura cur (tagged cur :cas p t op))})
     :flush {:ret (d/flush! dura 2000)}
+    ;; returns the records the compaction folds in (those counted before it)
+    :compact (let [records (:log-records (d/stats dura))]
+               (d/compact! dura)
+               {:ret records})
     :refresh {:ret (:last (d/refresh! dura))}
     :deref {:ret (:last @dura)}))
 
 (defn worker
   "Runs random operations until `deadline` (nanoTime) or `max-ops`; returns
   the history of thread [p t]."
-  [dura lock mode without p t ^Random rnd deadline max-ops mean-nanos op0]
+  [dura lock mode log? without p t ^Random rnd deadline max-ops mean-nanos op0]
   (loop [op op0 hist (transient [])]
     (if (or (>= (- op op0) max-ops) (>= (System/nanoTime) deadline))
       (persistent! hist)
-      (let [kind (pick-op rnd mode without)
+      (let [kind (pick-op rnd mode log? without)
             _ (pause rnd mean-nanos)
             _ (Thread/interrupted) ; an interrupt meant for the last op must not hit this one's start
             start (System/nanoTime)
@@ -216,7 +227,7 @@
 (defn run-threads
   "Runs `n` workers of process `p` on `dura` for `secs` while interrupting
   them at random. Returns {:history [...] :interrupts n :hung [..]}."
-  [dura lock {:keys [mode faults without]} p n secs seed max-ops op0]
+  [dura lock {:keys [mode log? faults without]} p n secs seed max-ops op0]
   (let [deadline (+ (System/nanoTime) (long (* secs 1e9)))
         mean (long (/ (* secs 1e9) (max 1 max-ops)))
         results (object-array n)
@@ -224,7 +235,7 @@
                        (Thread. ^Runnable
                                 (fn []
                                   (aset results t
-                                        (try (worker dura lock mode without p t (Random. (+ seed (* 7919 (inc t)) (* 104729 p)))
+                                        (try (worker dura lock mode log? without p t (Random. (+ seed (* 7919 (inc t)) (* 104729 p)))
                                                      deadline max-ops (quot mean 2) op0)
                                              (catch Throwable x [{:driver-error (str x " at " (first (.getStackTrace x)))}]))))
                                 (str "history-" p "-" t))))
@@ -364,11 +375,11 @@
 
 (defn reopen-read
   "The stored value, read by a new duratom opened on `loc` (retried while the
-  server comes back)."
-  [loc secs]
+  server comes back); `log?`: opened in log mode."
+  [loc secs & [log?]]
   (let [deadline (+ (System/nanoTime) (long (* secs 1e9)))]
     (loop []
-      (let [r (try {:value @(open loc (ReentrantLock.) nil {:commit-mode :sync})}
+      (let [r (try {:value @(open loc (ReentrantLock.) nil (rw-for :sync log?))}
                    (catch Throwable x {:error x}))]
         (if (and (:error r) (< (System/nanoTime) deadline))
           (recur)
@@ -540,6 +551,13 @@
   [history]
   {:ops (count history) :returned (count (filter took-effect? history))})
 
+(defn compactions
+  "Log mode: `{:ran n :records n}`, the compact! calls that returned and the
+  change records they folded in (as stats counted them just before)."
+  [history]
+  (let [rs (filter #(and (= :compact (:kind %)) (= :ok (:outcome %))) history)]
+    {:ran (count rs) :records (reduce + (keep :ret rs))}))
+
 (defn errors
   "Counts of what the ops that threw threw (class and the start of the message)."
   [history]
@@ -562,10 +580,10 @@
   faults stop, a final flush!, and a reopen reads storage. Phase 2: operations
   go on (interrupts only) and the duratom is destroyed at a random moment.
   Returns a report with :violations."
-  [{:keys [loc mode seed secs threads faults] :as opts}]
+  [{:keys [loc mode log? seed secs threads faults] :as opts}]
   (let [rnd (Random. seed)
         lock (ReentrantLock.)
-        dura (open loc lock init-value (rw-for mode))
+        dura (open loc lock init-value (rw-for mode log?))
         q (ConcurrentLinkedQueue.)
         _ (add-watch dura :history (watch-recorder q))
         max-ops (max-ops-per-thread secs)
@@ -579,7 +597,7 @@
        :ops (count (:history r1)) :faults fault-counts :interrupts (:interrupts r1)}
       (let [flush-error (flush-until-durable! dura 60)
             memory @dura
-            stored (reopen-read loc 60)
+            stored (reopen-read loc 60 log?)
             h1 (:history r1)
             v1 (concat
                 (when flush-error
@@ -607,7 +625,7 @@
             watches (vec q)
             {chain-violations :violations pos :pos} (check-chain watches nil 0 (unknown-ids history))
             last-tag (when (seq pos) (key (apply max-key val pos)))
-            gone (reopen-read loc 30)
+            gone (reopen-read loc 30 log?)
             v2 (concat
                 (when (seq (:hung r2)) [{:check "no operation hangs" :hung (:hung r2)}])
                 (check-driver history)
@@ -626,6 +644,7 @@
          :ops (count history)
          :fault-phase (fault-phase h1)
          :tally (tally history)
+         :compactions (compactions history)
          :errors (errors history)
          :watches (count watches)
          :faults fault-counts
@@ -638,9 +657,9 @@
   "Opens the shared duratom at `loc`, retrying while the server is down.
   The pause is a retry back-off while another process restarts the server
   (nothing in this JVM can signal that), not a wait for a commit."
-  [loc lock]
+  [loc lock log?]
   (loop [tries 0]
-    (let [r (try (open loc lock nil (rw-for :shared))
+    (let [r (try (open loc lock nil (rw-for :shared log?))
                  (catch Throwable x (if (< tries 100) ::retry (throw x))))]
       (if (= ::retry r) (do (Thread/sleep 200) (recur (inc tries))) r))))
 
@@ -651,11 +670,11 @@
   over), refresh!es and writes its history, watches and final state as EDN to
   the run's `:out`, says `done`."
   [opts-edn]
-  (let [{:keys [runs p secs threads max-ops] :as opts} (edn/read-string opts-edn)
+  (let [{:keys [runs p secs threads max-ops log?] :as opts} (edn/read-string opts-edn)
         say (fn [s] (println s) (flush))]
     (doseq [{:keys [loc seed out]} runs]
       (let [lock (ReentrantLock.)
-            dura (open-retrying loc lock)
+            dura (open-retrying loc lock log?)
             q (ConcurrentLinkedQueue.)
             _ (add-watch dura :history (watch-recorder q))
             start (:last @dura)]
@@ -704,12 +723,12 @@
 (defn- destroy-checks
   "Destroys `parent`: afterwards a mutation throws IllegalStateException,
   deref keeps the last value and a reopen of `loc` finds nothing."
-  [parent loc]
+  [parent loc log?]
   (let [last-value @parent
         _ (d/destroy parent)
         after (try (swap! parent tagged :swap 0 0 0) :returned
                    (catch IllegalStateException _ :threw))
-        gone (reopen-read loc 30)]
+        gone (reopen-read loc 30 log?)]
     (cond-> []
       (not= :threw after) (conj {:check "a mutation after destroy throws IllegalStateException"})
       (not= last-value @parent) (conj {:check "deref after destroy gives the last value"})
@@ -723,15 +742,15 @@
   refresh!es; a reopen reads storage and each child's history, watch sequence
   and final state are checked against it. `new-loc`: (fn []) a fresh
   location. Returns one report per seed."
-  [{:keys [new-loc seeds secs threads faults] :as opts}]
+  [{:keys [new-loc seeds secs threads faults log?] :as opts}]
   (let [dir (ts/temp-dir)
         max-ops (max-ops-per-thread secs)
         runs (vec (for [[i seed] (map-indexed vector seeds)]
                     (let [loc (new-loc)]
                       {:loc loc :seed seed
-                       :parent (open loc (ReentrantLock.) init-value (rw-for :shared))})))
+                       :parent (open loc (ReentrantLock.) init-value (rw-for :shared log?))})))
         children (vec (for [p (range 1 4)]
-                        (let [child-opts (assoc (select-keys opts [:faults :without]) :mode :shared
+                        (let [child-opts (assoc (select-keys opts [:faults :without :log?]) :mode :shared
                                                 :p p :secs secs :threads threads :max-ops max-ops
                                                 :runs (vec (for [[i {:keys [loc seed]}] (map-indexed vector runs)]
                                                              {:loc loc :seed seed
@@ -770,14 +789,15 @@
                 history (vec (mapcat :history results))
                 violations (if (seq failed-handshake)
                              (vec failed-handshake)
-                             (into (check-shared-run results (reopen-read loc 60))
-                                   (destroy-checks parent loc)))]
+                             (into (check-shared-run results (reopen-read loc 60 log?))
+                                   (destroy-checks parent loc log?)))]
             (recur (inc i)
                    (conj reports {:seed seed
                                   :violations violations
                                   :ops (count history)
                                   :fault-phase (fault-phase history)
                                   :tally (tally history)
+                                  :compactions (compactions history)
                                   :errors (errors history)
                                   :watches (reduce + (map (comp count :watches) results))
                                   :faults fault-counts

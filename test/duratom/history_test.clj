@@ -14,11 +14,14 @@
 
 (defn- report!
   "Prints the run's report; on violations, the seed and the first two of each kind."
-  [name seed {:keys [violations ops fault-phase tally errors watches faults interrupts secs]}]
-  (println (format "history %s seed %d: %d operations checked (%d during faults, %d mutations of them returned; %s), %d watch calls, faults injected %s, %d interrupts, %d violations, %.1f s"
+  [name seed {:keys [violations ops fault-phase tally errors watches faults interrupts secs compactions]}]
+  (println (format "history %s seed %d: %d operations checked (%d during faults, %d mutations of them returned; %s), %d watch calls, faults injected %s, %d interrupts, %d violations, %.1f s%s"
                    name seed (or ops 0) (:ops fault-phase 0) (:returned fault-phase 0)
                    (pr-str (into (sorted-map) (map (fn [[[k o] c]] [(str (some-> k clojure.core/name) "/" (some-> o clojure.core/name)) c]) tally)))
-                   (or watches 0) (pr-str (into (sorted-map) faults)) (or interrupts 0) (count violations) (double (or secs 0))))
+                   (or watches 0) (pr-str (into (sorted-map) faults)) (or interrupts 0) (count violations) (double (or secs 0))
+                   (if (pos? (:ran compactions 0))
+                     (format "; %d compactions folded in %d change records" (:ran compactions) (:records compactions))
+                     "")))
   (doseq [[e n] (sort-by (comp - val) errors)]
     (println (format "  %6d threw %s" n e)))
   (when (seq violations)
@@ -32,9 +35,13 @@
   "A run that checked nothing must not pass: while faults were injected,
   operations ran and mutations returned, and every fault kind in `faults`
   was injected at least once (too short a DURATOM_HISTORY_SECS fails here,
-  saying so)."
-  [name seed faults {:keys [fault-phase interrupts] :as report}]
+  saying so); in log mode, compactions ran and folded in change records
+  (so commits appended records between them)."
+  [name seed {:keys [faults log?]} {:keys [fault-phase interrupts compactions] :as report}]
   (let [where (str "history " name " seed " seed ": ")]
+    (when log?
+      (is (pos? (:ran compactions 0)) (str where "compactions ran"))
+      (is (pos? (:records compactions 0)) (str where "commits appended change records that compactions folded in")))
     (is (pos? (:ops fault-phase 0)) (str where "operations ran while faults were injected"))
     (is (pos? (:returned fault-phase 0)) (str where "mutations returned while faults were injected"))
     (doseq [kind (filter faults h/storage-fault-kinds)]
@@ -46,14 +53,14 @@
 
 (defn- run-seeds
   "Runs `run` (fn [opts] report) for each seed with `opts` (:faults,
-  :without), which the DURATOM_HISTORY_* environment variables override."
+  :without, :log?), which the DURATOM_HISTORY_* environment variables override."
   [name fixed-seed opts run]
   (let [{:keys [secs threads] :as env} (h/settings)
         opts (merge {:without #{}} opts (into {} (filter (comp some? val) (select-keys env [:faults :without]))))]
     (doseq [seed (h/seeds fixed-seed)]
       (let [report (run (assoc opts :seed seed :secs secs :threads (or threads (:threads opts) 6)))]
         (report! name seed report)
-        (check-it-ran name seed (:faults opts) report)
+        (check-it-ran name seed opts report)
         (is (zero? (count (:violations report)))
             (str "history " name ": the engine's promises hold (replay with DURATOM_HISTORY_SEED=" seed ")"))))))
 
@@ -70,7 +77,7 @@
     (is (seq reports) (str "history " name ": a run happened"))
     (doseq [{:keys [seed] :as report} reports]
       (report! name seed report)
-      (check-it-ran name seed (:faults opts) report)
+      (check-it-ran name seed opts report)
       (is (zero? (count (:violations report)))
           (str "history " name ": the engine's promises hold (replay with DURATOM_HISTORY_SEED=" seed ")")))))
 
@@ -92,6 +99,17 @@
 
 (deftest history-file-shared
   (run-shared-seeds "file shared (3 processes)" 1403 {:faults #{:storage :interrupts}} file-loc))
+
+(deftest history-file-sync-log
+  (run-seeds "file sync, log mode" 1404 {:faults #{:storage :interrupts} :log? true}
+             #(h/run-local (assoc % :loc (file-loc) :mode :sync))))
+
+(deftest history-file-async-log
+  (run-seeds "file async, log mode" 1405 {:faults #{:storage :interrupts} :log? true}
+             #(h/run-local (assoc % :loc (file-loc) :mode :async))))
+
+(deftest history-file-shared-log
+  (run-shared-seeds "file shared (3 processes), log mode" 1406 {:faults #{:storage :interrupts} :log? true} file-loc))
 
 (defn- pg-loc
   "A fresh table on the PostgreSQL server inside the network namespace, so

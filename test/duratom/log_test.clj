@@ -160,3 +160,96 @@
     (doseq [k kids] (is (str/includes? @k ":done")))
     (is (= 600 (:n (d/refresh! a))))
     (is (= 600 (:n @(log-atom p nil))))))
+
+;; ----------------------------------------------------------- torn tails
+
+(defn- file-bytes ^bytes [p] (Files/readAllBytes (.toPath (io/file p))))
+
+(defn- record-starts
+  "Byte offsets of the change record lines in the file `p`."
+  [p]
+  (let [s (String. (file-bytes p) "ISO-8859-1")] ; one char per byte: offsets are byte offsets
+    (loop [from 0 acc []]
+      (let [i (.indexOf s ";duratom/r " (int from))]
+        (if (neg? i) acc (recur (inc i) (conj acc i)))))))
+
+(defn- cut-to!
+  "Cuts the file `p` to its first `n` bytes, as a crash in the middle of an
+  append leaves it."
+  [p n]
+  (with-open [ch (java.nio.channels.FileChannel/open (.toPath (io/file p))
+                                                     (into-array java.nio.file.OpenOption
+                                                                 [java.nio.file.StandardOpenOption/WRITE]))]
+    (.truncate ch (long n))))
+
+(defn- copy! [from to]
+  (Files/copy (.toPath (io/file from)) (.toPath (io/file to))
+              ^"[Ljava.nio.file.CopyOption;"
+              (into-array java.nio.file.CopyOption [java.nio.file.StandardCopyOption/REPLACE_EXISTING])))
+
+(deftest a-record-cut-short-loads-as-the-state-before-it
+  (let [dir (ts/temp-dir)
+        p (io/file dir "whole.edn")
+        a (log-atom p {:n 0 :tags #{} :v []})
+        states (vec (for [i (range 1 6)] (swap! a #(-> % (assoc :n i) (update :tags conj i) (update :v conj (str "s" i))))))
+        starts (record-starts p)
+        size (alength (file-bytes p))
+        last-start (peek starts)
+        cut (io/file dir "cut.edn")]
+    (is (= 5 (count starts)) "one record per swap")
+    ;; every length that leaves the last record short, down to its first byte
+    (doseq [n (range last-start size)]
+      (copy! p cut)
+      (cut-to! cut n)
+      (is (= (states 3) @(log-atom cut nil)) (str "cut to " n " of " size " bytes")))
+    (testing "zeros where the end of the last record should be (power lost before its fdatasync)"
+      (copy! p cut)
+      (with-open [ch (java.nio.channels.FileChannel/open (.toPath cut)
+                                                         (into-array java.nio.file.OpenOption
+                                                                     [java.nio.file.StandardOpenOption/WRITE]))]
+        (.write ch (java.nio.ByteBuffer/wrap (byte-array (- size last-start 20))) (long (+ last-start 20))))
+      (is (= (states 3) @(log-atom cut nil))))
+    (testing "the next commit replaces the torn record and is read back"
+      (copy! p cut)
+      (cut-to! cut (- size 3))
+      (let [b (log-atom cut nil)]
+        (swap! b assoc :after :torn)
+        (is (= 5 (count (record-starts cut))) "appended where the torn record began")
+        (is (= (assoc (states 3) :after :torn) @(log-atom cut nil)))))))
+
+(deftest a-record-cut-short-after-sigkill-loads-as-the-state-before-it
+  (let [dir (ts/temp-dir)
+        rnd (java.util.Random. 11)]
+    (dotimes [i 5]
+      (let [p (io/file dir (str "kill-" i ".edn"))
+            code (str "(require 'duratom.core)"
+                      "(let [a (duratom.core/file-atom \"" p "\" nil {:n 0} {:commit-mode :sync :log? true})]"
+                      "  (loop [] (println (:n (swap! a update :n inc))) (flush) (recur)))")
+            acked (ts/sigkill-after-acks code (+ 2 (.nextInt rnd 100)))
+            stored (:n @(log-atom p nil))
+            starts (record-starts p)
+            whole (count starts)]
+        (is (>= stored acked) (str "kill " i ": stored " stored ", last acknowledged " acked))
+        ;; the file may end in a record the kill cut short: cut inside the
+        ;; last whole one (record k holds :n k)
+        (let [last-whole (nth starts (dec stored))
+              end (if (> whole stored) (nth starts stored) (alength (file-bytes p)))]
+          (cut-to! p (+ last-whole (.nextInt rnd (- end last-whole))))
+          (is (= {:n (dec stored)} @(log-atom p nil)) (str "kill " i ": cut inside record " stored)))))))
+
+(deftest damage-before-the-last-record-is-an-error-naming-file-and-offset
+  (let [dir (ts/temp-dir)
+        p (io/file dir "damaged.edn")
+        a (log-atom p {:n 0 :s "text"})]
+    (dotimes [i 4] (swap! a assoc :n (+ 100 i)))
+    (let [starts (record-starts p)
+          bytes (file-bytes p)
+          at (+ (nth starts 1) (- (nth starts 2) (nth starts 1) 3)) ; inside record 2's payload
+          damaged (doto (aclone bytes) (aset at (byte (if (= (aget bytes at) (int \7)) \8 \7))))]
+      (Files/write (.toPath p) damaged ^"[Ljava.nio.file.OpenOption;" (make-array java.nio.file.OpenOption 0))
+      (let [e (try (log-atom p nil) nil (catch Exception e e))
+            msg (str (some-> e ex-message) " " (some-> e ex-cause ex-message))]
+        (is (some? e) "construction fails")
+        (is (str/includes? msg (str p)) msg)
+        (is (str/includes? msg (str "byte offset " (nth starts 1))) msg))
+      (is (java.util.Arrays/equals damaged (file-bytes p)) "the file is left untouched"))))
