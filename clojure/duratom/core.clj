@@ -116,8 +116,7 @@
         (when (.get released-flag) (throw (destroyed store)))
         (when-let [[old new] (engine/shared-update!
                               engine f #(validate! (.get validator-ref) %) abort
-                              ;; storage moved: its state is a new one, fire watches
-                              ;; (states are never compared: equals may throw)
+                              ;; storage moved: fire watches when its state differs
                               (shared-reloader this engine codec watches-ref))]
           (notify-watches this (.get watches-ref) old new)
           [old new])

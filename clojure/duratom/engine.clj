@@ -743,7 +743,9 @@
   landed is recognised (by its bytes): synchronous mode adopts it,
   asynchronous mode records its version and keeps the newest state, which
   was computed from it. When nothing is stored, keeps the state in memory.
-  Returns [old new] when the state changed, else nil."
+  Returns [old new] when the state changed (a stored state equal to the one
+  in memory is adopted as it is, version and all, but is no change), else
+  nil."
   [^Engine e decode]
   (let [^ReentrantLock io-lock (:io-lock e)]
     (.lock io-lock)
@@ -758,8 +760,12 @@
             ;; write in doubt landing, and take it for another's)
             (when-let [stored (if settled (:stored settled) (storage/load-stored (:store e)))]
               (when (not= (:version stored) (stored-version e))
-                (let [new (decode stored)]
-                  [(adopt! e new (:version stored)) new]))))))
+                (let [new (decode stored)
+                      old (adopt! e new (:version stored))]
+                  ;; a new version may hold an equal state (another process
+                  ;; compacted, or wrote its state again): no change to tell
+                  (when-not (try (= old new) (catch Throwable _ false)) ; equals may throw
+                    [old new])))))))
       (finally (.unlock io-lock)))))
 
 (defn- vanished-ex
