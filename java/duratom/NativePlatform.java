@@ -32,7 +32,7 @@ public final class NativePlatform {
     /** The platforms a release jar carries (scripts/release builds them). */
     public static final List<String> KNOWN =
         List.of("linux-x86_64", "linux-aarch64", "linux-musl-x86_64", "linux-musl-aarch64",
-                "macos-aarch64", "macos-x86_64");
+                "windows-x86_64", "windows-aarch64", "macos-aarch64", "macos-x86_64");
 
     /** The platform of this JVM, from its system properties and, on Linux, its C library. */
     public static String current() {

@@ -4,7 +4,9 @@
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+#[cfg(unix)]
 use std::sync::mpsc;
+#[cfg(unix)]
 use std::time::Duration;
 
 use super::format::{header, lead_of, v1_file, Lead, HEADER_TAG, HEADER_TAG_V1};

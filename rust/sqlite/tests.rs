@@ -7,7 +7,7 @@ use rusqlite::Connection;
 
 use super::*;
 use crate::config::Config;
-use crate::store::{Expect, StoreError};
+use crate::store::Expect;
 use crate::test_support::conflict;
 
 fn config(dir: &Path, table: &str, extra: &[(&str, &str)]) -> Config {
@@ -273,7 +273,7 @@ fn a_removed_wal_loses_no_acknowledged_commit_and_is_reported() {
     // in it are copied into the database file, and the call reports it,
     // writing nothing.
     let e = s.commit(b"3", &Expect::Anything { after: None }).unwrap_err();
-    assert!(matches!(e, StoreError::Backend { .. }), "{e}");
+    assert!(matches!(e, crate::store::StoreError::Backend { .. }), "{e}");
     let e = e.to_string();
     assert!(e.contains("db.sqlite-wal was removed") && e.contains("copied into the database file"), "{e}");
     assert!(e.contains("nothing was written"), "{e}");
