@@ -820,14 +820,14 @@
           (recur (unchecked-inc i) d deepest))
         deepest))))
 
-(defn decode
-  "Reads UTF-8 EDN `bytes` with `duratom.readers/default`. Data nested deeper
-  than `max-depth` is an ex-info naming the depth (data `:duratom/depth`);
-  deep data is read on a thread with a stack sized for it, so it never ends
-  in a StackOverflowError."
-  [^bytes bytes]
+(defn read-guarded
+  "Calls `(read)`, which reads the UTF-8 EDN text `bytes`, with a stack deep
+  enough for the text's nesting, and returns what it returns. Text nested
+  deeper than `max-depth` is an ex-info naming the depth (data
+  `:duratom/depth`) and is not read; deep text is read on a thread with a
+  stack sized for it, so reading never ends in a StackOverflowError."
+  [^bytes bytes read]
   (let [depth (nesting-depth bytes)
-        read #(edn/read-string readers/default (String. bytes StandardCharsets/UTF_8))
         deep (fn []
                (on-deep-stack (deep-stack-bytes depth decode-bytes-per-level)
                               (fn [] (try (read)
@@ -842,3 +842,9 @@
                       {:duratom/depth depth :duratom/max-depth max-depth}))
       (> depth (long inline-depth)) (deep)
       :else (try (read) (catch StackOverflowError _ (deep))))))
+
+(defn decode
+  "Reads UTF-8 EDN `bytes` with `duratom.readers/default`, guarded as
+  `read-guarded` guards it."
+  [^bytes bytes]
+  (read-guarded bytes #(edn/read-string readers/default (String. bytes StandardCharsets/UTF_8))))

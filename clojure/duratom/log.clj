@@ -21,6 +21,7 @@
   Stored, a log is the base state followed by its records, as EDN forms;
   `replay` rebuilds the state from them exactly."
   (:require [clojure.edn :as edn]
+            [duratom.edn :as dedn]
             [duratom.readers :as readers])
   (:import (clojure.lang PersistentHashMap PersistentHashSet PersistentVector PersistentArrayMap
                          PersistentTreeMap PersistentTreeSet APersistentSet IRecord IObj)
@@ -227,18 +228,25 @@
       (try (diff! out [] a b)
            (vec ops)
            (catch clojure.lang.ExceptionInfo x
-             (if (::too-large (ex-data x)) nil (throw x))))))))
+             (if (::too-large (ex-data x)) nil (throw x)))
+           ;; nested past this thread's stack: the full state is written,
+           ;; which the encoder does on a stack sized for it
+           (catch StackOverflowError _ nil))))))
 
 ;; ---------------------------------------------------------------- replay
 
 (defn- at-path
   "(f (get-in state path)) put back at path, every collection keeping its
-  type and metadata."
+  type and metadata. A loop, not recursion: a path may be as long as the
+  state is deep."
   [state path f]
-  (if (empty? path)
-    (f state)
-    (let [k (first path)]
-      (assoc state k (at-path (get state k) (rest path) f)))))
+  (let [path (vec path)
+        n (count path)
+        ;; the collections along the path, the state first
+        colls (loop [i 0 x state acc (transient [])]
+                (if (< i n) (recur (inc i) (get x (nth path i)) (conj! acc x)) (persistent! acc)))]
+    (loop [i (dec n) v (f (if (zero? n) state (get (peek colls) (peek path))))]
+      (if (neg? i) v (recur (dec i) (assoc (nth colls i) (nth path i) v))))))
 
 (defn- pop-to [v ^long n]
   (loop [v v] (if (> (count v) n) (recur (pop v)) v)))
@@ -257,12 +265,7 @@
 
 (def ^:private record-tag ";duratom/r ")
 
-(defn replay
-  "The state the stored log text `bytes` (UTF-8: the base, then change
-  records, as EDN forms) holds, and the figures of the log:
-  `[state records base-chars log-chars]` (the sizes in characters; the base
-  is taken to end where the first record line starts)."
-  [^bytes bytes]
+(defn- replay-text [^bytes bytes]
   (let [text (String. bytes StandardCharsets/UTF_8)
         r (PushbackReader. (StringReader. text))
         opts {:eof ::eof :readers (:readers readers/default) :default (:default readers/default)}
@@ -273,6 +276,15 @@
           (let [base-chars (if (zero? n) (.length text) (max 0 (.indexOf text ^String record-tag)))]
             [state n base-chars (- (.length text) base-chars)])
           (recur (reduce apply-op state ops) (inc n)))))))
+
+(defn replay
+  "The state the stored log text `bytes` (UTF-8: the base, then change
+  records, as EDN forms) holds, and the figures of the log:
+  `[state records base-chars log-chars]` (the sizes in characters; the base
+  is taken to end where the first record line starts). Read with a stack
+  sized for the text's nesting (see duratom.edn/read-guarded)."
+  [^bytes bytes]
+  (dedn/read-guarded bytes #(replay-text bytes)))
 
 ;; ----------------------------------------------------------------- codec
 

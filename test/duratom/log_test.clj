@@ -253,3 +253,28 @@
         (is (str/includes? msg (str p)) msg)
         (is (str/includes? msg (str "byte offset " (nth starts 1))) msg))
       (is (java.util.Arrays/equals damaged (file-bytes p)) "the file is left untouched"))))
+
+;; ------------------------------------------------------------------ depth
+
+(defn- nested [n leaf] (reduce (fn [x _] [x]) leaf (range n)))
+
+(defn- bottom
+  "The depth of a value `nested` built, and its leaf (a loop: `=` would
+  recurse as deep as the value)."
+  [x]
+  (loop [x x d 0] (if (vector? x) (recur (first x) (inc d)) [d x])))
+
+(deftest a-state-nested-deeper-than-the-stack-commits-and-replays
+  (let [p (io/file (ts/temp-dir) "deep.edn")
+        a (log-atom p {:n 0 :d [0]})]
+    (swap! a assoc :d (nested 50000 :a))
+    (is (= [50000 :a] (bottom (:d @(log-atom p nil)))) "read back on a stack sized for it")
+    (swap! a assoc :d (nested 50000 :b)) ; comparing this change overflows a stack: written whole
+    (swap! a update :n inc)
+    (let [b @(log-atom p nil)]
+      (is (= [50000 :b] (bottom (:d b))))
+      (is (= 1 (:n b))))
+    (let [records (:log-records (d/stats a))]
+      (swap! a update-in (into [:d] (repeat 500 0)) (constantly [:c]))
+      (is (= (inc records) (:log-records (d/stats a))) "a record whose path is 501 keys long")
+      (is (= [501 :c] (bottom (:d @(log-atom p nil))))))))
