@@ -10,10 +10,29 @@
            (java.util UUID)
            (java.util.concurrent TimeUnit)))
 
+(defn- delete-tree
+  "Deletes `f` and everything under it, without following symlinks (a test
+  may leave a link to a file outside its directory)."
+  [^java.io.File f]
+  (when (and (.isDirectory f) (not (Files/isSymbolicLink (.toPath f))))
+    (run! delete-tree (.listFiles f)))
+  (.delete f))
+
+(defonce ^:private temp-dirs
+  ;; Every temp dir this JVM made, removed when it exits so that a test run
+  ;; leaves /tmp as it found it.
+  (let [dirs (atom [])]
+    (.addShutdownHook (Runtime/getRuntime)
+                      (Thread. ^Runnable #(run! delete-tree @dirs) "duratom-test-temp-dirs"))
+    dirs))
+
 (defn temp-dir
-  "A fresh temp directory (a java.io.File)."
+  "A fresh temp directory (a java.io.File), removed with its contents when
+  this JVM exits."
   []
-  (.toFile (Files/createTempDirectory "duratom-test-" (make-array FileAttribute 0))))
+  (let [d (.toFile (Files/createTempDirectory "duratom-test-" (make-array FileAttribute 0)))]
+    (swap! temp-dirs conj d)
+    d))
 
 (defn unique-name
   "A fresh lower-case name with `prefix`, valid as table, bucket key or file name."
