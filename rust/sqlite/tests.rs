@@ -294,6 +294,8 @@ fn a_removed_wal_loses_no_acknowledged_commit_and_is_reported() {
     assert_eq!(read(&db_path), "4");
 }
 
+// Not on Windows: it refuses to remove a WAL file that SQLite has open.
+#[cfg(unix)]
 #[test]
 fn an_acknowledged_commit_is_in_the_database_file_before_the_wal_is_removed() {
     let dir = tempfile::tempdir().unwrap();
