@@ -14,6 +14,13 @@
 //!                                                       rusqlite, WAL + synchronous=FULL as a duratom's
 //! raw_baselines redis BYTES-FILE MILLIS [MIN-OPS]       SET of the bytes through the redis crate's own
 //!                                                       connection (env DURATOM_TEST_REDIS_*)
+//! raw_baselines sqlite-checkpoint PATH BYTES-FILE MILLIS [MIN-OPS]
+//!                                                       the sqlite mode's UPDATE, then wal_checkpoint(FULL),
+//!                                                       as a SQLite duratom's commit makes it durable
+//! raw_baselines pg|s3|redis-store conditional|unconditional BYTES-FILE MILLIS [MIN-OPS]
+//!                                                       Store::commit of the backend's store (env as above),
+//!                                                       conditional on the version last seen (what every
+//!                                                       duratom commit sends) or unconditional
 //! ```
 //!
 //! Each mode sets up, warms up (a few operations, untimed), then repeats the
@@ -33,7 +40,7 @@ use duratom::file::FileStore;
 use duratom::store::{Expect, Store};
 
 fn usage() -> ! {
-    eprintln!("usage: raw_baselines file|append|sqlite PATH BYTES-FILE MILLIS [MIN-OPS] | pg BYTES-FILE MILLIS [MIN-OPS] | s3|redis BYTES-FILE MILLIS [MIN-OPS]");
+    eprintln!("usage: raw_baselines file|append|sqlite|sqlite-checkpoint PATH BYTES-FILE MILLIS [MIN-OPS] | pg|s3|redis BYTES-FILE MILLIS [MIN-OPS] | pg-store|s3-store|redis-store conditional|unconditional BYTES-FILE MILLIS [MIN-OPS]");
     exit(2)
 }
 
@@ -78,7 +85,9 @@ fn main() {
     let mode = args.first().map(String::as_str).unwrap_or_else(|| usage());
     let rest = &args[1..];
     let (path, rest) = match mode {
-        "file" | "append" | "sqlite" => (Some(rest.first().unwrap_or_else(|| usage()).clone()), &rest[1..]),
+        "file" | "append" | "sqlite" | "sqlite-checkpoint" | "pg-store" | "s3-store" | "redis-store" => {
+            (Some(rest.first().unwrap_or_else(|| usage()).clone()), &rest[1..])
+        }
         "pg" | "s3" | "redis" => (None, rest),
         _ => usage(),
     };
@@ -93,8 +102,17 @@ fn main() {
         "append" => append(&path.unwrap(), &bytes, millis, min_ops),
         "pg" => pg(&bytes, millis, min_ops),
         "s3" => s3(&bytes, millis, min_ops),
-        "sqlite" => sqlite(&path.unwrap(), &bytes, millis, min_ops),
+        "sqlite" => sqlite(&path.unwrap(), &bytes, millis, min_ops, false),
+        "sqlite-checkpoint" => sqlite(&path.unwrap(), &bytes, millis, min_ops, true),
         "redis" => redis_set(&bytes, millis, min_ops),
+        "pg-store" | "s3-store" | "redis-store" => {
+            let conditional = match path.as_deref() {
+                Some("conditional") => true,
+                Some("unconditional") => false,
+                _ => usage(),
+            };
+            store_commits(mode, conditional, &bytes, millis, min_ops)
+        }
         _ => usage(),
     }
 }
@@ -125,8 +143,9 @@ fn append(path: &str, bytes: &[u8], millis: u64, min_ops: u64) {
 
 /// One prepared single-row UPDATE per operation (autocommit, so one
 /// transaction and one WAL fsync each), on a database set up as a SQLite
-/// duratom's: WAL mode, synchronous=FULL.
-fn sqlite(path: &str, bytes: &[u8], millis: u64, min_ops: u64) {
+/// duratom's: WAL mode, synchronous=FULL; with `checkpoint`, each followed
+/// by the checkpoint a duratom's commit makes before it returns.
+fn sqlite(path: &str, bytes: &[u8], millis: u64, min_ops: u64, checkpoint: bool) {
     let text = std::str::from_utf8(bytes).unwrap_or_else(|e| fail("the bytes are not UTF-8 text", e));
     let db = rusqlite::Connection::open(path).unwrap_or_else(|e| fail("opening the database", e));
     db.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))
@@ -145,6 +164,71 @@ fn sqlite(path: &str, bytes: &[u8], millis: u64, min_ops: u64) {
     measure("sqlite", bytes.len(), millis, min_ops, 20, || {
         i += 1;
         update.execute([&texts[i % 2]]).unwrap_or_else(|e| fail("UPDATE", e));
+        if checkpoint {
+            db.query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(())).unwrap_or_else(|e| fail("checkpoint", e));
+        }
+    });
+}
+
+/// Commits through the backend's own store, as a duratom's engine calls it
+/// but with no JVM: each commit conditional on the version the previous one
+/// returned, or unconditional. The two modes, measured in the same run, give
+/// the cost of the condition alone.
+fn store_commits(mode: &str, conditional: bool, bytes: &[u8], millis: u64, min_ops: u64) {
+    let config = match mode {
+        "pg-store" => Config::from_pairs(
+            "postgres-db",
+            &[
+                ("host", &env_var("DURATOM_TEST_PG_HOST")),
+                ("port", &env_var("DURATOM_TEST_PG_PORT")),
+                ("user", &env_var("DURATOM_TEST_PG_USER")),
+                ("password", &env_var("DURATOM_TEST_PG_PASSWORD")),
+                ("dbname", &env_var("DURATOM_TEST_PG_DB")),
+                ("table", "duratom_bench_store"),
+            ],
+        ),
+        "s3-store" => Config::from_pairs(
+            "aws-s3",
+            &[
+                ("bucket", "duratom-bench-store"),
+                ("key", "state"),
+                ("endpoint", &env_var("DURATOM_TEST_S3_ENDPOINT")),
+                ("region", &env::var("DURATOM_TEST_S3_REGION").unwrap_or_else(|_| "us-east-1".into())),
+                ("access-key", &env_var("DURATOM_TEST_S3_ACCESS_KEY")),
+                ("secret-key", &env_var("DURATOM_TEST_S3_SECRET_KEY")),
+            ],
+        ),
+        _ => Config::from_pairs(
+            "redis-db",
+            &[
+                (
+                    "url",
+                    &format!(
+                        "redis://:{}@{}:{}/0",
+                        env_var("DURATOM_TEST_REDIS_PASSWORD"),
+                        env_var("DURATOM_TEST_REDIS_HOST"),
+                        env_var("DURATOM_TEST_REDIS_PORT")
+                    ),
+                ),
+                ("key", "duratom-bench-store"),
+            ],
+        ),
+    };
+    let mut store = duratom::backends::open_store(&config).unwrap_or_else(|e| fail("opening the store", e));
+    // Two values in turn (the same EDN, one with a trailing space), so that
+    // every commit changes what is stored, as every swap! does.
+    let values = [bytes.to_vec(), [bytes, b" "].concat()];
+    let mut last = store.commit(&values[0], &Expect::Anything { after: None }).unwrap_or_else(|e| fail("commit", e));
+    let mut i = 0usize;
+    let label = if conditional { "conditional" } else { "unconditional" };
+    measure(&format!("{mode}-{label}"), bytes.len(), millis, min_ops, 10, || {
+        i += 1;
+        let expect = if conditional {
+            Expect::Version(last.clone())
+        } else {
+            Expect::Anything { after: Some(last.clone()) }
+        };
+        last = store.commit(&values[i % 2], &expect).unwrap_or_else(|e| fail("commit", e));
     });
 }
 

@@ -206,3 +206,21 @@ mod tests {
         assert_eq!(error_chain(&Wrap("alone", None)), "alone");
     }
 }
+
+/// Runs in a failed construction's clean-up (file and SQLite stores),
+/// between its check that the path still holds the file it created and the
+/// removal. Tests put another writer there; elsewhere it does nothing.
+#[cfg(not(test))]
+pub(crate) fn before_created_file_removal() {}
+
+#[cfg(test)]
+thread_local! {
+    pub(crate) static BEFORE_REMOVAL: std::cell::RefCell<Option<Box<dyn FnOnce()>>> = const { std::cell::RefCell::new(None) };
+}
+
+#[cfg(test)]
+pub(crate) fn before_created_file_removal() {
+    if let Some(f) = BEFORE_REMOVAL.with(|f| f.borrow_mut().take()) {
+        f()
+    }
+}

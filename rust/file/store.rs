@@ -266,18 +266,42 @@ fn after_rename(dir: &Path) -> std::io::Result<()> {
     AFTER_RENAME.with(|f| f.get().map_or(Ok(()), |f| f(dir)))
 }
 
+/// Whether `path` names the empty regular file with identity `created`.
+fn is_created_empty(path: &Path, created: (u64, u64)) -> bool {
+    let Ok(file) = os::no_follow_no_block(OpenOptions::new().read(true)).open(path) else { return false };
+    file.metadata().is_ok_and(|m| m.is_file() && m.len() == 0) && os::file_id(&file).is_ok_and(|id| id == created)
+}
+
 impl Drop for FileStore {
     /// Removes the file `open` created when nothing was committed since and
-    /// it is still that empty file.
+    /// it is still that empty file (a construction that failed), leaving the
+    /// path as the construction found it.
+    ///
+    /// Another process may write the path meanwhile. Conditional writers are
+    /// held off by the lock file's lock, taken when the lock file exists (it
+    /// is not created here, so nothing is left behind). Every writer replaces
+    /// the file by a rename and none writes into an empty one, so the file is
+    /// moved to a temp name of this store first (atomic) and removed only if
+    /// what moved is the empty file created; another writer's file, renamed
+    /// over it just before, is put back under its name.
     fn drop(&mut self) {
         let Some(created) = self.created.take() else { return };
         let Ok(target) = self.target("closing") else { return };
-        let Ok(file) = os::no_follow_no_block(OpenOptions::new().read(true)).open(&target.file) else { return };
-        let unchanged = file.metadata().is_ok_and(|m| m.is_file() && m.len() == 0) && os::file_id(&file).is_ok_and(|id| id == created);
-        drop(file); // closed first: Windows would keep a file open here until then
-        if unchanged {
-            let _ = fs::remove_file(&target.file);
+        let _lock = OpenOptions::new().write(true).open(lock_path(&target)).ok().filter(|f| os::lock(f).is_ok());
+        if !is_created_empty(&target.file, created) {
+            return;
         }
+        crate::store::before_created_file_removal();
+        let moved = self.temp_names.next(&target);
+        if fs::rename(&target.file, &moved).is_err() {
+            return;
+        }
+        if !is_created_empty(&moved, created) {
+            // Fails when a newer file took the name meanwhile: what moved
+            // is then an older state, replaced as a rename would have.
+            let _ = fs::hard_link(&moved, &target.file);
+        }
+        let _ = fs::remove_file(&moved);
     }
 }
 

@@ -38,7 +38,8 @@ impl TempNames {
         TempNames { store_id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed), counter: 0 }
     }
 
-    fn next(&mut self, target: &Target) -> PathBuf {
+    /// A fresh temp-file name beside the target (not created).
+    pub fn next(&mut self, target: &Target) -> PathBuf {
         self.counter += 1;
         let name = format!(
             "{}{}-{}-{}-{:016x}.tmp",

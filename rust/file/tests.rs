@@ -873,3 +873,36 @@ fn log_mode_ignores_a_torn_tail_and_names_the_offset_of_damage() {
     assert!(matches!(e, StoreError::Corrupt { .. }) && msg.contains(&format!("byte offset {base_len}:")) && msg.contains("torn.edn"), "{msg}");
     assert_eq!(fs::read(&path).unwrap(), damaged, "left as it was");
 }
+
+#[test]
+fn a_failed_construction_removes_the_file_it_created_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.edn");
+    drop(open_at(&path).unwrap());
+    assert_eq!(names_in(dir.path()), Vec::<String>::new(), "the created file is removed, nothing left beside it");
+
+    // A file that was there is never removed, even empty.
+    fs::write(&path, b"").unwrap();
+    drop(open_at(&path).unwrap());
+    assert_eq!(names_in(dir.path()), vec!["new.edn".to_string()]);
+}
+
+#[test]
+fn a_commit_racing_a_failed_constructions_clean_up_is_kept() {
+    // Another store commits (a rename over the path) right after the
+    // clean-up found the path still holding the empty file it created.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raced.edn");
+    let failed = open_at(&path).unwrap();
+    let mut other = open_at(&path).unwrap();
+    let raced = path.clone();
+    crate::store::BEFORE_REMOVAL.with(|f| {
+        *f.borrow_mut() = Some(Box::new(move || {
+            let mut other = open_at(&raced).unwrap();
+            other.commit(b"{:other 1}", &Expect::Anything { after: None }).unwrap();
+        }))
+    });
+    drop(failed);
+    assert_eq!(other.load().unwrap().map(|s| s.bytes), Some(b"{:other 1}".to_vec()), "the other store's commit is kept");
+    assert_eq!(names_in(dir.path()), vec!["raced.edn".to_string()], "no temp file left");
+}

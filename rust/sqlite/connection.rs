@@ -93,11 +93,21 @@ impl Conn {
                 })?
             }
         };
+        // A file removed while it was being opened would take this
+        // connection's commits with it, unseen by any later identity check.
+        let file = file_id(path);
+        if file.is_some() && existing_file_id(path).is_none() {
+            return Err(StoreError::backend(
+                resource,
+                "open",
+                format!("the database file {} was removed while it was being opened", path.display()),
+            ));
+        }
         // The first read above opened (or created) the WAL.
         Ok(Conn {
             db,
             value,
-            file: file_id(path),
+            file,
             wal: existing_file_id(&beside(path, "-wal")),
         })
     }

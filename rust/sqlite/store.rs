@@ -1,11 +1,11 @@
 //! The store: built from the settings, and load, commit and delete on one
 //! row (a removed WAL's commits saved first).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::connection::{beside, existing_file_id, file_id, Conn, FileId, ValueKind};
 use super::errors::{code, describe, with_resource, Failure};
@@ -87,8 +87,16 @@ impl SqliteStore {
         StoreError::backend(&self.resource, op, describe(&e, self.busy_timeout))
     }
 
+    /// Opens a connection; once more when the file at the path was moved or
+    /// removed while opening (another construction's clean-up), which can
+    /// fail the open with an I/O error: the second opens what is there now.
     fn connect(&self) -> Result<Conn, StoreError> {
-        Conn::open(&self.path, &self.table, self.create_type, self.busy_timeout, &self.resource)
+        let open = || Conn::open(&self.path, &self.table, self.create_type, self.busy_timeout, &self.resource);
+        let before = existing_file_id(&self.path);
+        match open() {
+            Err(_) if before.is_some() && existing_file_id(&self.path) != before => open(),
+            other => other,
+        }
     }
 
     fn wal_path(&self) -> PathBuf {
@@ -264,19 +272,63 @@ fn text(bytes: &[u8]) -> Result<&str, Failure> {
     })
 }
 
+/// Whether some connection has the database at `path` open (SQLite keeps
+/// the WAL and shared-memory files while one does, and removes them with
+/// the last).
+fn in_use(path: &Path) -> bool {
+    beside(path, "-wal").exists() || beside(path, "-shm").exists()
+}
+
+/// Whether the database file at `path` holds `table` and nothing else, with
+/// no row: what `open` made of a new file. Read as an immutable file (no
+/// locks, WAL or shared memory), since it is not at its own path then.
+fn holds_only_empty(path: &Path, table: &str) -> bool {
+    let mut uri = String::from("file:");
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' | '?' | '#' => uri.push_str(&format!("%{:02X}", c as u32)),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?immutable=1");
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let Ok(db) = Connection::open_with_flags(&uri, flags) else { return false };
+    let count = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).ok();
+    count("SELECT count(*) FROM sqlite_master") == Some(1) && count(&format!("SELECT count(*) FROM {table}")) == Some(0)
+}
+
 impl Drop for SqliteStore {
     /// Removes the database file `open` created when nothing was committed
-    /// since, it is still that file, and closing left no other connection
-    /// (SQLite removed the WAL and shared-memory files as the last one).
+    /// since (a construction that failed), leaving the path as the
+    /// construction found it.
+    ///
+    /// Another process may open the path meanwhile. So the file is removed
+    /// only when no connection has it open (closing left no WAL or
+    /// shared-memory file), and it is first moved to a name of its own
+    /// (atomic), then checked: still the file created, holding the table
+    /// alone with no row, and still no connection at the path. Otherwise it
+    /// is put back under its name. A connection that opened the file just
+    /// before the move and commits into it learns that the file left its
+    /// path: its commit reports an unknown outcome, never success.
     fn drop(&mut self) {
         let Some(created) = self.created.take() else { return };
         self.conn = None;
-        if existing_file_id(&self.path) == Some(created)
-            && !beside(&self.path, "-wal").exists()
-            && !beside(&self.path, "-shm").exists()
-        {
-            let _ = std::fs::remove_file(&self.path);
+        if existing_file_id(&self.path) != Some(created) || in_use(&self.path) {
+            return;
         }
+        crate::store::before_created_file_removal();
+        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let moved = dir.join(format!(".duratom-removing-{}-{nanos:09}.db", std::process::id()));
+        if std::fs::rename(&self.path, &moved).is_err() {
+            return;
+        }
+        let created_and_empty = existing_file_id(&moved) == Some(created) && holds_only_empty(&moved, &self.table);
+        if !created_and_empty || in_use(&self.path) {
+            // Fails when a new database took the name meanwhile.
+            let _ = std::fs::hard_link(&moved, &self.path);
+        }
+        let _ = std::fs::remove_file(&moved);
     }
 }
 
@@ -326,6 +378,17 @@ impl Store for SqliteStore {
             checkpoint(&c.db);
             Ok(version.clone())
         })?;
+        // The commit went into the database file the connection holds; if
+        // another file is at its path now (or none), the commit may be lost
+        // with the one it went to.
+        if self.conn.as_ref().is_some_and(|c| c.file.is_some() && c.file != file_id(&self.path)) {
+            self.conn = None;
+            return Err(StoreError::outcome_unknown(
+                &self.resource,
+                "commit",
+                format!("the database file {} was removed or replaced during the commit, which went to the file that was there", self.path.display()),
+            ));
+        }
         // The commit went into the WAL the connection holds; if that file
         // is no longer at its path, the commit is not durable until copied
         // into the database file, so the caller learns it only as unknown.

@@ -314,3 +314,51 @@ fn an_acknowledged_commit_is_in_the_database_file_before_the_wal_is_removed() {
     assert_eq!(stored, "2");
     std::mem::forget(s);
 }
+
+#[test]
+fn a_failed_construction_removes_the_database_it_created_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(&config(dir.path(), "t", &[])).unwrap());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing left in the directory");
+
+    // A database that was there is kept, even with nothing stored.
+    drop(Connection::open(dir.path().join("db.sqlite")).unwrap());
+    drop(open(&config(dir.path(), "t", &[])).unwrap());
+    assert!(dir.path().join("db.sqlite").exists());
+}
+
+#[test]
+fn a_commit_racing_a_failed_constructions_clean_up_is_kept() {
+    let read = |dir: &Path| -> Option<String> {
+        Connection::open(dir.join("db.sqlite")).unwrap().query_row("SELECT value FROM t WHERE id = 0", [], |r| r.get(0)).ok()
+    };
+    // Another store opens the new database, commits and closes, right after
+    // the clean-up found no other connection.
+    let dir = tempfile::tempdir().unwrap();
+    let failed = open(&config(dir.path(), "t", &[])).unwrap();
+    let cfg = config(dir.path(), "t", &[]);
+    crate::store::BEFORE_REMOVAL.with(|f| {
+        *f.borrow_mut() = Some(Box::new(move || {
+            let mut other = open(&cfg).unwrap();
+            other.commit(b"closed", &Expect::Anything { after: None }).unwrap();
+        }))
+    });
+    drop(failed);
+    assert_eq!(read(dir.path()).as_deref(), Some("closed"), "the other store's commit is kept");
+
+    // Another store opens it then and stays open: its later commits land.
+    let dir = tempfile::tempdir().unwrap();
+    let failed = open(&config(dir.path(), "t", &[])).unwrap();
+    let cfg = config(dir.path(), "t", &[]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    crate::store::BEFORE_REMOVAL.with(|f| {
+        *f.borrow_mut() = Some(Box::new(move || tx.send(open(&cfg).unwrap()).unwrap()))
+    });
+    drop(failed);
+    let mut other = rx.recv().unwrap();
+    other.commit(b"open", &Expect::Anything { after: None }).unwrap();
+    drop(other);
+    assert_eq!(read(dir.path()).as_deref(), Some("open"));
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("db.sqlite")], "no moved file left");
+}

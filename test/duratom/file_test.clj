@@ -465,3 +465,19 @@
         (is (thrown? Exception (d/file-atom path nil init rw)))
         (is (= ["state.edn"] (vec (.list dir))) "an empty file that was there stays")
         (is (= 0 (.length path)))))))
+
+(deftest a-failed-construction-racing-another-duratom-leaves-that-duratoms-state
+  ;; Two duratoms open the same new path at once; one construction fails.
+  ;; Its clean-up must never take away the state the other stored.
+  (dotimes [i 60]
+    (let [path (io/file (ts/temp-dir) "raced.edn")
+          go (promise)
+          failing (future @go (try (d/file-atom path nil (fn [] (throw (ex-info "no initial state" {}))) {:shared? true})
+                                   (catch Exception _ :failed)))
+          winning (future @go (let [a (d/file-atom path nil {:i i} {:shared? true :commit-mode :sync})]
+                                (swap! a assoc :w true)))]
+      (deliver go true)
+      ;; opening after the other stored its state, it calls no :init and succeeds
+      (is (or (= :failed @failing) (instance? duratom.core.Duratom @failing)))
+      (is (= {:i i :w true} @winning))
+      (is (= {:i i :w true} (edn/read-string (slurp path))) (str "round " i)))))

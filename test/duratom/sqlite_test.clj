@@ -346,3 +346,20 @@
         (sigkill! child)
         (is (= 36 (stored)))))
     (is (= "ok" (python-query path "PRAGMA integrity_check")))))
+
+(deftest a-failed-construction-racing-another-duratom-leaves-that-duratoms-state
+  ;; Two duratoms open the same new database at once; one construction
+  ;; fails. Its clean-up must never take away the state the other stored.
+  (dotimes [i 40]
+    (let [path (io/file (ts/temp-dir) "raced.db")
+          go (promise)
+          failing (future @go (try (d/sqlite-atom (spec path) "t" 0 nil (fn [] (throw (ex-info "no initial state" {})))
+                                                  {:shared? true})
+                                   (catch Exception _ :failed)))
+          winning (future @go (let [a (d/sqlite-atom (spec path) "t" 0 nil {:i i} {:shared? true :commit-mode :sync})]
+                                (swap! a assoc :w true)))]
+      (deliver go true)
+      ;; opening after the other stored its state, it calls no :init and succeeds
+      (is (or (= :failed @failing) (instance? duratom.core.Duratom @failing)))
+      (is (= {:i i :w true} @winning))
+      (is (= (pr-str {:i i :w true}) (python-query path "SELECT value FROM t WHERE id = 0")) (str "round " i)))))
