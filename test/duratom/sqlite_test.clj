@@ -348,18 +348,21 @@
     (is (= "ok" (python-query path "PRAGMA integrity_check")))))
 
 (deftest a-failed-construction-racing-another-duratom-leaves-that-duratoms-state
-  ;; Two duratoms open the same new database at once; one construction
-  ;; fails. Its clean-up must never take away the state the other stored.
+  ;; One duratom creates a new database and its :init throws; as it does,
+  ;; another duratom opens the same database and stores its state. The
+  ;; failed construction's clean-up must never take that state away. (The
+  ;; other starts once the database is in WAL mode: two connections making
+  ;; a new file WAL at once wait out each other's busy timeout.)
   (dotimes [i 40]
     (let [path (io/file (ts/temp-dir) "raced.db")
-          go (promise)
-          failing (future @go (try (d/sqlite-atom (spec path) "t" 0 nil (fn [] (throw (ex-info "no initial state" {})))
-                                                  {:shared? true})
-                                   (catch Exception _ :failed)))
-          winning (future @go (let [a (d/sqlite-atom (spec path) "t" 0 nil {:i i} {:shared? true :commit-mode :sync})]
-                                (swap! a assoc :w true)))]
-      (deliver go true)
-      ;; opening after the other stored its state, it calls no :init and succeeds
-      (is (or (= :failed @failing) (instance? duratom.core.Duratom @failing)))
+          opened (promise)
+          failing (future (try (d/sqlite-atom (spec path) "t" 0 nil
+                                              (fn [] (deliver opened true) (throw (ex-info "no initial state" {})))
+                                              {:shared? true})
+                               (catch Exception _ :failed)))
+          winning (future @opened
+                          (let [a (d/sqlite-atom (spec path) "t" 0 nil {:i i} {:shared? true :commit-mode :sync})]
+                            (swap! a assoc :w true)))]
+      (is (= :failed @failing))
       (is (= {:i i :w true} @winning))
       (is (= (pr-str {:i i :w true}) (python-query path "SELECT value FROM t WHERE id = 0")) (str "round " i)))))
