@@ -15,7 +15,7 @@
 //! raw_baselines redis BYTES-FILE MILLIS [MIN-OPS]       SET of the bytes through the redis crate's own
 //!                                                       connection (env DURATOM_TEST_REDIS_*)
 //! raw_baselines sqlite-checkpoint PATH BYTES-FILE MILLIS [MIN-OPS]
-//!                                                       the sqlite mode's UPDATE, then wal_checkpoint(FULL),
+//!                                                       the sqlite mode's UPDATE, then wal_checkpoint(PASSIVE),
 //!                                                       as a SQLite duratom's commit makes it durable
 //! raw_baselines pg|s3|redis-store conditional|unconditional BYTES-FILE MILLIS [MIN-OPS]
 //!                                                       Store::commit of the backend's store (env as above),
@@ -165,7 +165,7 @@ fn sqlite(path: &str, bytes: &[u8], millis: u64, min_ops: u64, checkpoint: bool)
         i += 1;
         update.execute([&texts[i % 2]]).unwrap_or_else(|e| fail("UPDATE", e));
         if checkpoint {
-            db.query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(())).unwrap_or_else(|e| fail("checkpoint", e));
+            db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).unwrap_or_else(|e| fail("checkpoint", e));
         }
     });
 }

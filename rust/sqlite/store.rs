@@ -423,12 +423,14 @@ impl Store for SqliteStore {
 /// Copies the WAL's commits into the database file and fsyncs it, so that
 /// an acknowledged commit no longer depends on the WAL file: removing it
 /// (`rm *-wal`) after the commit returned loses nothing, even if the process
-/// dies before its next call. FULL waits (up to the busy timeout) for other
-/// connections' writes and older read transactions; when they outlast it, or
-/// the copy fails, the commit stays durable in the WAL and a later commit's
-/// checkpoint copies it.
+/// dies before its next call. PASSIVE neither waits nor holds the write
+/// lock: a checkpoint that waited would keep every other process's commit
+/// waiting behind it (shared mode) until their busy timeouts failed them.
+/// When another connection's read transaction or checkpoint is in the way,
+/// the commit stays durable in the WAL and a later commit's checkpoint
+/// copies it.
 fn checkpoint(db: &Connection) {
-    let _ = db.query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(()));
+    let _ = db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
 }
 
 /// The table name as one quoted SQLite identifier. SQLite compares
