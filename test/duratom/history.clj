@@ -3,8 +3,8 @@
 
   Many threads run random operations on one duratom while faults are
   injected from outside (the directory moved away and back, the PostgreSQL
-  server stopped and started, the network link to the server cut by the
-  kernel, threads interrupted); in log mode, compactions run among the
+  or Redis server stopped and started, the network link to the server cut by
+  the kernel, threads interrupted); in log mode, compactions run among the
   operations. Every operation records
   when it started and ended (System/nanoTime) and whether it returned (with
   what) or threw (with what). A watch records every transition. At the end a
@@ -89,13 +89,16 @@
 
 (defn open
   "A duratom at `loc` ({:backend :file :path ..}, {:backend :pg :db-spec ..
-  :table ..} or {:backend :s3 :creds .. :bucket .. :key ..}) with `lock`,
+  :table ..}, {:backend :s3 :creds .. :bucket .. :key ..}, {:backend :redis
+  :conn .. :key ..} or {:backend :sqlite :path .. :table ..}) with `lock`,
   `init` and `rw`."
   [loc ^ReentrantLock lock init rw]
   (case (:backend loc)
     :file (d/file-atom (:path loc) lock init rw)
     :pg (d/postgres-atom (:db-spec loc) (:table loc) 0 lock init rw)
-    :s3 (d/s3-atom (:creds loc) (:bucket loc) (:key loc) lock init rw)))
+    :s3 (d/s3-atom (:creds loc) (:bucket loc) (:key loc) lock init rw)
+    :redis (d/redis-atom (:conn loc) (:key loc) lock init rw)
+    :sqlite (d/sqlite-atom {:dbtype "sqlite" :dbname (:path loc)} (:table loc) 0 lock init rw)))
 
 (defn rw-for
   "The :rw of commit mode `mode`; `log?`: in log mode (records appended
@@ -269,12 +272,12 @@
         away (File. (str dir ".away"))]
     [#(rename! dir away) #(rename! away dir)]))
 
-(defn pg-faults
-  "Stops and starts the PostgreSQL server of `loc` (scripts/postgres-server
-  with its :server-dir). Returns [break! mend!]."
-  [{dir :server-dir}]
-  [#(ts/sh! "scripts/postgres-server" "stop" dir)
-   #(ts/sh! "scripts/postgres-server" "start" dir)])
+(defn server-faults
+  "Stops and starts the server of `loc` with `script` (scripts/postgres-server
+  or scripts/redis-server, given its :server-dir). Returns [break! mend!]."
+  [script {dir :server-dir}]
+  [#(ts/sh! script "stop" dir)
+   #(ts/sh! script "start" dir)])
 
 (defn- psql!
   "Runs `sql` on the server of `db-spec` with psql, as its user."
@@ -307,16 +310,17 @@
    #(ts/net-fault! :clear)])
 
 (defn faults-for
-  "[break! mend! up-ms down-ms] for fault `kind` (:storage: the directory
-  moved away, the server stopped; :refusal: the table's write privilege
-  revoked; :network: the link cut, see net-faults, `i` choosing how) on the
-  backend of `loc`."
+  "[break! mend! up-ms down-ms] for fault `kind` (:storage: the directory of
+  the file or SQLite database moved away, the PostgreSQL or Redis server
+  stopped; :refusal: the table's write privilege revoked; :network: the link
+  cut, see net-faults, `i` choosing how) on the backend of `loc`."
   [loc kind i]
   (case [(:backend loc) kind]
-    [:file :storage] (conj (dir-faults (:path loc)) [20 300] [5 150])
-    [:pg :storage] (conj (pg-faults loc) [1000 2000] [100 700])
+    ([:file :storage] [:sqlite :storage]) (conj (dir-faults (:path loc)) [20 300] [5 150])
+    [:pg :storage] (conj (server-faults "scripts/postgres-server" loc) [1000 2000] [100 700])
+    [:redis :storage] (conj (server-faults "scripts/redis-server" loc) [1000 2000] [100 700])
     [:pg :refusal] (conj (pg-refusals loc) [100 400] [20 200])
-    ([:pg :network] [:s3 :network]) (conj (net-faults i) [300 900] [200 1300])))
+    ([:pg :network] [:s3 :network] [:redis :network]) (conj (net-faults i) [300 900] [200 1300])))
 
 (defn- park-ms [^Random rnd [from spread]]
   (LockSupport/parkNanos (* 1000000 (+ (long from) (.nextInt rnd (int spread))))))

@@ -149,3 +149,41 @@
 
 (deftest history-s3-shared
   (run-shared-seeds "s3 shared (3 processes)" 1423 {:faults #{:network :interrupts}} s3-loc))
+
+(defn- redis-loc
+  "A fresh key on the Redis server inside the network namespace, so that the
+  :network fault can cut its link; waits bounded by a second, shorter than
+  the longer cuts, so that some commits end as outcome unknown."
+  []
+  {:backend :redis :conn (net/redis-conn 1000) :server-dir (ts/net-server-dir "redis")
+   :key (str "duratom:history:" (ts/unique-name "k"))})
+
+;; Redis runs with appendfsync always, so the server stopped and started
+;; (:storage) keeps every acknowledged write.
+(deftest history-redis-sync
+  (run-seeds "redis sync" 1431 {:faults #{:storage :network :interrupts}}
+             #(h/run-local (assoc % :loc (redis-loc) :mode :sync))))
+
+(deftest history-redis-async
+  (run-seeds "redis async" 1432 {:faults #{:storage :network :interrupts}}
+             #(h/run-local (assoc % :loc (redis-loc) :mode :async))))
+
+(deftest history-redis-shared
+  (run-shared-seeds "redis shared (3 processes)" 1433 {:faults #{:storage :network :interrupts}} redis-loc))
+
+(defn- sqlite-loc
+  "A fresh database file in a directory of its own (the :storage fault moves
+  the directory away and back)."
+  []
+  {:backend :sqlite :path (str (io/file (ts/temp-dir) "state.db")) :table "duratom_history"})
+
+(deftest history-sqlite-sync
+  (run-seeds "sqlite sync" 1441 {:faults #{:storage :interrupts}}
+             #(h/run-local (assoc % :loc (sqlite-loc) :mode :sync))))
+
+(deftest history-sqlite-async
+  (run-seeds "sqlite async" 1442 {:faults #{:storage :interrupts}}
+             #(h/run-local (assoc % :loc (sqlite-loc) :mode :async))))
+
+(deftest history-sqlite-shared
+  (run-shared-seeds "sqlite shared (3 processes)" 1443 {:faults #{:storage :interrupts}} sqlite-loc))
