@@ -173,7 +173,8 @@
 (def ^:private notes (atom []))
 
 ;; Each row: {:scenario :value :baseline :ratio :target :met} (strings and a
-;; boolean or nil for "not measured").
+;; boolean, nil for "not measured", or :cost for a row that measures a price
+;; and has no target).
 (def ^:private rows (atom []))
 
 (defn- row! [m]
@@ -358,9 +359,14 @@
                              [:one #(swap-rate (fn [] (swap! dura bump)) run-ms 1)]])
             checkpointed (median (:checkpoint results))]
         (at-least-row s (median (:one results)) "raw UPDATE + checkpoint (rusqlite, WAL, FULL)" checkpointed 0.8)
-        (at-least-row cost-s checkpointed "raw UPDATE (WAL, FULL)" (median (:plain results)) 0.3))
+        ;; A price, not a target: what surviving the WAL's removal costs.
+        (let [plain (median (:plain results))]
+          (row! {:scenario cost-s :value (fmt-rate checkpointed)
+                 :baseline (str "raw UPDATE (WAL, FULL) " (fmt-rate plain))
+                 :ratio (fmt-x (when (and checkpointed plain (pos? plain)) (/ checkpointed plain)))
+                 :target "none (a cost)" :met :cost})))
       (catch Throwable e
-        (not-available! [[s ">= 0.8x raw UPDATE + checkpoint"] [cost-s ">= 0.3x raw UPDATE"]] e)))))
+        (not-available! [[s ">= 0.8x raw UPDATE + checkpoint"] [cost-s "none (a cost)"]] e)))))
 
 (defn conditional-rows
   "The cost of conditional commits alone: the backend's store committing
@@ -676,7 +682,7 @@
   (let [cols [[:scenario "scenario"] [:value "median"] [:baseline "baseline (same run)"]
               [:ratio "ratio"] [:target "target"] [:met "met?"]]
         cell (fn [r k] (let [v (get r k)]
-                         (if (= k :met) (case v true "yes" false "NO" nil "n/a") (str v))))
+                         (if (= k :met) (case v true "yes" false "NO" nil "n/a" :cost "-") (str v))))
         widths (for [[k h] cols] (apply max (count h) (map #(count (cell % k)) rows)))
         line (fn [cells] (str "| " (str/join " | " (map #(format (str "%-" %2 "s") %1) cells widths)) " |"))]
     (println (line (map second cols)))
@@ -719,7 +725,7 @@
     (print-table @rows)
     (println)
     (doseq [n @notes] (println (str "Note: " n)))
-    (let [missed (remove #(true? (:met %)) @rows)]
+    (let [missed (remove #(#{true :cost} (:met %)) @rows)]
       (println (if (empty? missed)
                  "Every target met."
                  (str (count missed) " target(s) missed or not measured: "

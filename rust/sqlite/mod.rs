@@ -8,8 +8,11 @@
 //!
 //! Durability: the connection runs in WAL mode with `synchronous=FULL`, so
 //! the WAL is fsynced at every commit, and each commit is checkpointed into
-//! the database file before it returns, so it stays durable when the WAL
-//! file is removed afterwards; the database stays consistent whenever the process or machine
+//! the database file before it returns (waiting, up to the busy timeout,
+//! for other connections' read transactions that hold it back; past that
+//! the commit is reported as outcome unknown, not acknowledged), so it stays
+//! durable when the WAL file is removed afterwards; the database stays
+//! consistent whenever the process or machine
 //! dies. WAL mode is a property of the database file: once set it stays, and
 //! other SQLite users of the file (the original library included) keep
 //! working; the file must be on a local file system, as WAL requires.

@@ -2,7 +2,7 @@
 //! row (a removed WAL's commits saved first).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
@@ -350,6 +350,7 @@ impl Store for SqliteStore {
         let table = self.table.clone();
         let resource = self.resource.clone();
         let version = Version::of_content(bytes);
+        let busy_timeout = self.busy_timeout;
         let version = self.run("commit", |c, id| {
             let kind = c.value;
             // BEGIN IMMEDIATE takes the write lock at once: nobody writes
@@ -375,7 +376,7 @@ impl Store for SqliteStore {
             }
             write_row(&tx, &table, kind, id, bytes).map_err(|f| with_resource(f, &resource))?;
             tx.commit()?;
-            checkpoint(&c.db);
+            checkpoint(&c.db, busy_timeout, &resource)?;
             Ok(version.clone())
         })?;
         // The commit went into the database file the connection holds; if
@@ -420,17 +421,59 @@ impl Store for SqliteStore {
     }
 }
 
-/// Copies the WAL's commits into the database file and fsyncs it, so that
-/// an acknowledged commit no longer depends on the WAL file: removing it
-/// (`rm *-wal`) after the commit returned loses nothing, even if the process
-/// dies before its next call. PASSIVE neither waits nor holds the write
-/// lock: a checkpoint that waited would keep every other process's commit
-/// waiting behind it (shared mode) until their busy timeouts failed them.
-/// When another connection's read transaction or checkpoint is in the way,
-/// the commit stays durable in the WAL and a later commit's checkpoint
-/// copies it.
-fn checkpoint(db: &Connection) {
-    let _ = db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+/// Copies the commit just made from the WAL into the database file and
+/// fsyncs it, so that an acknowledged commit no longer depends on the WAL
+/// file: removing it (`rm *-wal`) after the commit returned loses nothing,
+/// even if the process dies before its next call.
+///
+/// Each try is PASSIVE: it neither waits nor holds the write lock, since a
+/// checkpoint that waited would keep every other process's commit waiting
+/// behind it (shared mode) until their busy timeouts failed them. A read
+/// transaction of another connection (sqlite-jdbc in this JVM, another
+/// process) on an older state keeps SQLite from copying the commit, so the
+/// try is repeated with a growing pause until the WAL is copied up to where
+/// it ended after the commit (or was restarted, which SQLite does only once
+/// all of it is copied). A reader that holds on for longer than `bound` (the
+/// busy timeout) fails the call as outcome unknown: the commit is in the
+/// WAL, durable and visible, but not yet safe from the WAL's removal, so it
+/// is not acknowledged.
+fn checkpoint(db: &Connection, bound: Duration, resource: &Resource) -> Result<(), Failure> {
+    let start = Instant::now();
+    let mut pause = Duration::from_micros(200);
+    // Frames in the WAL after the commit, from the first try that ran.
+    let mut end: Option<i64> = None;
+    loop {
+        let (busy, log, done): (i64, i64, i64) = db
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(|e| {
+                Failure::Other(StoreError::outcome_unknown(
+                    resource,
+                    "commit",
+                    format!("the commit is in the WAL, but copying it into the database file failed: {e}"),
+                ))
+            })?;
+        if busy == 0 && log < 0 {
+            return Ok(()); // not in WAL mode: the commit went into the file
+        }
+        if busy == 0 {
+            let end = *end.get_or_insert(log);
+            if done >= end || log < end {
+                return Ok(());
+            }
+        }
+        if start.elapsed() >= bound {
+            return Err(Failure::Other(StoreError::outcome_unknown(
+                resource,
+                "commit",
+                format!(
+                    "the commit is in the WAL, but another connection's read transaction (or checkpoint) kept it from being copied into the database file for {} ms (busy-timeout-ms); until it is copied, removing the WAL file would lose it",
+                    bound.as_millis()
+                ),
+            )));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
 }
 
 /// The table name as one quoted SQLite identifier. SQLite compares

@@ -7,7 +7,7 @@ use rusqlite::Connection;
 
 use super::*;
 use crate::config::Config;
-use crate::store::Expect;
+use crate::store::{Expect, StoreError};
 use crate::test_support::conflict;
 
 fn config(dir: &Path, table: &str, extra: &[(&str, &str)]) -> Config {
@@ -313,6 +313,60 @@ fn an_acknowledged_commit_is_in_the_database_file_before_the_wal_is_removed() {
         .unwrap();
     assert_eq!(stored, "2");
     std::mem::forget(s);
+}
+
+#[test]
+fn a_commit_during_another_connections_read_reaches_the_database_file_before_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(&config(dir.path(), "t", &[])).unwrap();
+    s.commit(b"1", &Expect::Anything { after: None }).unwrap();
+    // Another connection (sqlite-jdbc in the same JVM, say) is inside a read
+    // transaction when the commit runs, and ends it a moment later: until
+    // then no checkpoint may copy the commit into the database file.
+    let (began, begun) = std::sync::mpsc::channel();
+    let path = dir.path().join("db.sqlite");
+    let reader = std::thread::spawn(move || {
+        let db = Connection::open(path).unwrap();
+        db.execute_batch("BEGIN").unwrap();
+        let _: String = db.query_row("SELECT value FROM t WHERE id = 0", [], |r| r.get(0)).unwrap();
+        began.send(()).unwrap();
+        // The reader's own work, which the commit has to outlast.
+        std::thread::sleep(Duration::from_millis(150));
+        db.execute_batch("COMMIT").unwrap();
+    });
+    begun.recv().unwrap();
+    s.commit(b"2", &Expect::Anything { after: None }).unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.path().join("db.sqlite"), copy.path().join("db.sqlite")).unwrap();
+    let stored: String = Connection::open(copy.path().join("db.sqlite"))
+        .unwrap()
+        .query_row("SELECT value FROM t WHERE id = 0", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, "2", "the acknowledged commit is in the database file, not only in the WAL");
+    reader.join().unwrap();
+}
+
+#[test]
+fn a_commit_kept_from_the_database_file_past_the_busy_timeout_is_not_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(&config(dir.path(), "t", &[("busy-timeout-ms", "200")])).unwrap();
+    s.commit(b"1", &Expect::Anything { after: None }).unwrap();
+    let reader = Connection::open(dir.path().join("db.sqlite")).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let _: String = reader.query_row("SELECT value FROM t WHERE id = 0", [], |r| r.get(0)).unwrap();
+    let err = s.commit(b"2", &Expect::Anything { after: None }).unwrap_err();
+    assert!(matches!(err, StoreError::OutcomeUnknown { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("read transaction") && msg.contains("200 ms"), "{msg}");
+    // The commit is in the WAL; once the reader is done, the next commit
+    // copies both.
+    reader.execute_batch("COMMIT").unwrap();
+    s.commit(b"3", &Expect::Anything { after: None }).unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.path().join("db.sqlite"), copy.path().join("db.sqlite")).unwrap();
+    let stored: String =
+        Connection::open(copy.path().join("db.sqlite")).unwrap().query_row("SELECT value FROM t WHERE id = 0", [], |r| r.get(0)).unwrap();
+    assert_eq!(stored, "3");
 }
 
 #[test]
