@@ -61,7 +61,7 @@
   DURATOM_HISTORY_THREADS  worker threads per process (default: the test's
     choice, else 6);
   DURATOM_HISTORY_FAULTS  all, none, or a list of storage, refusal, network,
-    interrupts (default: the test's choice);
+    wal, interrupts (default: the test's choice);
   DURATOM_HISTORY_WITHOUT  operation kinds to leave out, e.g. refresh,reset;
   DURATOM_HISTORY_OPS_PER_SEC  the most operations a thread runs per second (default 100)."
   []
@@ -71,7 +71,7 @@
    :faults (when-let [f (not-empty (System/getenv "DURATOM_HISTORY_FAULTS"))]
              (if (= f "none")
                #{}
-               (set (mapcat #(if (= % "all") [:storage :refusal :network :interrupts] [(keyword %)])
+               (set (mapcat #(if (= % "all") [:storage :refusal :network :wal :interrupts] [(keyword %)])
                             (str/split f #",")))))
    ;; operation kinds to leave out, e.g. "refresh,reset" (to triage a violation)
    :without (when-let [w (System/getenv "DURATOM_HISTORY_WITHOUT")]
@@ -294,6 +294,12 @@
     [#(psql! db-spec (str "REVOKE UPDATE, INSERT ON " t " FROM " (:user db-spec)))
      #(psql! db-spec (str "GRANT UPDATE, INSERT ON " t " TO " (:user db-spec)))]))
 
+(defn wal-removal
+  "Removes the WAL file of the SQLite database at `path` (a clean-up script's
+  `rm *-wal`); nothing to mend: the next call notices. Returns [break! mend!]."
+  [path]
+  [#(io/delete-file (str path "-wal") true) (constantly nil)])
+
 (def network-faults
   "The network faults, taken in turn: the link dropping every packet, down,
   or resetting every connection (scripts/netns). Mending ends the server
@@ -313,13 +319,15 @@
   "[break! mend! up-ms down-ms] for fault `kind` (:storage: the directory of
   the file or SQLite database moved away, the PostgreSQL or Redis server
   stopped; :refusal: the table's write privilege revoked; :network: the link
-  cut, see net-faults, `i` choosing how) on the backend of `loc`."
+  cut, see net-faults, `i` choosing how; :wal: the SQLite WAL file removed)
+  on the backend of `loc`."
   [loc kind i]
   (case [(:backend loc) kind]
     ([:file :storage] [:sqlite :storage]) (conj (dir-faults (:path loc)) [20 300] [5 150])
     [:pg :storage] (conj (server-faults "scripts/postgres-server" loc) [1000 2000] [100 700])
     [:redis :storage] (conj (server-faults "scripts/redis-server" loc) [1000 2000] [100 700])
     [:pg :refusal] (conj (pg-refusals loc) [100 400] [20 200])
+    [:sqlite :wal] (conj (wal-removal (:path loc)) [100 400] [0 1])
     ([:pg :network] [:s3 :network] [:redis :network]) (conj (net-faults i) [300 900] [200 1300])))
 
 (defn- park-ms [^Random rnd [from spread]]
@@ -327,7 +335,7 @@
 
 (def storage-fault-kinds
   "The faults start-faults injects, as named in a run's :faults."
-  [:storage :refusal :network])
+  [:storage :refusal :network :wal])
 
 (defn start-faults
   "Starts injecting the faults among `faults` of storage-fault-kinds for
@@ -726,14 +734,20 @@
 
 (defn- destroy-checks
   "Destroys `parent`: afterwards a mutation throws IllegalStateException,
-  deref keeps the last value and a reopen of `loc` finds nothing."
+  deref keeps the last value and a reopen of `loc` finds nothing. The
+  parent refresh!es first: it was idle while the faults ran, and the next
+  call may report one (a removed SQLite WAL is reported so)."
   [parent loc log?]
-  (let [last-value @parent
-        _ (d/destroy parent)
+  (let [refreshed (refresh-until-read parent 60)
+        last-value @parent
+        destroy-error (try (d/destroy parent) nil (catch Throwable x x))
         after (try (swap! parent tagged :swap 0 0 0) :returned
                    (catch IllegalStateException _ :threw))
         gone (reopen-read loc 30 log?)]
     (cond-> []
+      (:error refreshed) (conj {:check "a final refresh! reads storage" :p 0
+                                :error (exception-summary (:error refreshed))})
+      destroy-error (conj {:check "destroy succeeds" :error (exception-summary destroy-error)})
       (not= :threw after) (conj {:check "a mutation after destroy throws IllegalStateException"})
       (not= last-value @parent) (conj {:check "deref after destroy gives the last value"})
       (some? (:value gone)) (conj {:check "destroy removed what was stored"}))))

@@ -173,17 +173,17 @@
 
 (defn- sqlite-loc
   "A fresh database file in a directory of its own (the :storage fault moves
-  the directory away and back)."
+  the directory away and back; the :wal fault removes the WAL file)."
   []
   {:backend :sqlite :path (str (io/file (ts/temp-dir) "state.db")) :table "duratom_history"})
 
 (deftest history-sqlite-sync
-  (run-seeds "sqlite sync" 1441 {:faults #{:storage :interrupts}}
+  (run-seeds "sqlite sync" 1441 {:faults #{:storage :wal :interrupts}}
              #(h/run-local (assoc % :loc (sqlite-loc) :mode :sync))))
 
 (deftest history-sqlite-async
-  (run-seeds "sqlite async" 1442 {:faults #{:storage :interrupts}}
+  (run-seeds "sqlite async" 1442 {:faults #{:storage :wal :interrupts}}
              #(h/run-local (assoc % :loc (sqlite-loc) :mode :async))))
 
 (deftest history-sqlite-shared
-  (run-shared-seeds "sqlite shared (3 processes)" 1443 {:faults #{:storage :interrupts}} sqlite-loc))
+  (run-shared-seeds "sqlite shared (3 processes)" 1443 {:faults #{:storage :wal :interrupts}} sqlite-loc))
