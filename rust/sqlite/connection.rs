@@ -3,11 +3,11 @@
 //! that the store notices a database or WAL file removed or replaced under it.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-use super::errors::describe;
+use super::errors::{code, describe};
 use crate::store::{Resource, StoreError};
 
 /// How values are bound: the declared type of the table's `value` column.
@@ -61,9 +61,7 @@ impl Conn {
             Connection::open_with_flags(path, flags).map_err(|e| error("open", e))?;
         db.busy_timeout(busy_timeout)
             .map_err(|e| error("open", e))?;
-        let mode: String = db
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(|e| error("setting WAL mode", e))?;
+        let mode = set_wal_mode(&db, busy_timeout).map_err(|e| error("setting WAL mode", e))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::backend(
                 resource,
@@ -111,6 +109,33 @@ impl Conn {
             wal: existing_file_id(&beside(path, "-wal")),
         })
     }
+}
+
+/// Switches the database to WAL mode; returns the journal mode it reports.
+///
+/// The switch of a new database needs its exclusive lock, and SQLite does
+/// not wait for it when another connection is switching at the same moment
+/// (each holds the shared lock the other needs gone: waiting could never
+/// end), so it fails at once. Connections opening one new database together
+/// (processes started at once, in shared mode) therefore try again, with a
+/// growing pause, for up to the busy timeout; by then one of them has
+/// switched it, and the others find it in WAL mode.
+fn set_wal_mode(db: &Connection, busy_timeout: Duration) -> rusqlite::Result<String> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match db.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)) {
+            Err(e) if is_busy(&e) && start.elapsed() < busy_timeout => {
+                std::thread::sleep(pause.min(busy_timeout.saturating_sub(start.elapsed())));
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(code(e), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
 }
 
 /// The kind of the table's `value` column; `None` when there is no table.

@@ -370,6 +370,31 @@ fn a_commit_kept_from_the_database_file_past_the_busy_timeout_is_not_acknowledge
 }
 
 #[test]
+fn stores_opening_one_new_database_at_once_all_open_without_waiting_out_the_timeout() {
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let start = std::sync::Arc::new(std::sync::Barrier::new(3));
+        let openers: Vec<_> = (0..3)
+            .map(|_| {
+                let cfg = config(dir.path(), "t", &[("busy-timeout-ms", "5000")]);
+                let start = start.clone();
+                std::thread::spawn(move || {
+                    start.wait();
+                    let t = std::time::Instant::now();
+                    let mut s = open(&cfg).map_err(|e| e.to_string())?;
+                    s.commit(b"1", &Expect::Anything { after: None }).map_err(|e| e.to_string())?;
+                    Ok::<_, String>(t.elapsed())
+                })
+            })
+            .collect();
+        for o in openers {
+            let took = o.join().unwrap().unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert!(took < Duration::from_millis(2500), "round {round}: opening and committing took {took:?}");
+        }
+    }
+}
+
+#[test]
 fn a_failed_construction_removes_the_database_it_created_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
     drop(open(&config(dir.path(), "t", &[])).unwrap());
