@@ -182,6 +182,7 @@
 
 (defn net-fault!
   "Replaces the fault on the namespace's link with `kind` (:blackhole,
-  :reset, :slow, :down, :clear or :resume; see scripts/netns)."
-  [kind]
-  (sh! "scripts/netns" "fault" (net-dir) (name kind)))
+  :reset, :slow, :down, :clear, :resume, or :hold with a port and optionally
+  the host's port of one connection; see scripts/netns)."
+  [kind & args]
+  (apply sh! "scripts/netns" "fault" (net-dir) (name kind) (map str args)))
