@@ -7,8 +7,8 @@
   last stored state with the new one with `identical?`, and descending only
   where they differ, costs about the size of the change, not of the state.
   Hash maps are compared through their trie nodes, vectors through their
-  32-element arrays, array maps entry by entry; sorted maps and sets entry by
-  entry in order (the whole collection). A change of type or of metadata, and
+  32-element arrays, sorted maps and sets through their red-black trees,
+  array maps entry by entry. A change of type or of metadata, and
   any other collection, is recorded whole at that point.
 
   A change record is backend-independent EDN: a vector of operations, each
@@ -181,12 +181,119 @@
         (out [:assoc path i (.nth b i)])
         (recur (inc i))))))
 
+;; Sorted maps and sets: both red-black trees are walked in key order at
+;; once, as two stacks of pending items (a subtree still to open, or one
+;; node's own entry), and a subtree found on top of both stacks at the same
+;; moment is skipped whole: it holds the same entries in both. Opening the
+;; item whose entries come first (by its smallest key, then the one reaching
+;; further) keeps the two walks in step, so the subtrees an assoc or dissoc
+;; did not copy meet and are skipped, and the walk costs about the change
+;; times the tree's height squared, not the size of the collection.
+
+(def ^:private tree-node (Class/forName "clojure.lang.PersistentTreeMap$Node"))
+(def ^:private no-args (object-array 0))
+(defn- tree-method ^java.lang.reflect.Method [^String name]
+  (doto (.getDeclaredMethod ^Class tree-node name (make-array Class 0)) (.setAccessible true)))
+(def ^:private ^java.lang.reflect.Method node-left (tree-method "left"))
+(def ^:private ^java.lang.reflect.Method node-right (tree-method "right"))
+(defn- left [n] (.invoke node-left n no-args))
+(defn- right [n] (.invoke node-right n no-args))
+
+;; A tree node's own entry (its key and value), as opposed to the node
+;; standing for its whole subtree.
+(deftype OwnEntry [node])
+
+(defn- subtree? [x] (instance? tree-node x))
+
+(defn- end-key
+  "The key at the end of subtree `n` that `side` (left or right) leads to,
+  remembered in `seen` (an IdentityHashMap) for every node on the way, so
+  that a walk asks each node once."
+  [side ^java.util.IdentityHashMap seen n]
+  (or (.get seen n)
+      (let [k (if-let [c (side n)]
+                (end-key side seen c)
+                (.key ^clojure.lang.PersistentTreeMap$Node n))]
+        (.put seen n k)
+        k)))
+
+(defn- open-top!
+  "Replaces the subtree on top of `stack` with its left subtree, its own
+  entry and its right subtree (the left on top)."
+  [^java.util.ArrayDeque stack]
+  (let [n (.pop stack)]
+    (when-let [r (right n)] (.push stack r))
+    (.push stack (OwnEntry. n))
+    (when-let [l (left n)] (.push stack l))))
+
+(defn- same-key?
+  "Whether keys `ka` and `kb`, equal by the comparator, are the same key as
+  stored: the same object, or equal values of one class with equal metadata."
+  [ka kb]
+  (or (identical? ka kb)
+      (and (identical? (class ka) (class kb)) (= ka kb) (= (meta ka) (meta kb)))))
+
+(defn- tree-diff!
+  "Reports the changed entries between the trees `ta` and `tb` (roots, or
+  nil when empty) ordered by `cmp`: through `gone` (a key of `ta` only),
+  `added` (key and value of `tb` only) and `both` (a key in both, its two
+  values)."
+  [^java.util.Comparator cmp ta tb gone added both]
+  (let [sa (java.util.ArrayDeque.) sb (java.util.ArrayDeque.)
+        entry-of (fn [x] (.node ^OwnEntry x))
+        firsts (java.util.IdentityHashMap.)
+        lasts (java.util.IdentityHashMap.)
+        first-key (fn [x] (if (subtree? x)
+                            (end-key left firsts x)
+                            (.key ^clojure.lang.PersistentTreeMap$Node (entry-of x))))
+        last-key (fn [n] (end-key right lasts n))]
+    (when ta (.push sa ta))
+    (when tb (.push sb tb))
+    (loop []
+      (let [x (.peek sa) y (.peek sb)]
+        (cond
+          (and (nil? x) (nil? y)) nil
+          (identical? x y) (do (.pop sa) (.pop sb))
+          (nil? y) (if (subtree? x) (open-top! sa) (gone (.key ^clojure.lang.PersistentTreeMap$Node (entry-of (.pop sa)))))
+          (nil? x) (if (subtree? y) (open-top! sb)
+                       (let [^clojure.lang.PersistentTreeMap$Node n (entry-of (.pop sb))] (added (.key n) (.val n))))
+          :else
+          (let [c (.compare cmp (first-key x) (first-key y))]
+            (cond
+              (neg? c) (if (subtree? x) (open-top! sa) (gone (.key ^clojure.lang.PersistentTreeMap$Node (entry-of (.pop sa)))))
+              (pos? c) (if (subtree? y) (open-top! sb)
+                           (let [^clojure.lang.PersistentTreeMap$Node n (entry-of (.pop sb))] (added (.key n) (.val n))))
+              (and (subtree? x) (subtree? y))
+              (let [c (.compare cmp (last-key x) (last-key y))]
+                (when-not (neg? c) (open-top! sa))
+                (when-not (pos? c) (open-top! sb)))
+              (subtree? x) (open-top! sa)
+              (subtree? y) (open-top! sb)
+              :else
+              (let [^clojure.lang.PersistentTreeMap$Node na (entry-of (.pop sa))
+                    ^clojure.lang.PersistentTreeMap$Node nb (entry-of (.pop sb))]
+                (if (same-key? (.key na) (.key nb))
+                  (both (.key nb) (.val na) (.val nb))
+                  (do (gone (.key na)) (added (.key nb) (.val nb)))))))))
+        (when (or (.peek sa) (.peek sb)) (recur)))))
+
+(defn- tree-of
+  "The root node of sorted map or set `sorted` (nil when empty)."
+  [sorted]
+  (let [^PersistentTreeMap m (if (instance? PersistentTreeSet sorted) (.get set-impl sorted) sorted)]
+    (.-tree m)))
+
 (defn- sorted-diff! [out path a b]
-  (if (map? a)
-    (entries-diff! out path (java.util.HashMap. ^java.util.Map a) (java.util.HashMap. ^java.util.Map b))
-    (let [a' (java.util.HashSet. ^java.util.Collection a) b' (java.util.HashSet. ^java.util.Collection b)]
-      (doseq [x a] (when-not (.contains b' x) (out [:disj path x])))
-      (doseq [x b] (when-not (.contains a' x) (out [:conj path x]))))))
+  (let [cmp (.comparator ^clojure.lang.Sorted a)]
+    (if (map? a)
+      (tree-diff! cmp (tree-of a) (tree-of b)
+                  (fn [k] (out [:dissoc path k]))
+                  (fn [k v] (out [:assoc path k v]))
+                  (fn [k va vb] (diff! out (conj path k) va vb)))
+      (tree-diff! cmp (tree-of a) (tree-of b)
+                  (fn [k] (out [:disj path k]))
+                  (fn [k _] (out [:conj path k]))
+                  (fn [_ _ _] nil)))))
 
 (defn- same-kind?
   "Whether `b` can be reached from `a` by the operations (same type,

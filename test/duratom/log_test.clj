@@ -130,6 +130,52 @@
     (is (= [[:dissoc [] 5]] (dlog/diff m (dissoc m 5))))
     (is (= [] (dlog/diff m m)))))
 
+;; A key that counts the hashes asked of it: a comparison that copies a
+;; sorted map into a hash map hashes every key.
+(def ^:private hashes (java.util.concurrent.atomic.AtomicLong.))
+(deftype CountedKey [^long n]
+  Comparable
+  (compareTo [_ o] (Long/compare n (.-n ^CountedKey o)))
+  Object
+  (equals [_ o] (and (instance? CountedKey o) (= n (.-n ^CountedKey o))))
+  (hashCode [_] (.incrementAndGet hashes) (Long/hashCode n))
+  clojure.lang.IHashEq
+  (hasheq [_] (.incrementAndGet hashes) (Long/hashCode n)))
+
+(deftest diff-finds-only-the-change-in-a-large-sorted-map-or-set
+  (let [ks (mapv #(CountedKey. (* 2 %)) (range 200000))
+        m (into (sorted-map) (map (fn [k] [k 0]) ks))
+        s (into (sorted-set) ks)
+        k (ks 12345)
+        new-key (CountedKey. 1001)
+        hashed (fn [f] (.set hashes 0) (let [ops (f)] [ops (.get hashes)]))]
+    (let [[ops n] (hashed #(dlog/diff m (assoc m k 1)))]
+      (is (= [[:put [k] 1]] ops))
+      (is (< n 100) (str "the unchanged entries are not visited (" n " keys hashed)")))
+    (is (= [[:dissoc [] k]] (first (hashed #(dlog/diff m (dissoc m k))))))
+    (is (= [[:assoc [] new-key 5]] (first (hashed #(dlog/diff m (assoc m new-key 5))))))
+    (let [[ops n] (hashed #(dlog/diff s (conj (disj s k) new-key)))]
+      (is (= #{[:disj [] k] [:conj [] new-key]} (set ops)))
+      (is (< n 100) (str "the unchanged elements are not visited (" n " keys hashed)"))))
+  (testing "a key replaced by an equal one of another class is recorded as such"
+    (let [a (sorted-map 1 :a 2 :b)
+          b (-> a (dissoc 1) (assoc 1N :a))]
+      (is (= [clojure.lang.BigInt Long] (map class (keys (reduce dlog/apply-op a (dlog/diff a b))))))))
+  (testing "random changes replay exactly, both ways"
+    (let [seed (System/nanoTime)
+          r (java.util.Random. seed)]
+      (doseq [n [0 1 2 5 40 1000]
+              _ (range 60)]
+        (let [pick #(.nextInt r (+ 4 (* 2 n)))
+              a (into (sorted-map) (map (fn [i] [(* 2 i) i]) (range n)))
+              sa (into (sorted-set) (map #(* 2 %) (range n)))
+              b (reduce (fn [m _] (case (.nextInt r 3) 0 (assoc m (pick) (pick)) 1 (dissoc m (pick)) 2 (assoc m (pick) {:x (pick)})))
+                        a (range (.nextInt r 30)))
+              sb (reduce (fn [x _] (if (zero? (.nextInt r 2)) (conj x (pick)) (disj x (pick)))) sa (range (.nextInt r 30)))]
+          (doseq [[x y] [[a b] [b a] [sa sb] [sb sa]]]
+            (is (= y (reduce dlog/apply-op x (dlog/diff x y 1000000)))
+                (str "seed " seed ": a change of a sorted collection of " n " replays differently"))))))))
+
 ;; ---------------------------------------------------------------- crashes
 
 (deftest acknowledged-records-survive-sigkill
