@@ -294,6 +294,15 @@
     [#(psql! db-spec (str "REVOKE UPDATE, INSERT ON " t " FROM " (:user db-spec)))
      #(psql! db-spec (str "GRANT UPDATE, INSERT ON " t " TO " (:user db-spec)))]))
 
+(defn redis-refusals
+  "Takes every write command away from the Redis user and gives them back
+  (ACL): every commit is then refused by the server, with no doubt about
+  its outcome. Returns [break! mend!]."
+  [{{{:keys [host port password]} :spec} :conn}]
+  (let [acl! (fn [rule] (ts/sh! "redis-cli" "--no-auth-warning" "-h" (str host) "-p" (str port) "-a" password
+                                "ACL" "SETUSER" "default" rule))]
+    [#(acl! "-@write") #(acl! "+@all")]))
+
 (defn wal-removal
   "Removes the WAL file of the SQLite database at `path` (a clean-up script's
   `rm *-wal`); nothing to mend: the next call notices. Returns [break! mend!]."
@@ -318,7 +327,8 @@
 (defn faults-for
   "[break! mend! up-ms down-ms] for fault `kind` (:storage: the directory of
   the file or SQLite database moved away, the PostgreSQL or Redis server
-  stopped; :refusal: the table's write privilege revoked; :network: the link
+  stopped; :refusal: the PostgreSQL table's write privilege or the Redis
+  user's write commands revoked; :network: the link
   cut, see net-faults, `i` choosing how; :wal: the SQLite WAL file removed)
   on the backend of `loc`."
   [loc kind i]
@@ -327,6 +337,7 @@
     [:pg :storage] (conj (server-faults "scripts/postgres-server" loc) [1000 2000] [100 700])
     [:redis :storage] (conj (server-faults "scripts/redis-server" loc) [1000 2000] [100 700])
     [:pg :refusal] (conj (pg-refusals loc) [100 400] [20 200])
+    [:redis :refusal] (conj (redis-refusals loc) [100 400] [20 200])
     [:sqlite :wal] (conj (wal-removal (:path loc)) [100 400] [0 1])
     ([:pg :network] [:s3 :network] [:redis :network]) (conj (net-faults i) [300 900] [200 1300])))
 

@@ -159,17 +159,18 @@
    :key (str "duratom:history:" (ts/unique-name "k"))})
 
 ;; Redis runs with appendfsync always, so the server stopped and started
-;; (:storage) keeps every acknowledged write.
+;; (:storage) keeps every acknowledged write; :refusal takes the write
+;; commands away from its user (ACL).
 (deftest history-redis-sync
-  (run-seeds "redis sync" 1431 {:faults #{:storage :network :interrupts}}
+  (run-seeds "redis sync" 1431 {:faults #{:storage :refusal :network :interrupts}}
              #(h/run-local (assoc % :loc (redis-loc) :mode :sync))))
 
 (deftest history-redis-async
-  (run-seeds "redis async" 1432 {:faults #{:storage :network :interrupts}}
+  (run-seeds "redis async" 1432 {:faults #{:storage :refusal :network :interrupts}}
              #(h/run-local (assoc % :loc (redis-loc) :mode :async))))
 
 (deftest history-redis-shared
-  (run-shared-seeds "redis shared (3 processes)" 1433 {:faults #{:storage :network :interrupts}} redis-loc))
+  (run-shared-seeds "redis shared (3 processes)" 1433 {:faults #{:storage :refusal :network :interrupts}} redis-loc))
 
 (defn- sqlite-loc
   "A fresh database file in a directory of its own (the :storage fault moves
