@@ -308,11 +308,22 @@
                 (identical? (class a) (class b))
                 (identical? (.comparator ^clojure.lang.Sorted a) (.comparator ^clojure.lang.Sorted b))))))
 
+(defn- same-scalar?
+  "Whether `a` and `b` are equal plain values (no collection, no metadata)
+  of one class, so that either stands for the other exactly: `.equals`, not
+  `=`, which takes 0.0 for -0.0."
+  [a b]
+  (and (some? a)
+       (not (instance? clojure.lang.IMeta a))
+       (identical? (class a) (class b))
+       (.equals ^Object a b)))
+
 (defn- diff!
   "Reports, through `out`, the operations that turn `a` into `b` at `path`."
   [out path a b]
   (cond
     (identical? a b) nil
+    (same-scalar? a b) nil
     (not (same-kind? a b)) (out [:put path b])
     (plain-map? a) (map-diff! out path a b)
     (instance? PersistentHashSet a) (set-diff! out path a b)

@@ -128,6 +128,11 @@
     (is (= [[:put [12345 :n] :x]] (dlog/diff m m2)) "a number replaced by a keyword: put whole")
     (is (= [[:assoc [12345] :m 1]] (dlog/diff m (assoc-in m [12345 :m] 1))))
     (is (= [[:dissoc [] 5]] (dlog/diff m (dissoc m 5))))
+    (is (= [[:put [7 :n 1] 2]] (dlog/diff (assoc-in m [7 :n] [1000 1]) (assoc-in m [7 :n] [(Long/valueOf 1000) 2])))
+        "an equal number in another box is no change")
+    (is (= [[:put [7 :n] -0.0]] (dlog/diff (assoc-in m [7 :n] 0.0) (assoc-in m [7 :n] -0.0)))
+        "-0.0 is not 0.0")
+    (is (= [[:put [7 :n] 7N]] (dlog/diff m (assoc-in m [7 :n] (bigint 7)))) "nor 7N 7")
     (is (= [] (dlog/diff m m)))))
 
 ;; A key that counts the hashes asked of it: a comparison that copies a
