@@ -32,6 +32,7 @@ impl SqliteStore {
     /// the table when missing), so that a wrong path fails at construction.
     pub(super) fn open(settings: Settings) -> Result<SqliteStore, StoreError> {
         let mut store = SqliteStore::new(settings)?;
+        remove_abandoned_removals(store.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")));
         let missing = !store.path.exists();
         store.conn = Some(store.connect()?);
         if missing {
@@ -279,10 +280,26 @@ fn in_use(path: &Path) -> bool {
     beside(path, "-wal").exists() || beside(path, "-shm").exists()
 }
 
-/// Whether the database file at `path` holds `table` and nothing else, with
-/// no row: what `open` made of a new file. Read as an immutable file (no
-/// locks, WAL or shared memory), since it is not at its own path then.
-fn holds_only_empty(path: &Path, table: &str) -> bool {
+/// Removes what the clean-up of a failed construction (see `drop`) left
+/// when its process died between moving the new database aside and
+/// removing it: `.duratom-removing-*.db` files in `dir` whose tables hold
+/// no row. One that holds rows is kept: it may be another store's commit,
+/// moved aside just before that process died, and only a person can tell
+/// where it belongs.
+fn remove_abandoned_removals(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(REMOVING_PREFIX) && name.ends_with(".db") && holds_no_row(&entry.path()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Opens the database file at `path` read-only as an immutable file (no
+/// locks, WAL or shared memory), since it is not at its own path.
+fn open_immutable(path: &Path) -> Option<Connection> {
     let mut uri = String::from("file:");
     for c in path.to_string_lossy().chars() {
         match c {
@@ -292,10 +309,35 @@ fn holds_only_empty(path: &Path, table: &str) -> bool {
     }
     uri.push_str("?immutable=1");
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let Ok(db) = Connection::open_with_flags(&uri, flags) else { return false };
+    Connection::open_with_flags(&uri, flags).ok()
+}
+
+/// Whether every table of the database file at `path` is empty.
+fn holds_no_row(path: &Path) -> bool {
+    let Some(db) = open_immutable(path) else { return false };
+    let tables: Option<Vec<String>> = db
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .and_then(|mut q| q.query_map([], |r| r.get(0))?.collect())
+        .ok();
+    tables.is_some_and(|tables| {
+        tables.iter().all(|t| {
+            let sql = format!("SELECT count(*) FROM \"{}\"", t.replace('"', "\"\""));
+            db.query_row(&sql, [], |r| r.get::<_, i64>(0)).ok() == Some(0)
+        })
+    })
+}
+
+/// Whether the database file at `path` holds `table` and nothing else, with
+/// no row: what `open` made of a new file. Read as an immutable file (no
+/// locks, WAL or shared memory), since it is not at its own path then.
+fn holds_only_empty(path: &Path, table: &str) -> bool {
+    let Some(db) = open_immutable(path) else { return false };
     let count = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).ok();
     count("SELECT count(*) FROM sqlite_master") == Some(1) && count(&format!("SELECT count(*) FROM {table}")) == Some(0)
 }
+
+/// The name a failed construction's database is moved to before removal.
+const REMOVING_PREFIX: &str = ".duratom-removing-";
 
 impl Drop for SqliteStore {
     /// Removes the database file `open` created when nothing was committed
@@ -319,7 +361,7 @@ impl Drop for SqliteStore {
         crate::store::before_created_file_removal();
         let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        let moved = dir.join(format!(".duratom-removing-{}-{nanos:09}.db", std::process::id()));
+        let moved = dir.join(format!("{REMOVING_PREFIX}{}-{nanos:09}.db", std::process::id()));
         if std::fs::rename(&self.path, &moved).is_err() {
             return;
         }

@@ -33,6 +33,7 @@ fn wal_and_full_sync_are_set() {
 
 #[test]
 fn tables_of_the_original_shape_work_as_they_are() {
+    super::locks::install(); // before this test's own first connection
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db.sqlite");
     let db = Connection::open(&path).unwrap();
@@ -89,6 +90,7 @@ fn blob_columns_take_bytes_and_text_columns_refuse_them() {
 
 #[test]
 fn hostile_table_names_are_identifiers_never_sql() {
+    super::locks::install(); // before this test's own first connection
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db.sqlite");
     Connection::open(&path)
@@ -404,6 +406,27 @@ fn a_failed_construction_removes_the_database_it_created_and_nothing_else() {
     drop(Connection::open(dir.path().join("db.sqlite")).unwrap());
     drop(open(&config(dir.path(), "t", &[])).unwrap());
     assert!(dir.path().join("db.sqlite").exists());
+}
+
+#[test]
+fn a_clean_up_cut_short_by_its_process_dying_is_finished_by_the_next_open() {
+    // Our file locks first: this test's own connections open before any
+    // store of it, while other tests may be installing them.
+    super::locks::install();
+    let dir = tempfile::tempdir().unwrap();
+    // What a clean-up leaves when its process dies after moving the new
+    // database aside: the table alone, no row. And one holding a row,
+    // which may be another store's commit and is kept.
+    let empty = dir.path().join(".duratom-removing-4242-000000001.db");
+    Connection::open(&empty).unwrap().execute_batch("CREATE TABLE t (id INTEGER, value TEXT)").unwrap();
+    let holding = dir.path().join(".duratom-removing-4242-000000002.db");
+    Connection::open(&holding)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (id INTEGER, value TEXT); INSERT INTO t VALUES (0, '1')")
+        .unwrap();
+    let _s = open(&config(dir.path(), "t", &[])).unwrap();
+    assert!(!empty.exists(), "the abandoned empty database is removed");
+    assert!(holding.exists(), "a database holding a row is kept");
 }
 
 #[test]
