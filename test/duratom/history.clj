@@ -60,8 +60,9 @@
   DURATOM_HISTORY_SEED  replay only this seed;
   DURATOM_HISTORY_THREADS  worker threads per process (default: the test's
     choice, else 6);
-  DURATOM_HISTORY_FAULTS  all, none, or a list of storage, refusal, network,
-    wal, interrupts (default: the test's choice);
+  DURATOM_HISTORY_FAULTS  all (storage, refusal, network and interrupts:
+    PostgreSQL's and Redis's), none, or a list of storage, refusal, network,
+    wal (SQLite), interrupts (default: the test's choice);
   DURATOM_HISTORY_WITHOUT  operation kinds to leave out, e.g. refresh,reset;
   DURATOM_HISTORY_OPS_PER_SEC  the most operations a thread runs per second (default 100)."
   []
@@ -71,7 +72,7 @@
    :faults (when-let [f (not-empty (System/getenv "DURATOM_HISTORY_FAULTS"))]
              (if (= f "none")
                #{}
-               (set (mapcat #(if (= % "all") [:storage :refusal :network :wal :interrupts] [(keyword %)])
+               (set (mapcat #(if (= % "all") [:storage :refusal :network :interrupts] [(keyword %)])
                             (str/split f #",")))))
    ;; operation kinds to leave out, e.g. "refresh,reset" (to triage a violation)
    :without (when-let [w (System/getenv "DURATOM_HISTORY_WITHOUT")]
