@@ -17,6 +17,18 @@ fn config(dir: &Path, table: &str, extra: &[(&str, &str)]) -> Config {
     Config::from_pairs(BACKEND, &pairs)
 }
 
+/// What the database file in `dir` holds in table `t` row 0 without its WAL
+/// (read from a copy of the file alone): what is left if the WAL is removed
+/// and the process dies.
+fn value_in_the_database_file_alone(dir: &Path) -> String {
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.join("db.sqlite"), copy.path().join("db.sqlite")).unwrap();
+    Connection::open(copy.path().join("db.sqlite"))
+        .unwrap()
+        .query_row("SELECT value FROM t WHERE id = 0", [], |r| r.get(0))
+        .unwrap()
+}
+
 crate::store_contract_tests!(|dir: &Path, name: &str| config(dir, name, &[]));
 
 #[test]
@@ -307,12 +319,7 @@ fn an_acknowledged_commit_is_in_the_database_file_before_the_wal_is_removed() {
     std::fs::remove_file(dir.path().join("db.sqlite-wal")).unwrap();
     // What is left if this process dies now, with no further call: the
     // database file alone, which holds every acknowledged commit.
-    let copy = tempfile::tempdir().unwrap();
-    std::fs::copy(dir.path().join("db.sqlite"), copy.path().join("db.sqlite")).unwrap();
-    let stored: String = Connection::open(copy.path().join("db.sqlite"))
-        .unwrap()
-        .query_row("SELECT value FROM t WHERE id = 0", [], |r| r.get(0))
-        .unwrap();
+    let stored = value_in_the_database_file_alone(dir.path());
     assert_eq!(stored, "2");
     std::mem::forget(s);
 }
@@ -338,12 +345,7 @@ fn a_commit_during_another_connections_read_reaches_the_database_file_before_it_
     });
     begun.recv().unwrap();
     s.commit(b"2", &Expect::Anything { after: None }).unwrap();
-    let copy = tempfile::tempdir().unwrap();
-    std::fs::copy(dir.path().join("db.sqlite"), copy.path().join("db.sqlite")).unwrap();
-    let stored: String = Connection::open(copy.path().join("db.sqlite"))
-        .unwrap()
-        .query_row("SELECT value FROM t WHERE id = 0", [], |r| r.get(0))
-        .unwrap();
+    let stored = value_in_the_database_file_alone(dir.path());
     assert_eq!(stored, "2", "the acknowledged commit is in the database file, not only in the WAL");
     reader.join().unwrap();
 }
@@ -364,10 +366,7 @@ fn a_commit_kept_from_the_database_file_past_the_busy_timeout_is_not_acknowledge
     // copies both.
     reader.execute_batch("COMMIT").unwrap();
     s.commit(b"3", &Expect::Anything { after: None }).unwrap();
-    let copy = tempfile::tempdir().unwrap();
-    std::fs::copy(dir.path().join("db.sqlite"), copy.path().join("db.sqlite")).unwrap();
-    let stored: String =
-        Connection::open(copy.path().join("db.sqlite")).unwrap().query_row("SELECT value FROM t WHERE id = 0", [], |r| r.get(0)).unwrap();
+    let stored = value_in_the_database_file_alone(dir.path());
     assert_eq!(stored, "3");
 }
 
