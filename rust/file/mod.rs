@@ -30,7 +30,8 @@
 //! only from files listed after it.
 
 mod format;
-mod os;
+// Also names files for the SQLite store (their identity on Windows).
+pub(crate) mod os;
 mod resolve;
 mod settings;
 mod store;

@@ -190,7 +190,19 @@ pub(super) fn file_id(path: &Path) -> Option<FileId> {
     )
 }
 
-#[cfg(not(unix))]
+/// On Windows: the volume serial number and file index, read through a
+/// handle opened for the purpose (it shares reading, writing and deleting,
+/// so it never stands in SQLite's way).
+#[cfg(windows)]
+pub(super) fn file_id(path: &Path) -> Option<FileId> {
+    Some(
+        std::fs::File::open(path)
+            .and_then(|f| crate::file::os::file_id(&f))
+            .unwrap_or((u64::MAX, u64::MAX)),
+    )
+}
+
+#[cfg(not(any(unix, windows)))]
 pub(super) fn file_id(_path: &Path) -> Option<FileId> {
     None
 }
