@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, ErrorCode, OpenFlags};
+use rusqlite::{Connection, OpenFlags};
 
-use super::errors::{code, describe};
+use super::errors::{describe, is_busy};
 use crate::store::{Resource, StoreError};
 
 /// How values are bound: the declared type of the table's `value` column.
@@ -132,10 +132,6 @@ fn set_wal_mode(db: &Connection, busy_timeout: Duration) -> rusqlite::Result<Str
             other => return other,
         }
     }
-}
-
-fn is_busy(e: &rusqlite::Error) -> bool {
-    matches!(code(e), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
 }
 
 /// The kind of the table's `value` column; `None` when there is no table.

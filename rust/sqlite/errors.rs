@@ -41,6 +41,11 @@ pub(super) fn code(e: &rusqlite::Error) -> Option<ErrorCode> {
     }
 }
 
+/// Whether `e` says another connection holds a lock this call needed.
+pub(super) fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(code(e), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
+}
+
 /// A rusqlite error worded for people: a lock held elsewhere says so.
 pub(super) fn describe(e: &rusqlite::Error, busy: Duration) -> String {
     match code(e) {

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::connection::{beside, existing_file_id, file_id, Conn, FileId, ValueKind};
-use super::errors::{code, describe, with_resource, Failure};
+use super::errors::{describe, is_busy, with_resource, Failure};
 use super::settings::Settings;
 use super::BACKEND;
 use crate::store::{Expect, Resource, Store, StoreError, Stored, Version};
@@ -188,10 +188,7 @@ impl SqliteStore {
             }),
             Err(Failure::Other(e)) => Err(e),
             Err(Failure::Sql(e)) => {
-                if !matches!(
-                    code(&e),
-                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-                ) {
+                if !is_busy(&e) {
                     self.conn = None;
                 }
                 Err(self.error(op, e))
