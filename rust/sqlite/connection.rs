@@ -33,10 +33,12 @@ pub(super) struct Conn {
 impl Conn {
     /// Opens the database at `path`, sets WAL and FULL sync, and finds the
     /// table (`table`, a quoted identifier) or creates it with a `value`
-    /// column of `create_type`. Errors name `resource`.
+    /// column of `create_type`; in log mode also the records table `log`.
+    /// Errors name `resource`.
     pub(super) fn open(
         path: &Path,
         table: &str,
+        log: Option<&str>,
         create_type: ValueKind,
         busy_timeout: Duration,
         resource: &Resource,
@@ -91,6 +93,9 @@ impl Conn {
                 })?
             }
         };
+        if let Some(log) = log {
+            super::log::create(&db, log).map_err(|e| error("creating the records table", e))?;
+        }
         // A file removed while it was being opened would take this
         // connection's commits with it, unseen by any later identity check.
         let file = file_id(path);

@@ -24,6 +24,11 @@
 //! ones it last saw. Equal bytes are the same state, so this is exactly the
 //! compare of compare-and-set.
 //!
+//! Log mode (`log` true): a commit may append a change record, kept in a
+//! table beside the user's (see `log.rs`); the row holds the last full
+//! state, and the state is the row followed by its records. A row's version
+//! is then that of its last record, which chains back to the row's content.
+//!
 //! Another connection holding the write lock makes a call wait up to
 //! `busy-timeout-ms`, then fail saying the database is locked. If the file is
 //! removed or replaced while open, the next call notices (its device and
@@ -38,7 +43,8 @@
 //!
 //! The files: `settings.rs` is the configuration as read, `store.rs` checks
 //! it, builds the store and runs the operations, `connection.rs` opens the
-//! database (WAL, FULL sync, the table) and tells its files apart, `locks.rs`
+//! database (WAL, FULL sync, the table) and tells its files apart, `log.rs`
+//! keeps log mode's change records in a table beside the row, `locks.rs`
 //! installs SQLite's file locks as OFD locks on Linux (with `ofd_locks.c`),
 //! `errors.rs` classifies and words SQLite's errors. `tests.rs` runs them on
 //! real database files. Apart from `store.rs`, which uses them, each imports only from files listed after it.
@@ -46,6 +52,7 @@
 mod connection;
 mod errors;
 mod locks;
+mod log;
 mod settings;
 mod store;
 #[cfg(test)]

@@ -17,10 +17,12 @@ pub(super) struct Settings {
     /// text or blob: the `value` column's type when the table is created.
     pub(super) column_type: String,
     pub(super) busy_timeout_ms: i64,
+    /// Log mode: change records in a table beside the row (see store.rs).
+    pub(super) log: bool,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { path: None, table: None, row_id: 0, column_type: "text".into(), busy_timeout_ms: 5000 }
+        Settings { path: None, table: None, row_id: 0, column_type: "text".into(), busy_timeout_ms: 5000, log: false }
     }
 }

@@ -9,6 +9,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::connection::{beside, existing_file_id, file_id, Conn, FileId, ValueKind};
 use super::errors::{describe, is_busy, with_resource, Failure};
+use super::log;
 use super::settings::Settings;
 use super::BACKEND;
 use crate::store::{Expect, Resource, Store, StoreError, Stored, Version};
@@ -17,6 +18,8 @@ pub struct SqliteStore {
     path: PathBuf,
     /// The table name as a quoted SQL identifier.
     table: String,
+    /// Log mode: the records table's name, a quoted SQL identifier.
+    log: Option<String>,
     row_id: i64,
     create_type: ValueKind,
     busy_timeout: Duration,
@@ -72,9 +75,11 @@ impl SqliteStore {
             backend: BACKEND,
             name: format!("{} table {name} row {row_id}", path.display()),
         };
+        let log = settings.log.then(|| log::records_table(&name));
         Ok(SqliteStore {
             path,
             table,
+            log,
             row_id,
             create_type,
             busy_timeout: Duration::from_millis(busy_ms as u64),
@@ -82,6 +87,42 @@ impl SqliteStore {
             resource,
             created: None,
         })
+    }
+
+    /// After a write (`op`: commit or append) returned from SQLite: whether
+    /// it is where it stays. Outcome unknown when not.
+    fn after_write(&mut self, op: &str) -> Result<(), StoreError> {
+        // The write went into the database file the connection holds; if
+        // another file is at its path now (or none), it may be lost with the
+        // one it went to.
+        if self.conn.as_ref().is_some_and(|c| c.file.is_some() && c.file != file_id(&self.path)) {
+            self.conn = None;
+            return Err(StoreError::outcome_unknown(
+                &self.resource,
+                op,
+                format!("the database file {} was removed or replaced during the {op}, which went to the file that was there", self.path.display()),
+            ));
+        }
+        // The write went into the WAL the connection holds; if that file is
+        // no longer at its path, it is not durable until copied into the
+        // database file, so the caller learns it only as unknown.
+        let wal = self.wal_path();
+        if let Some(c) = self.conn.as_mut().filter(|c| c.wal.is_none()) {
+            c.wal = existing_file_id(&wal);
+        }
+        if self.conn.as_ref().is_some_and(|c| self.wal_detached(c)) {
+            let detail = match self.rescue_detached_wal() {
+                Ok(saved) => format!("{saved}; this {op} is among them"),
+                Err(e) => e.to_string(),
+            };
+            return Err(StoreError::outcome_unknown(&self.resource, op, detail));
+        }
+        Ok(())
+    }
+
+    /// The tables this store writes: the user's, and in log mode the records table.
+    fn tables(&self) -> Vec<&str> {
+        std::iter::once(self.table.as_str()).chain(self.log.as_deref()).collect()
     }
 
     fn error(&self, op: &str, e: rusqlite::Error) -> StoreError {
@@ -92,7 +133,7 @@ impl SqliteStore {
     /// removed while opening (another construction's clean-up), which can
     /// fail the open with an I/O error: the second opens what is there now.
     fn connect(&self) -> Result<Conn, StoreError> {
-        let open = || Conn::open(&self.path, &self.table, self.create_type, self.busy_timeout, &self.resource);
+        let open = || Conn::open(&self.path, &self.table, self.log.as_deref(), self.create_type, self.busy_timeout, &self.resource);
         let before = existing_file_id(&self.path);
         match open() {
             Err(_) if before.is_some() && existing_file_id(&self.path) != before => open(),
@@ -324,13 +365,14 @@ fn holds_no_row(path: &Path) -> bool {
     })
 }
 
-/// Whether the database file at `path` holds `table` and nothing else, with
-/// no row: what `open` made of a new file. Read as an immutable file (no
-/// locks, WAL or shared memory), since it is not at its own path then.
-fn holds_only_empty(path: &Path, table: &str) -> bool {
+/// Whether the database file at `path` holds `tables` and nothing else,
+/// with no row: what `open` made of a new file. Read as an immutable file
+/// (no locks, WAL or shared memory), since it is not at its own path then.
+fn holds_only_empty(path: &Path, tables: &[&str]) -> bool {
     let Some(db) = open_immutable(path) else { return false };
     let count = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).ok();
-    count("SELECT count(*) FROM sqlite_master") == Some(1) && count(&format!("SELECT count(*) FROM {table}")) == Some(0)
+    count("SELECT count(*) FROM sqlite_master") == Some(tables.len() as i64)
+        && tables.iter().all(|t| count(&format!("SELECT count(*) FROM {t}")) == Some(0))
 }
 
 /// The name a failed construction's database is moved to before removal.
@@ -362,7 +404,7 @@ impl Drop for SqliteStore {
         if std::fs::rename(&self.path, &moved).is_err() {
             return;
         }
-        let created_and_empty = existing_file_id(&moved) == Some(created) && holds_only_empty(&moved, &self.table);
+        let created_and_empty = existing_file_id(&moved) == Some(created) && holds_only_empty(&moved, &self.tables());
         if !created_and_empty || in_use(&self.path) {
             // Fails when a new database took the name meanwhile.
             let _ = std::fs::hard_link(&moved, &self.path);
@@ -374,19 +416,42 @@ impl Drop for SqliteStore {
 impl Store for SqliteStore {
     fn load(&mut self) -> Result<Option<Stored>, StoreError> {
         let table = self.table.clone();
+        let log = self.log.clone();
         let resource = self.resource.clone();
         self.run("load", |c, id| {
-            let bytes = read_row(&c.db, &table, id).map_err(|f| with_resource(f, &resource))?;
-            Ok(bytes.map(|bytes| {
-                let version = Version::of_content(&bytes);
-                Stored { bytes, version }
-            }))
+            let Some(log) = log else {
+                let bytes = read_row(&c.db, &table, id).map_err(|f| with_resource(f, &resource))?;
+                return Ok(bytes.map(|bytes| {
+                    let version = Version::of_content(&bytes);
+                    Stored { bytes, version }
+                }));
+            };
+            // One read transaction: the row and its records as of one moment.
+            let tx = c.db.transaction()?;
+            let Some(base) = read_row(&tx, &table, id).map_err(|f| with_resource(f, &resource))? else { return Ok(None) };
+            let records = log::records(&tx, &log, id)?;
+            let mut version = Version::of_content(&base);
+            for (seq, stored, record) in &records {
+                version = log::follow(&version, record);
+                if version != *stored {
+                    return Err(Failure::Other(StoreError::Corrupt {
+                        resource: resource.clone(),
+                        detail: format!(
+                            "change record {seq} in table {log} does not follow the row's value and the records before it \
+                             (the row was written by something other than a log-mode duratom while it had records); \
+                             the row and the records are left as they are"
+                        ),
+                    }));
+                }
+            }
+            Ok(Some(Stored { bytes: log::log_text(base, &records), version }))
         })
     }
 
     fn commit(&mut self, bytes: &[u8], expect: &Expect) -> Result<Version, StoreError> {
         self.created = None;
         let table = self.table.clone();
+        let log = self.log.clone();
         let resource = self.resource.clone();
         let version = Version::of_content(bytes);
         let busy_timeout = self.busy_timeout;
@@ -396,61 +461,79 @@ impl Store for SqliteStore {
             // between the compare and the write.
             let tx =
                 c.db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let stored = || stored_version(&tx, &table, log.as_deref(), id).map_err(|f| with_resource(f, &resource));
             match expect {
                 Expect::Anything { .. } => {}
                 Expect::Nothing => {
-                    if read_row(&tx, &table, id)
-                        .map_err(|f| with_resource(f, &resource))?
-                        .is_some()
-                    {
+                    if stored()?.is_some() {
                         return Err(Failure::Conflict);
                     }
                 }
                 Expect::Version(expected) => {
-                    match read_row(&tx, &table, id).map_err(|f| with_resource(f, &resource))? {
-                        Some(stored) if Version::of_content(&stored) == *expected => {}
-                        _ => return Err(Failure::Conflict),
+                    if stored()?.as_ref() != Some(expected) {
+                        return Err(Failure::Conflict);
                     }
                 }
             }
             write_row(&tx, &table, kind, id, bytes).map_err(|f| with_resource(f, &resource))?;
+            if let Some(log) = &log {
+                log::clear(&tx, log, id)?;
+            }
             tx.commit()?;
             checkpoint(&c.db, busy_timeout, &resource)?;
             Ok(version.clone())
         })?;
-        // The commit went into the database file the connection holds; if
-        // another file is at its path now (or none), the commit may be lost
-        // with the one it went to.
-        if self.conn.as_ref().is_some_and(|c| c.file.is_some() && c.file != file_id(&self.path)) {
-            self.conn = None;
-            return Err(StoreError::outcome_unknown(
-                &self.resource,
-                "commit",
-                format!("the database file {} was removed or replaced during the commit, which went to the file that was there", self.path.display()),
-            ));
-        }
-        // The commit went into the WAL the connection holds; if that file
-        // is no longer at its path, the commit is not durable until copied
-        // into the database file, so the caller learns it only as unknown.
-        let wal = self.wal_path();
-        if let Some(c) = self.conn.as_mut().filter(|c| c.wal.is_none()) {
-            c.wal = existing_file_id(&wal);
-        }
-        if self.conn.as_ref().is_some_and(|c| self.wal_detached(c)) {
-            let detail = match self.rescue_detached_wal() {
-                Ok(saved) => format!("{saved}; this commit is among them"),
-                Err(e) => e.to_string(),
+        self.after_write("commit")?;
+        Ok(version)
+    }
+
+    fn append(&mut self, record: &[u8], after: &Version) -> Result<Version, StoreError> {
+        let Some(log) = self.log.clone() else {
+            return Err(StoreError::backend(&self.resource, "appending", "the store is not in log mode"));
+        };
+        let record = std::str::from_utf8(record).map_err(|e| {
+            StoreError::backend(&self.resource, "appending", format!("a change record must be UTF-8 text: {e}"))
+        })?;
+        self.created = None;
+        let table = self.table.clone();
+        let resource = self.resource.clone();
+        let busy_timeout = self.busy_timeout;
+        let version = log::follow(after, record.as_bytes());
+        let version = self.run("append", |c, id| {
+            let tx = c.db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if !row_present(&tx, &table, id)? {
+                return Err(Failure::Conflict);
+            }
+            let (seq, stored) = match log::last(&tx, &log, id)? {
+                Some((seq, v)) => (seq, v),
+                None => match read_row(&tx, &table, id).map_err(|f| with_resource(f, &resource))? {
+                    Some(base) => (0, Version::of_content(&base)),
+                    None => return Err(Failure::Conflict),
+                },
             };
-            return Err(StoreError::outcome_unknown(&self.resource, "commit", detail));
-        }
+            if stored != *after {
+                return Err(Failure::Conflict);
+            }
+            log::insert(&tx, &log, id, seq + 1, &version, record)?;
+            tx.commit()?;
+            checkpoint(&c.db, busy_timeout, &resource)?;
+            Ok(version.clone())
+        })?;
+        self.after_write("append")?;
         Ok(version)
     }
 
     fn delete(&mut self) -> Result<(), StoreError> {
         self.created = None;
         let table = self.table.clone();
+        let log = self.log.clone();
         self.run("delete", |c, id| {
-            c.db.execute(&format!("DELETE FROM {table} WHERE id = ?1"), [id])?;
+            let tx = c.db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(&format!("DELETE FROM {table} WHERE id = ?1"), [id])?;
+            if let Some(log) = &log {
+                log::clear(&tx, log, id)?;
+            }
+            tx.commit()?;
             Ok(())
         })
     }
@@ -458,6 +541,28 @@ impl Store for SqliteStore {
     fn resource(&self) -> &Resource {
         &self.resource
     }
+}
+
+/// The version of what row `id` holds (`None`: nothing); in log mode
+/// (`log`, the records table) that of its last record when it has any.
+fn stored_version(db: &Connection, table: &str, log: Option<&str>, id: i64) -> Result<Option<Version>, Failure> {
+    if let Some(log) = log {
+        if !row_present(db, table, id)? {
+            return Ok(None);
+        }
+        if let Some((_, v)) = log::last(db, log, id)? {
+            return Ok(Some(v));
+        }
+    }
+    Ok(read_row(db, table, id)?.map(|b| Version::of_content(&b)))
+}
+
+/// Whether row `id` holds a value, found without reading the value.
+fn row_present(db: &Connection, table: &str, id: i64) -> Result<bool, Failure> {
+    Ok(db
+        .query_row(&format!("SELECT value IS NOT NULL FROM {table} WHERE id = ?1 LIMIT 1"), [id], |r| r.get(0))
+        .optional()?
+        .unwrap_or(false))
 }
 
 /// Copies the commit just made from the WAL into the database file and

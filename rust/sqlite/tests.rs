@@ -463,3 +463,153 @@ fn a_commit_racing_a_failed_constructions_clean_up_is_kept() {
     let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, vec![std::ffi::OsString::from("db.sqlite")], "no moved file left");
 }
+
+// ------------------------------------------------------------------ log mode
+
+const LOG: &[(&str, &str)] = &[("log", "true")];
+
+/// The records of row `id` of table `t`'s records table, as stored, read by
+/// a connection of its own.
+fn records_of(dir: &Path, id: i64) -> Vec<(i64, String)> {
+    let db = Connection::open(dir.join("db.sqlite")).unwrap();
+    let mut q = db.prepare("SELECT seq, record FROM t_duratom_log WHERE id = ?1 ORDER BY seq").unwrap();
+    let rows = q.query_map([id], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    rows.collect::<Result<_, _>>().unwrap()
+}
+
+mod log_mode_contract {
+    use super::*;
+    crate::store_contract_tests!(|dir: &Path, name: &str| config(dir, name, LOG));
+}
+
+#[test]
+fn log_mode_loads_the_row_then_its_records_in_order_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(&config(dir.path(), "t", LOG)).unwrap();
+    let v0 = s.commit(b"{:a 1}", &Expect::Nothing).unwrap();
+    let v1 = s.append(b"[[:assoc [] :b 2]]", &v0).unwrap();
+    let v2 = s.append(b"[[:dissoc [] :a]]", &v1).unwrap();
+    assert!(v0 != v1 && v1 != v2 && v0 != v2, "each append makes a new version");
+    let expected = "{:a 1}\n;duratom/r version=1 length=18\n[[:assoc [] :b 2]]\n;duratom/r version=2 length=17\n[[:dissoc [] :a]]\n";
+    drop(s);
+    let mut again = open(&config(dir.path(), "t", LOG)).unwrap();
+    let stored = again.load().unwrap().unwrap();
+    assert_eq!(String::from_utf8(stored.bytes).unwrap(), expected);
+    assert_eq!(stored.version, v2);
+    // The row alone still holds the base, for every other reader.
+    assert_eq!(value_in_the_database_file_alone(dir.path()), "{:a 1}");
+    assert_eq!(records_of(dir.path(), 0).len(), 2);
+}
+
+#[test]
+fn an_append_after_a_version_another_store_replaced_conflicts_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = open(&config(dir.path(), "t", LOG)).unwrap();
+    let mut b = open(&config(dir.path(), "t", LOG)).unwrap();
+    let v0 = a.commit(b"{}", &Expect::Nothing).unwrap();
+    assert_eq!(b.load().unwrap().unwrap().version, v0);
+    let v1 = a.append(b"[[:assoc [] :by :a]]", &v0).unwrap();
+    assert!(conflict(b.append(b"[[:assoc [] :by :b]]", &v0)));
+    assert!(conflict(b.commit(b"{:by :b}", &Expect::Version(v0.clone()))));
+    assert_eq!(records_of(dir.path(), 0), vec![(1, "[[:assoc [] :by :a]]".to_string())]);
+    // Having read the newest version, b appends after it.
+    assert_eq!(b.load().unwrap().unwrap().version, v1);
+    let v2 = b.append(b"[[:assoc [] :by :b]]", &v1).unwrap();
+    assert!(conflict(a.append(b"[[:assoc [] :x 1]]", &v1)));
+    // An equal base with other records is another version.
+    let w0 = a.commit(b"{}", &Expect::Version(v2)).unwrap();
+    assert_eq!(w0, v0, "a row without records has its content's version");
+    assert!(conflict(a.append(b"[[:assoc [] :x 1]]", &v1)));
+    // Nothing stored: nothing to append to.
+    a.delete().unwrap();
+    assert!(conflict(a.append(b"[[:assoc [] :x 1]]", &v0)));
+}
+
+#[test]
+fn a_full_commit_leaves_plain_edn_in_the_row_and_removes_only_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(&config(dir.path(), "t", &[("log", "true"), ("row-id", "1")])).unwrap();
+    let mut other = open(&config(dir.path(), "t", &[("log", "true"), ("row-id", "2")])).unwrap();
+    let v = s.commit(b"{:a 1}", &Expect::Nothing).unwrap();
+    let v = s.append(b"[[:assoc [] :b 2]]", &v).unwrap();
+    let w = other.commit(b"[]", &Expect::Nothing).unwrap();
+    other.append(b"[[:conj [] 1]]", &w).unwrap();
+    let compacted = s.commit(b"{:a 1, :b 2}", &Expect::Version(v)).unwrap();
+    assert!(records_of(dir.path(), 1).is_empty());
+    assert_eq!(records_of(dir.path(), 2).len(), 1, "another row's records stay");
+    let stored = s.load().unwrap().unwrap();
+    assert_eq!((stored.bytes.as_slice(), stored.version), (&b"{:a 1, :b 2}"[..], compacted));
+    let row: String = Connection::open(dir.path().join("db.sqlite"))
+        .unwrap()
+        .query_row("SELECT value FROM t WHERE id = 1", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(row, "{:a 1, :b 2}");
+}
+
+#[test]
+fn delete_in_log_mode_removes_the_row_and_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(&config(dir.path(), "t", LOG)).unwrap();
+    let v = s.commit(b"{}", &Expect::Nothing).unwrap();
+    s.append(b"[[:assoc [] :b 2]]", &v).unwrap();
+    s.delete().unwrap();
+    assert!(s.load().unwrap().is_none());
+    assert!(records_of(dir.path(), 0).is_empty());
+    let rows: i64 = Connection::open(dir.path().join("db.sqlite"))
+        .unwrap()
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 0);
+}
+
+#[test]
+fn a_row_rewritten_outside_log_mode_under_its_records_is_an_error_naming_the_records_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(&config(dir.path(), "t", LOG)).unwrap();
+    let v = s.commit(b"{:a 1}", &Expect::Nothing).unwrap();
+    s.append(b"[[:assoc [] :b 2]]", &v).unwrap();
+    Connection::open(dir.path().join("db.sqlite"))
+        .unwrap()
+        .execute("UPDATE t SET value = '{:a 9}' WHERE id = 0", [])
+        .unwrap();
+    let e = s.load().unwrap_err();
+    assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+    let e = e.to_string();
+    assert!(e.contains("change record 1") && e.contains("t_duratom_log") && e.contains("left as they are"), "{e}");
+    assert_eq!(records_of(dir.path(), 0).len(), 1, "nothing removed");
+}
+
+#[test]
+fn appends_are_refused_outside_log_mode_and_records_must_be_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plain = open(&config(dir.path(), "p", &[])).unwrap();
+    let v = plain.commit(b"{}", &Expect::Nothing).unwrap();
+    let e = plain.append(b"[]", &v).unwrap_err().to_string();
+    assert!(e.contains("not in log mode"), "{e}");
+    let mut s = open(&config(dir.path(), "t", LOG)).unwrap();
+    let v = s.commit(b"{}", &Expect::Nothing).unwrap();
+    let e = s.append(&[0xff], &v).unwrap_err().to_string();
+    assert!(e.contains("UTF-8"), "{e}");
+}
+
+#[test]
+fn a_failed_construction_in_log_mode_removes_the_database_it_created() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(&config(dir.path(), "t", LOG)).unwrap());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing left in the directory");
+}
+
+// Not on Windows: it refuses to remove a WAL file that SQLite has open.
+#[cfg(unix)]
+#[test]
+fn an_acknowledged_append_is_in_the_database_file_before_the_wal_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(&config(dir.path(), "t", LOG)).unwrap();
+    let v = s.commit(b"{}", &Expect::Nothing).unwrap();
+    s.append(b"[[:assoc [] :b 2]]", &v).unwrap();
+    std::fs::remove_file(dir.path().join("db.sqlite-wal")).unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.path().join("db.sqlite"), copy.path().join("db.sqlite")).unwrap();
+    assert_eq!(records_of(copy.path(), 0), vec![(1, "[[:assoc [] :b 2]]".to_string())]);
+    std::mem::forget(s);
+}
