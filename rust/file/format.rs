@@ -196,6 +196,10 @@ pub(super) struct Log {
     /// the bytes between are the base and the records, as EDN forms.
     pub start: usize,
     pub end: usize,
+    /// Where the file's last non-zero byte ends: past `end` when a record
+    /// cut short lies there. The zeros after it are space reserved for
+    /// appends, or the part of a cut-short append that never reached the disk.
+    pub data_end: usize,
     /// Change records after the base.
     pub records: u64,
     /// Whether the file has a v2 header, so that records can follow it.
@@ -209,7 +213,8 @@ pub(super) struct Damage {
 }
 
 /// Reads a log-mode file: the base as `decode` reads it, then its change
-/// records. A record cut short at the end of the file (a crash during its
+/// records. The zeros that end a file are not records (see `Log::data_end`).
+/// A record cut short where the file's data ends (a crash during its
 /// append: never acknowledged) ends the log there; any other damage is an
 /// error naming its offset. `None` when the file is empty.
 pub(super) fn decode_log(bytes: &[u8]) -> Result<Option<Log>, Damage> {
@@ -218,7 +223,9 @@ pub(super) fn decode_log(bytes: &[u8]) -> Result<Option<Log>, Damage> {
     }
     let at_start = |detail: String| Damage { offset: 0, detail };
     let (tag, appendable) = match lead_of(bytes) {
-        Lead::Plain => return Ok(Some(Log { version: 0, start: 0, end: bytes.len(), records: 0, appendable: false })),
+        Lead::Plain => {
+            return Ok(Some(Log { version: 0, start: 0, end: bytes.len(), data_end: bytes.len(), records: 0, appendable: false }));
+        }
         Lead::Damaged => return Err(at_start(DAMAGED_HEADER.into())),
         Lead::V2 => (HEADER_TAG, true),
         Lead::V1 => (HEADER_TAG_V1, false),
@@ -234,10 +241,12 @@ pub(super) fn decode_log(bytes: &[u8]) -> Result<Option<Log>, Damage> {
     if crc != h.crc32 {
         return Err(at_start(format!("checksum {crc:08x} does not match the header's {:08x}", h.crc32)));
     }
-    let mut log = Log { version: h.version, start: h.body_start, end: base_end, records: 0, appendable };
     if !appendable && base_end != bytes.len() {
         return Err(at_start(format!("header says {} bytes, file holds {}", h.length, bytes.len() - h.body_start)));
     }
+    let data_end = base_end + bytes[base_end..].iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let bytes = &bytes[..data_end];
+    let mut log = Log { version: h.version, start: h.body_start, end: base_end, data_end, records: 0, appendable };
     while log.end < bytes.len() {
         match next_record(bytes, log.end, log.version) {
             Next::Record(end) => {
@@ -255,22 +264,22 @@ pub(super) fn decode_log(bytes: &[u8]) -> Result<Option<Log>, Damage> {
 enum Next {
     /// An intact record, ending there.
     Record(usize),
-    /// The end of the file is a record cut short.
+    /// The end of the file's data is a record cut short.
     Torn,
     Damaged(String),
 }
 
-/// The record at `at`, which must carry version `previous + 1`.
+/// The record at `at` of `bytes` (the file up to its last non-zero byte),
+/// which must carry version `previous + 1`. A crash leaves the last append
+/// cut short, or its end as zeros (power lost before its fdatasync), which
+/// `bytes` leaves out: either way the record runs past the end of `bytes`.
 fn next_record(bytes: &[u8], at: usize, previous: u64) -> Next {
     let rest = &bytes[at..];
-    // A crash leaves the last append cut short, or (power lost before its
-    // fdatasync) as zeros: both only at the end of the file.
-    let zeros = |b: &[u8]| b.iter().all(|&x| x == 0);
-    if rest.len() < RECORD_TAG.len() && (RECORD_TAG.starts_with(rest) || zeros(rest)) {
+    if rest.len() < RECORD_TAG.len() && RECORD_TAG.starts_with(rest) {
         return Next::Torn;
     }
     if !rest.starts_with(RECORD_TAG) {
-        return if zeros(rest) { Next::Torn } else { Next::Damaged("expected a change record (`;duratom/r ...`)".into()) };
+        return Next::Damaged("expected a change record (`;duratom/r ...`)".into());
     }
     let Some(line_end) = rest.iter().take(HEADER_MAX).position(|&b| b == b'\n') else {
         return if rest.len() < HEADER_MAX && !rest.contains(&b'\n') { Next::Torn } else { Next::Damaged("a damaged change record line".into()) };
@@ -288,9 +297,6 @@ fn next_record(bytes: &[u8], at: usize, previous: u64) -> Next {
     let crc = checksum(&rest[h.numbers.clone()], payload);
     if crc == h.crc32 && rest[total - 1] == b'\n' {
         return Next::Record(at + total);
-    }
-    if total == rest.len() && rest[total - 1] == 0 {
-        return Next::Torn; // zeros where the end of the last append should be
     }
     Next::Damaged(format!("change record checksum {crc:08x} does not match its line's {:08x}", h.crc32))
 }

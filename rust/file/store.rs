@@ -36,20 +36,37 @@ pub struct FileStore {
     created: Option<(u64, u64)>,
 }
 
-/// The file (by identity and length) and the version its log ends with.
+/// Where a log-mode file's log ends, and the version it ends with.
 #[derive(Clone, Copy)]
 struct LogEnd {
-    meta: (u64, u64, u64),
+    /// The file's identity: any replace changes it.
+    id: (u64, u64),
+    /// The file's length: past `end` by the space reserved for appends.
+    len: u64,
+    /// Where the last intact record (or the base) ends.
+    end: u64,
+    /// Where the file's data ends: past `end` when a record cut short lies there.
+    data_end: u64,
     version: u64,
     appendable: bool,
 }
 
-/// Identity and length of an open file (`meta` is its metadata): any
-/// append changes the length, any replace the identity.
-fn identity(file: &File, meta: &fs::Metadata) -> std::io::Result<(u64, u64, u64)> {
-    let (dev, ino) = os::file_id(file)?;
-    Ok((dev, ino, meta.len()))
+impl LogEnd {
+    /// Whether `file` still ends its log here: the same file and length,
+    /// and no byte written at `end` (every append writes its record tag
+    /// there, and appends are made under the lock file's lock).
+    fn still_holds(&self, file: &File, id: (u64, u64), len: u64) -> std::io::Result<bool> {
+        if self.id != id || self.len != len {
+            return Ok(false);
+        }
+        Ok(self.end == len || os::byte_at(file, self.end)? == Some(0))
+    }
 }
+
+/// The space reserved after a log's end when an append would pass the
+/// file's length: an eighth of the log so far, within these bounds.
+const MIN_RESERVE: u64 = 64 * 1024;
+const MAX_RESERVE: u64 = 64 * 1024 * 1024;
 
 impl FileStore {
     /// Opens `path` from the config. The (target's) directory must exist; a
@@ -112,7 +129,7 @@ impl FileStore {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(|e| StoreError::io(&self.resource, op, e))?;
         if self.log {
-            let id = file.metadata().and_then(|m| identity(&file, &m)).map_err(|e| StoreError::io(&self.resource, op, e))?;
+            let id = os::file_id(&file).map_err(|e| StoreError::io(&self.resource, op, e))?;
             return Ok(self.read_log(target, id, bytes)?.map(|(log, mut bytes)| {
                 bytes.truncate(log.end);
                 bytes.drain(..log.start);
@@ -126,12 +143,20 @@ impl FileStore {
         Ok(decoded.map(|(count, body)| Stored { bytes: body, version: Version(count.to_string()) }))
     }
 
-    /// Reads a log-mode file's `bytes` (of the file whose identity is `id`)
-    /// and remembers where its log ends. Damage is Corrupt, naming the offset.
-    fn read_log(&mut self, target: &Target, id: (u64, u64, u64), bytes: Vec<u8>) -> Result<Option<(Log, Vec<u8>)>, StoreError> {
+    /// Reads a log-mode file's `bytes` (all of the file whose identity is
+    /// `id`) and remembers where its log ends. Damage is Corrupt, naming the
+    /// offset.
+    fn read_log(&mut self, target: &Target, id: (u64, u64), bytes: Vec<u8>) -> Result<Option<(Log, Vec<u8>)>, StoreError> {
         match decode_log(&bytes) {
             Ok(Some(log)) => {
-                self.log_end = Some(LogEnd { meta: (id.0, id.1, log.end as u64), version: log.version, appendable: log.appendable });
+                self.log_end = Some(LogEnd {
+                    id,
+                    len: bytes.len() as u64,
+                    end: log.end as u64,
+                    data_end: log.data_end as u64,
+                    version: log.version,
+                    appendable: log.appendable,
+                });
                 Ok(Some((log, bytes)))
             }
             Ok(None) => {
@@ -151,9 +176,11 @@ impl FileStore {
             .map_err(|e| StoreError::io(r, "opening the file to append", e))?;
         let meta = file.metadata().map_err(|e| StoreError::io(r, "examining the file", e))?;
         refuse_unless_regular(r, &self.path, &target.file, &meta, "appending")?;
-        let id = identity(&file, &meta).map_err(|e| StoreError::io(r, "examining the file", e))?;
-        let (id_now, len_now) = ((id.0, id.1), id.2);
-        let cached = self.log_end.filter(|c| (c.meta.0, c.meta.1) == id_now && c.meta.2 == len_now);
+        let id = os::file_id(&file).map_err(|e| StoreError::io(r, "examining the file", e))?;
+        let cached = match self.log_end {
+            Some(c) if c.still_holds(&file, id, meta.len()).map_err(|e| StoreError::io(r, "reading the log", e))? => Some(c),
+            _ => None,
+        };
         let end = match cached {
             Some(c) => c,
             None => {
@@ -171,20 +198,32 @@ impl FileStore {
             return Err(StoreError::Conflict { resource: self.resource.clone() });
         }
         let r = &self.resource;
-        let at = end.meta.2;
-        if len_now > at {
+        let at = end.end;
+        let mut len = end.len;
+        self.log_end = None; // unknown until the append is durable
+        if end.data_end > at {
             file.set_len(at).map_err(|e| StoreError::io(r, "cutting off a record a crash cut short", e))?;
+            len = at;
         }
         let version = end.version + 1;
         let bytes = record(version, payload);
-        self.log_end = None; // unknown until the append is durable
+        let new_end = at + bytes.len() as u64;
+        if new_end > len {
+            let more = new_end - len + (new_end / 8).clamp(MIN_RESERVE, MAX_RESERVE);
+            // Without the space (another system, a full disk), the write
+            // extends the file as it goes, and says so when it cannot.
+            if os::reserve(&file, len, more).is_ok() {
+                len += more;
+            }
+        }
         if let Err(e) = os::write_all_at(&file, &bytes, at) {
             let _ = file.set_len(at); // a partial record would be a torn tail anyway
             return Err(StoreError::io(r, "appending a change record", e));
         }
         // Written: should the fdatasync fail, the record may still reach the disk.
         file.sync_data().map_err(|e| StoreError::outcome_unknown(r, "fdatasync after appending a change record", e))?;
-        self.log_end = Some(LogEnd { meta: (end.meta.0, end.meta.1, at + bytes.len() as u64), version, appendable: true });
+        let len = len.max(new_end);
+        self.log_end = Some(LogEnd { id: end.id, len, end: new_end, data_end: new_end, version, appendable: true });
         Ok(Version(version.to_string()))
     }
 

@@ -805,6 +805,15 @@ fn open_log(path: &Path) -> FileStore {
     FileStore::open(&Config::from_pairs("local-file", &[("path", path.to_str().unwrap()), ("log", "true")])).unwrap()
 }
 
+/// A log-mode file's bytes without the zeros after its data (space reserved
+/// for appends).
+fn log_data(path: &Path) -> Vec<u8> {
+    let mut bytes = fs::read(path).unwrap();
+    let data_end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    bytes.truncate(data_end);
+    bytes
+}
+
 /// Log mode: a full base, then appended records; a load gives the base and
 /// the records as EDN forms under the last record's version, and an append
 /// after a stale version is a conflict that writes nothing.
@@ -847,9 +856,9 @@ fn log_mode_ignores_a_torn_tail_and_names_the_offset_of_damage() {
     let v1 = s.commit(b"{:a 1}", &Expect::Anything { after: None }).unwrap();
     let base_len = fs::read(&path).unwrap().len();
     let v2 = s.append(b"[[:assoc [] :b 2]]", &v1).unwrap();
-    let good = fs::read(&path).unwrap();
+    let good = log_data(&path);
     let v3 = s.append(b"[[:assoc [] :c 3]]", &v2).unwrap();
-    let full = fs::read(&path).unwrap();
+    let full = log_data(&path);
     for cut in good.len()..full.len() {
         fs::write(&path, &full[..cut]).unwrap();
         let got = open_log(&path).load().unwrap().unwrap();
@@ -861,7 +870,7 @@ fn log_mode_ignores_a_torn_tail_and_names_the_offset_of_damage() {
     let mut t = open_log(&path);
     assert_eq!(t.load().unwrap().unwrap().version, v2, "a zero-filled last record");
     assert_eq!(t.append(b"[[:assoc [] :c 33]]", &v2).unwrap(), v3, "the torn record is replaced");
-    assert!(String::from_utf8(fs::read(&path).unwrap()).unwrap().ends_with(":c 33]]\n"));
+    assert!(String::from_utf8(log_data(&path)).unwrap().ends_with(":c 33]]\n"));
     // One damaged byte in the first record, with an intact record after it.
     fs::write(&path, &full).unwrap();
     let mut damaged = full.clone();
@@ -871,6 +880,56 @@ fn log_mode_ignores_a_torn_tail_and_names_the_offset_of_damage() {
     let e = open_log(&path).load().unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, StoreError::Corrupt { .. }) && msg.contains(&format!("byte offset {base_len}:")) && msg.contains("torn.edn"), "{msg}");
+    assert_eq!(fs::read(&path).unwrap(), damaged, "left as it was");
+}
+
+/// Appends go into space reserved ahead of them (where the system has
+/// `fallocate`), which loads as nothing; a record cut short inside that
+/// space is ignored and cut off by the next append, and damage to the last
+/// record before it is still damage, not a torn tail.
+#[test]
+fn log_mode_appends_into_reserved_space_and_reads_its_zeros_as_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reserved.edn");
+    let mut s = open_log(&path);
+    let v1 = s.commit(b"{:a 1}", &Expect::Anything { after: None }).unwrap();
+    let v2 = s.append(b"[[:assoc [] :b 2]]", &v1).unwrap();
+    let data = log_data(&path);
+    let len = fs::metadata(&path).unwrap().len();
+    if cfg!(target_os = "linux") {
+        assert!(len >= data.len() as u64 + 64 * 1024, "space reserved: {len} bytes for {} of data", data.len());
+    }
+    let v3 = s.append(b"[[:assoc [] :c 3]]", &v2).unwrap();
+    assert_eq!(fs::metadata(&path).unwrap().len(), len, "the next append lands in the reserved space");
+    let full = log_data(&path);
+    assert_eq!(open_log(&path).load().unwrap().unwrap().version, v3);
+
+    // Another store's append into the space is seen by this one.
+    let v4 = open_log(&path).append(b"[[:assoc [] :d 4]]", &v3).unwrap();
+    assert!(matches!(s.append(b"[]", &v3), Err(StoreError::Conflict { .. })), "appending after a version another store moved past");
+    let got = s.load().unwrap().unwrap();
+    let text = String::from_utf8(got.bytes).unwrap();
+    assert!(got.version == v4 && text.ends_with(":d 4]]\n"), "{text}");
+
+    // The last record cut short, with the reserved zeros after it.
+    let mut torn = full.clone();
+    torn.truncate(full.len() - 7);
+    torn.resize(len as usize, 0);
+    fs::write(&path, &torn).unwrap();
+    let mut t = open_log(&path);
+    assert_eq!(t.load().unwrap().unwrap().version, v2, "the cut-short record is not loaded");
+    assert_eq!(t.append(b"[[:assoc [] :e 5]]", &v2).unwrap(), v3);
+    let text = String::from_utf8(open_log(&path).load().unwrap().unwrap().bytes).unwrap();
+    assert!(!text.contains(":c 3") && text.ends_with(":e 5]]\n"), "the cut-short record is replaced: {text}");
+
+    // One byte of the last record damaged, zeros after it: damage, named.
+    let mut damaged = full.clone();
+    let at = full.len() - 5;
+    damaged[at] = b'7';
+    damaged.resize(len as usize, 0);
+    fs::write(&path, &damaged).unwrap();
+    let e = open_log(&path).load().unwrap_err();
+    assert!(matches!(e, StoreError::Corrupt { .. }) && e.to_string().contains(&format!("byte offset {}:", data.len())), "{e}");
     assert_eq!(fs::read(&path).unwrap(), damaged, "left as it was");
 }
 

@@ -216,6 +216,14 @@
 
 (defn- file-bytes ^bytes [p] (Files/readAllBytes (.toPath (io/file p))))
 
+(defn- data-size
+  "The length of the file `p` without the zeros after its data: the space
+  reserved for appends."
+  [p]
+  (let [b (file-bytes p)]
+    (loop [n (alength b)]
+      (if (and (pos? n) (zero? (aget b (dec n)))) (recur (dec n)) n))))
+
 (defn- record-starts
   "Byte offsets of the change record lines in the file `p`."
   [p]
@@ -244,7 +252,7 @@
         a (log-atom p {:n 0 :tags #{} :v []})
         states (vec (for [i (range 1 6)] (swap! a #(-> % (assoc :n i) (update :tags conj i) (update :v conj (str "s" i))))))
         starts (record-starts p)
-        size (alength (file-bytes p))
+        size (data-size p)
         last-start (peek starts)
         cut (io/file dir "cut.edn")]
     (is (= 5 (count starts)) "one record per swap")
@@ -284,7 +292,7 @@
         ;; the file may end in a record the kill cut short: cut inside the
         ;; last whole one (record k holds :n k)
         (let [last-whole (nth starts (dec stored))
-              end (if (> whole stored) (nth starts stored) (alength (file-bytes p)))]
+              end (if (> whole stored) (nth starts stored) (data-size p))]
           (cut-to! p (+ last-whole (.nextInt rnd (- end last-whole))))
           (is (= {:n (dec stored)} @(log-atom p nil)) (str "kill " i ": cut inside record " stored)))))))
 

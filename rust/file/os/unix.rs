@@ -117,6 +117,37 @@ pub fn write_all_at(file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
     std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
 }
 
+/// Reads the byte at `offset` of `file`: `None` past its end.
+pub fn byte_at(file: &File, offset: u64) -> io::Result<Option<u8>> {
+    let mut b = [0u8];
+    let n = std::os::unix::fs::FileExt::read_at(file, &mut b, offset)?;
+    Ok((n == 1).then_some(b[0]))
+}
+
+/// Gives `file` `len` more bytes of allocated space from `from` (its end),
+/// reading as zeros. Appends into such space leave the file's length and
+/// allocation as they are, so the `fdatasync` after one has less metadata to
+/// write. Linux only (`fallocate`); elsewhere, and on file systems without
+/// it, an error, and appends extend the file as they go.
+pub fn reserve(file: &File, from: u64, len: u64) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let (Ok(from), Ok(len)) = (libc::off_t::try_from(from), libc::off_t::try_from(len)) else {
+            return Err(io::ErrorKind::InvalidInput.into());
+        };
+        // SAFETY: an open fd of ours; mode 0 only allocates and extends.
+        if unsafe { libc::fallocate(file.as_raw_fd(), 0, from, len) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, from, len);
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
 /// The device and inode of the file `file` is open on.
 pub fn file_id(file: &File) -> io::Result<(u64, u64)> {
     file.metadata().map(|m| (m.dev(), m.ino()))

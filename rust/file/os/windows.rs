@@ -245,6 +245,21 @@ pub fn write_all_at(file: &File, mut bytes: &[u8], mut offset: u64) -> io::Resul
     Ok(())
 }
 
+/// Reads the byte at `offset` of `file`: `None` past its end.
+pub fn byte_at(file: &File, offset: u64) -> io::Result<Option<u8>> {
+    use std::os::windows::fs::FileExt;
+    let mut b = [0u8];
+    let n = file.seek_read(&mut b, offset)?;
+    Ok((n == 1).then_some(b[0]))
+}
+
+/// Space reserved ahead of appends (`fallocate` on Linux) has no
+/// counterpart here that spares the append's metadata update: appends
+/// extend the file as they go.
+pub fn reserve(_file: &File, _from: u64, _len: u64) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
 /// `LockFileEx` on `LOCK_OFFSET` with `flags`.
 fn lock_byte(file: &File, flags: u32) -> io::Result<()> {
     let mut overlapped = Overlapped {
