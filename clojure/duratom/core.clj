@@ -340,8 +340,9 @@
   [store-config codec default-rw db-config table-name row-id lock init rw]
   (check-rw! rw)
   (let [rw (or rw default-rw)
-        desc (store-config db-config table-name (or row-id 0) (:column-type rw :text))]
-    (make-duratom desc (codec rw desc) lock init rw)))
+        desc (store-config db-config table-name (or row-id 0) (:column-type rw :text))
+        codec (codec rw desc)]
+    (make-duratom (cond-> desc (:log? codec) (assoc-in [:native-config "log"] true)) codec lock init rw)))
 
 (defn postgres-atom
   "A duratom stored in row `row-id` (default 0) of table `table-name`, which
@@ -383,7 +384,9 @@
   (`{:dbtype \"sqlite\" :dbname path}`, `{:subprotocol \"sqlite\" :subname
   path}` or `\"jdbc:sqlite:path\"`). Commits are durable when they return
   (WAL, synchronous=FULL). Otherwise as `file-atom`; `rw`: see
-  `default-sqlite-rw`."
+  `default-sqlite-rw`. `:log? true` in `rw`: log mode, change records in
+  the table `<table-name>_duratom_log` beside the row (see `compact!` and
+  doc/backends/sqlite.md)."
   ([db-config table-name]
    (sqlite-atom db-config table-name 0 (ReentrantLock.) nil))
   ([db-config table-name row-id]
@@ -421,8 +424,8 @@
   in `:rw`), and `:meta` and `:validator` as `clojure.core/atom` takes them
   (also keys of `:rw`): the validator checks the initial state (what storage
   holds, or `:init`) and a rejected one throws IllegalStateException
-  \"Invalid reference state\" with nothing written. `:local-file` also
-  takes `:log?` (same as `:log? true` in `:rw`: log mode)."
+  \"Invalid reference state\" with nothing written. `:local-file` and
+  `:sqlite-db` also take `:log?` (same as `:log? true` in `:rw`: log mode)."
   (fn [backed-by & _args] backed-by))
 
 (defn- with-keywords
@@ -445,8 +448,9 @@
   (postgres-atom db-config table-name row-id (or lock (ReentrantLock.)) init (with-keywords rw opts)))
 
 (defmethod duratom :sqlite-db
-  [_ & {:keys [db-config table-name row-id init lock rw] :or {row-id 0 rw default-sqlite-rw} :as opts}]
-  (sqlite-atom db-config table-name row-id (or lock (ReentrantLock.)) init (with-keywords rw opts)))
+  [_ & {:keys [db-config table-name row-id init lock rw log?] :or {row-id 0 rw default-sqlite-rw} :as opts}]
+  (sqlite-atom db-config table-name row-id (or lock (ReentrantLock.)) init
+               (cond-> (with-keywords rw opts) (some? log?) (assoc :log? log?))))
 
 (defmethod duratom :redis-db
   [_ & {:keys [db-config key-name init lock rw] :or {rw default-redis-rw} :as opts}]
@@ -486,10 +490,12 @@
              (when-let [log-stats (:stats (.-codec d))] (log-stats))))))
 
 (defn compact!
-  "Log mode (`:log? true` in a file duratom's `:rw`): rewrites the file as
-  its newest state alone, plain EDN with duratom's header line (readable by
-  `clojure.edn` and the original library), with the same crash-safe replace
-  as every full commit. Returns once it is durable (asynchronous mode: once
+  "Log mode (`:log? true` in a file or SQLite duratom's `:rw`): rewrites the
+  file as its newest state alone, plain EDN with duratom's header line
+  (readable by `clojure.edn` and the original library), with the same
+  crash-safe replace as every full commit; for SQLite, writes the newest
+  state into the row as plain EDN and removes the row's change records, in
+  one transaction. Returns once it is durable (asynchronous mode: once
   the writer has written it); throws what the write threw. Elsewhere it
   writes the newest state again. On a destroyed duratom it throws
   IllegalStateException, as a mutation does. In shared mode it writes only

@@ -125,16 +125,21 @@
   (and (identical? (:read rw (:read default)) (:read default))
        (identical? (:write rw (:write default)) (:write default))))
 
+(defn- refuse-custom-log!
+  "Log mode needs the EDN encoding: `:log? true` with a custom `:read` or
+  `:write` (not those of `default`) is an IllegalArgumentException."
+  [rw default]
+  (when (and (:log? rw) (not (default-fns? rw default)))
+    (throw (IllegalArgumentException.
+            "duratom: :log? true needs duratom's EDN encoding; it cannot be combined with a custom :read or :write"))))
+
 (defn file-codec
   "Codec for a file duratom. A custom `:write` is given a temp file beside
   `path` to write; its bytes are then committed durably by the engine. A
   custom `:read` is given a temp file holding the stored bytes."
   [rw ^File path]
+  (refuse-custom-log! rw default-file-rw)
   (cond
-    (and (:log? rw) (not (default-fns? rw default-file-rw)))
-    (throw (IllegalArgumentException.
-            "duratom: :log? true needs duratom's EDN encoding; it cannot be combined with a custom :read or :write"))
-
     (default-fns? rw default-file-rw)
     (let [where {:backend :local-file :resource (.getPath (.getAbsoluteFile path))}
           edn (default-codec rw where)]
@@ -175,11 +180,16 @@
 
 (defn sqlite-codec
   "Codec for a SQLite duratom; `:read` gets a String for a `:text` column and
-  bytes for `:blob`. `where`: as for `postgres-codec`."
+  bytes for `:blob`. `where`: as for `postgres-codec`. With `:log? true` in
+  `rw`: log mode (duratom.log), marked `:log? true`; a custom `:read` or
+  `:write` is then refused (IllegalArgumentException)."
   ([rw] (sqlite-codec rw nil))
   ([rw where]
+   (refuse-custom-log! rw default-sqlite-rw)
    (if (default-fns? rw default-sqlite-rw)
-     (default-codec rw where)
+     (if (:log? rw)
+       (assoc (dlog/codec (default-codec rw where) (:encode (default-codec rw where))) :log? true)
+       (default-codec rw where))
      (let [read (:read rw (:read default-sqlite-rw))
            write (:write rw (:write default-sqlite-rw))
            text? (not (contains? #{:blob :bytea} (:column-type rw :text)))]

@@ -20,9 +20,30 @@ use rusqlite::{Connection, OptionalExtension};
 use super::errors::Failure;
 use crate::store::Version;
 
-/// The quoted name of the records table of the table named `name`.
-pub(super) fn records_table(name: &str) -> String {
-    format!("\"{}_duratom_log\"", name.replace('"', "\"\""))
+/// The name of the records table of the table named `name`, unquoted.
+pub(super) fn records_name(name: &str) -> String {
+    format!("{name}_duratom_log")
+}
+
+/// `name` as a quoted SQL identifier.
+pub(super) fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Whether row `id` has records in the records table named `name`
+/// (unquoted), which need not exist: what a store outside log mode checks,
+/// so that it neither reads a row with records as the whole state nor
+/// leaves records behind a row it replaces.
+pub(super) fn has_records(db: &Connection, name: &str, id: i64) -> Result<bool, Failure> {
+    let exists: i64 = db.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
+        [name],
+        |r| r.get(0),
+    )?;
+    if exists == 0 {
+        return Ok(false);
+    }
+    Ok(last(db, &quoted(name), id)?.is_some())
 }
 
 /// Creates the records table `log` when it is missing.

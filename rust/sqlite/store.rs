@@ -20,6 +20,8 @@ pub struct SqliteStore {
     table: String,
     /// Log mode: the records table's name, a quoted SQL identifier.
     log: Option<String>,
+    /// The records table's name, unquoted (see `log::has_records`).
+    records_name: String,
     row_id: i64,
     create_type: ValueKind,
     busy_timeout: Duration,
@@ -75,11 +77,13 @@ impl SqliteStore {
             backend: BACKEND,
             name: format!("{} table {name} row {row_id}", path.display()),
         };
-        let log = settings.log.then(|| log::records_table(&name));
+        let records_name = log::records_name(&name);
+        let log = settings.log.then(|| log::quoted(&records_name));
         Ok(SqliteStore {
             path,
             table,
             log,
+            records_name,
             row_id,
             create_type,
             busy_timeout: Duration::from_millis(busy_ms as u64),
@@ -417,10 +421,21 @@ impl Store for SqliteStore {
     fn load(&mut self) -> Result<Option<Stored>, StoreError> {
         let table = self.table.clone();
         let log = self.log.clone();
+        let records_name = self.records_name.clone();
         let resource = self.resource.clone();
         self.run("load", |c, id| {
             let Some(log) = log else {
                 let bytes = read_row(&c.db, &table, id).map_err(|f| with_resource(f, &resource))?;
+                if bytes.is_some() && log::has_records(&c.db, &records_name, id)? {
+                    return Err(Failure::Other(StoreError::backend(
+                        &resource,
+                        "load",
+                        format!(
+                            "the row has change records written in log mode (`:log? true`) in table {records_name}, \
+                             so it alone is not the state; open it in log mode (and `compact!` it to make the row the whole state)"
+                        ),
+                    )));
+                }
                 return Ok(bytes.map(|bytes| {
                     let version = Version::of_content(&bytes);
                     Stored { bytes, version }
@@ -452,6 +467,7 @@ impl Store for SqliteStore {
         self.created = None;
         let table = self.table.clone();
         let log = self.log.clone();
+        let records_name = self.records_name.clone();
         let resource = self.resource.clone();
         let version = Version::of_content(bytes);
         let busy_timeout = self.busy_timeout;
@@ -476,9 +492,7 @@ impl Store for SqliteStore {
                 }
             }
             write_row(&tx, &table, kind, id, bytes).map_err(|f| with_resource(f, &resource))?;
-            if let Some(log) = &log {
-                log::clear(&tx, log, id)?;
-            }
+            clear_records(&tx, log.as_deref(), &records_name, id)?;
             tx.commit()?;
             checkpoint(&c.db, busy_timeout, &resource)?;
             Ok(version.clone())
@@ -527,12 +541,11 @@ impl Store for SqliteStore {
         self.created = None;
         let table = self.table.clone();
         let log = self.log.clone();
+        let records_name = self.records_name.clone();
         self.run("delete", |c, id| {
             let tx = c.db.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(&format!("DELETE FROM {table} WHERE id = ?1"), [id])?;
-            if let Some(log) = &log {
-                log::clear(&tx, log, id)?;
-            }
+            clear_records(&tx, log.as_deref(), &records_name, id)?;
             tx.commit()?;
             Ok(())
         })
@@ -555,6 +568,17 @@ fn stored_version(db: &Connection, table: &str, log: Option<&str>, id: i64) -> R
         }
     }
     Ok(read_row(db, table, id)?.map(|b| Version::of_content(&b)))
+}
+
+/// Removes row `id`'s records: from the records table `log` in log mode,
+/// else from the one named `records_name` if it exists (a row written
+/// whole outside log mode has no records after it).
+fn clear_records(db: &Connection, log: Option<&str>, records_name: &str, id: i64) -> Result<(), Failure> {
+    match log {
+        Some(log) => log::clear(db, log, id),
+        None if log::has_records(db, records_name, id)? => log::clear(db, &log::quoted(records_name), id),
+        None => Ok(()),
+    }
 }
 
 /// Whether row `id` holds a value, found without reading the value.
@@ -630,5 +654,5 @@ fn quote_table(name: &str) -> Result<String, String> {
     if name.contains('\0') {
         return Err("contains a NUL character".into());
     }
-    Ok(format!("\"{}\"", name.replace('"', "\"\"")))
+    Ok(log::quoted(name))
 }

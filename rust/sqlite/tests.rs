@@ -613,3 +613,18 @@ fn an_acknowledged_append_is_in_the_database_file_before_the_wal_is_removed() {
     assert_eq!(records_of(copy.path(), 0), vec![(1, "[[:assoc [] :b 2]]".to_string())]);
     std::mem::forget(s);
 }
+
+#[test]
+fn outside_log_mode_a_row_with_records_is_refused_and_a_full_write_removes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(&config(dir.path(), "t", LOG)).unwrap();
+    let v = s.commit(b"{:a 1}", &Expect::Nothing).unwrap();
+    s.append(b"[[:assoc [] :b 2]]", &v).unwrap();
+    let mut plain = open(&config(dir.path(), "t", &[])).unwrap();
+    let e = plain.load().unwrap_err().to_string();
+    assert!(e.contains("change records written in log mode") && e.contains("t_duratom_log"), "{e}");
+    plain.commit(b"{:c 3}", &Expect::Anything { after: None }).unwrap();
+    assert!(records_of(dir.path(), 0).is_empty());
+    assert_eq!(s.load().unwrap().unwrap().bytes, b"{:c 3}");
+    assert_eq!(plain.load().unwrap().unwrap().bytes, b"{:c 3}");
+}

@@ -220,11 +220,11 @@
   "A child JVM's program: a sync duratom on the database at `path` swaps
   while the same JVM opens, reads, writes (another row, another table) and
   closes that database through sqlite-jdbc (a second SQLite copy in the
-  process), in several orders. Prints each acknowledged :n, then `done`."
-  '(fn [path]
+  process), in several orders; the duratom's `:rw` is `rw`. Prints each
+  acknowledged :n, then `done`."
+  '(fn [path rw]
     (let [url (str "jdbc:sqlite:" path)
-         a (duratom.core/sqlite-atom {:dbtype "sqlite" :dbname path} "duratom_state" 0 nil {:n 0}
-                                     {:commit-mode :sync})
+         a (duratom.core/sqlite-atom {:dbtype "sqlite" :dbname path} "duratom_state" 0 nil {:n 0} rw)
          open (fn [] (java.sql.DriverManager/getConnection url))
          exec! (fn [^java.sql.Connection c sql] (with-open [s (.createStatement c)] (.execute s sql)))
          query (fn [^java.sql.Connection c sql]
@@ -264,21 +264,31 @@
      (println "done")
      (flush))))
 
-(deftest sqlite-jdbc-in-the-same-jvm-loses-no-acknowledged-commit
-  ;; Two SQLite copies in one process (ours and sqlite-jdbc's): every
-  ;; acknowledged commit must survive the other copy's closes and checkpoints.
+(defn- run-jdbc-interleavings
+  "Runs jdbc-interleavings-code with `rw` in a child JVM on a new database;
+  checks what both copies acknowledged is there. Returns the database path."
+  [rw]
   (let [path (str (io/file (ts/temp-dir) "app.db"))
-        out (ts/child-output (str "(require 'duratom.core) (" (pr-str jdbc-interleavings-code) " " (pr-str path) ")"))
+        out (ts/child-output (str "(require 'duratom.core) (" (pr-str jdbc-interleavings-code) " " (pr-str path)
+                                  " " (pr-str rw) ")"))
         lines (str/split-lines out)
         acked (keep #(when (re-matches #"\d+" %) (Long/parseLong %)) lines)]
     (is (= "done" (last lines)) out)
     (is (= (range 1 (inc (count acked))) acked) "each swap acknowledged the next state")
     (is (= 72 (last acked)))
-    (is (= (str "{:n " (last acked) "}") (python-query path "SELECT value FROM duratom_state WHERE id = 0"))
+    (is (= {:n 72} @(d/sqlite-atom (spec path) "duratom_state" 0 nil nil rw))
         "the last acknowledged state is stored")
     (is (= "36" (python-query path "SELECT count(*) FROM app")) "sqlite-jdbc's own rows are kept")
     (is (= "12" (python-query path "SELECT count(*) FROM duratom_state WHERE value = 'app'")))
-    (is (= "ok" (python-query path "PRAGMA integrity_check")))))
+    (is (= "ok" (python-query path "PRAGMA integrity_check")))
+    path))
+
+(deftest sqlite-jdbc-in-the-same-jvm-loses-no-acknowledged-commit
+  ;; Two SQLite copies in one process (ours and sqlite-jdbc's): every
+  ;; acknowledged commit must survive the other copy's closes and checkpoints.
+  (let [path (run-jdbc-interleavings {:commit-mode :sync})]
+    (is (= "{:n 72}" (python-query path "SELECT value FROM duratom_state WHERE id = 0"))
+        "the row holds the last acknowledged state")))
 
 (deftest a-failed-construction-leaves-no-database-behind
   (doseq [[why init] [["an :init that throws" (fn [] (throw (ex-info "no initial state" {})))]
@@ -366,3 +376,132 @@
       (is (= :failed @failing))
       (is (= {:i i :w true} @winning))
       (is (= (pr-str {:i i :w true}) (python-query path "SELECT value FROM t WHERE id = 0")) (str "round " i)))))
+
+;; ------------------------------------------------------------------ log mode
+
+(defn- log-atom
+  "A sync log-mode duratom on row 0 of table t of the database at `path`."
+  [path init & [rw]]
+  (d/sqlite-atom (spec path) "t" 0 nil init (merge {:commit-mode :sync :log? true} rw)))
+
+(defn- records-in
+  "How many change records row 0 of table t has, as python3's sqlite3 counts them."
+  [path]
+  (python-query path "SELECT count(*) FROM t_duratom_log WHERE id = 0"))
+
+(defn- row-value
+  "Row 0 of table t, read by python3's sqlite3 as EDN."
+  [path]
+  (clojure.edn/read-string readers/default (python-query path "SELECT value FROM t WHERE id = 0")))
+
+(deftest log-mode-appends-records-beside-the-row-and-a-reopened-duratom-replays-them
+  (let [path (io/file (ts/temp-dir) "log.db")
+        init (into {} (map (fn [i] [i {:n i}]) (range 1000)))
+        a (log-atom path init)]
+    (swap! a assoc-in [7 :n] :seven)
+    (swap! a dissoc 8)
+    (swap! a assoc :new (sorted-set 1 2) :day (java.time.LocalDate/of 2024 2 29))
+    (let [s (d/stats a)]
+      (is (= 3 (:log-records s)) "three records since the base")
+      (is (pos? (:log-bytes s))))
+    (is (= "3" (records-in path)) "the records are in the records table")
+    (is (= init (row-value path)) "the row holds the base until compaction")
+    (let [again @(log-atom path nil)]
+      (is (= @a again) "a reopened duratom replays them")
+      (is (sorted? (:new again)) "with the types committed"))))
+
+(deftest log-mode-is-a-sqlite-constructor-keyword-too
+  (let [path (io/file (ts/temp-dir) "log.db")
+        init (into {:n 0} (map (fn [i] [i i]) (range 100)))
+        a (d/duratom :sqlite-db :db-config (spec path) :table-name "t" :init init :log? true :rw {:commit-mode :sync})]
+    (swap! a update :n inc)
+    (is (= 1 (:log-records (d/stats a))))
+    (is (= "1" (records-in path)))
+    (is (= (assoc init :n 1) @(log-atom path nil)))))
+
+(deftest log-mode-compaction-leaves-plain-edn-in-the-row
+  (let [path (io/file (ts/temp-dir) "log.db")
+        a (log-atom path {:n 0 :pad (vec (range 500))})]
+    (dotimes [_ 5] (swap! a update :n inc))
+    (is (= "5" (records-in path)))
+    (d/compact! a)
+    (is (zero? (:log-records (d/stats a))))
+    (is (= "0" (records-in path)) "compacted: the row's records are removed")
+    (is (= @a (row-value path)) "the row alone is the state, plain EDN")
+    (is (= @a @(d/sqlite-atom (spec path) "t" 0 nil nil {:commit-mode :sync}))
+        "a duratom not in log mode reads the compacted row")
+    (swap! a update :n inc)
+    (let [e (try (d/sqlite-atom (spec path) "t" 0 nil nil {:commit-mode :sync}) nil (catch Exception e e))]
+      (is (and e (str/includes? (ex-message e) "log mode") (str/includes? (ex-message e) "t_duratom_log"))
+          "a row with records refuses a duratom not in log mode, saying why"))
+    (is (= 6 (:n @(log-atom path nil))))))
+
+(deftest log-mode-refuses-a-custom-rw
+  (let [path (io/file (ts/temp-dir) "log.db")
+        e (try (d/sqlite-atom (spec path) "t" 0 nil {} {:log? true :read read-string :write pr-str})
+               nil
+               (catch IllegalArgumentException e e))]
+    (is (and e (str/includes? (ex-message e) ":log? true needs duratom's EDN encoding")))))
+
+(deftest shared-mode-in-log-mode-loses-no-update-across-processes
+  ;; Three processes append to one row: each append is conditional on the
+  ;; version its process last saw, so a stale one conflicts and is retried.
+  (let [path (io/file (ts/temp-dir) "shared.db")
+        a (log-atom path {:n 0 :pad (vec (range 500))} {:shared? true})
+        code (str "(require 'duratom.core)"
+                  "(let [a (duratom.core/sqlite-atom " (pr-str (spec path)) " \"t\" 0 nil nil {:shared? true :log? true})]"
+                  "  (dotimes [_ 200] (swap! a update :n inc)) (println :done))")
+        kids (doall (repeatedly 2 #(future (ts/child-output code))))
+        ;; the parent swaps until both children are done, so that its
+        ;; appends meet theirs
+        mine (loop [n 0] (if (every? realized? kids) n (do (swap! a update :n inc) (recur (inc n)))))]
+    (doseq [k kids] (is (str/includes? @k ":done")))
+    (is (= (+ 400 mine) (:n (d/refresh! a))))
+    (is (= (+ 400 mine) (:n @(log-atom path nil))))))
+
+(deftest a-stale-append-conflicts-and-is-retried-on-the-newest-state
+  (let [path (io/file (ts/temp-dir) "stale.db")
+        a (log-atom path {:a 0 :b 0 :pad (vec (range 500))} {:shared? true})
+        b (log-atom path nil {:shared? true})]
+    (swap! a update :a inc)
+    (is (= "1" (records-in path)))
+    (is (= {:a 1 :b 1} (select-keys (swap! b update :b inc) [:a :b]))
+        "b's append after the version it read conflicted; b reloaded and swapped again")
+    (is (= 1 (:conflicts (d/stats b))))
+    (is (= "2" (records-in path)) "one record each: the refused append wrote nothing")
+    (is (= {:a 1 :b 1} (select-keys @(log-atom path nil) [:a :b])))))
+
+(deftest log-mode-commits-acknowledged-before-sigkill-survive
+  (let [path (io/file (ts/temp-dir) "crash.db")
+        rnd (java.util.Random. 11)
+        code (str "(require 'duratom.core)"
+                  "(let [a (duratom.core/sqlite-atom " (pr-str (spec path)) " \"t\" 0 nil {:n 0 :pad (vec (range 2000))}"
+                  "          {:commit-mode :sync :log? true})]"
+                  "  (loop [i 0] (let [v (:n (swap! a update :n inc))]"
+                  "    (when (zero? (mod i 97)) (duratom.core/compact! a))"
+                  "    (println v) (flush)) (recur (inc i))))")]
+    (dotimes [i 25]
+      (let [acked (ts/sigkill-after-acks code (inc (.nextInt rnd 300)))]
+        (is (some? acked))
+        (let [stored (:n @(log-atom path nil))]
+          (is (and (some? stored) (>= stored acked))
+              (str "kill " i ": stored " stored ", last acknowledged " acked)))))
+    (is (= "ok" (python-query path "PRAGMA integrity_check")))))
+
+(deftest sqlite-jdbc-in-the-same-jvm-loses-no-acknowledged-log-mode-commit
+  (let [path (run-jdbc-interleavings {:commit-mode :sync :log? true})]
+    (is (pos? (Long/parseLong (python-query path "SELECT count(*) FROM duratom_state_duratom_log WHERE id = 0")))
+        "the commits were appended as records")))
+
+(deftest destroy-in-log-mode-removes-the-row-and-its-records
+  (let [path (io/file (ts/temp-dir) "log.db")
+        a (log-atom path {:n 0})
+        other (d/sqlite-atom (spec path) "t" 1 nil {:m 0} {:commit-mode :sync :log? true})]
+    (swap! a update :n inc)
+    (swap! other update :m inc)
+    (is (= "1" (records-in path)))
+    (d/destroy a)
+    (is (= "0|1" (python-query path "SELECT (SELECT count(*) FROM t WHERE id = 0), (SELECT count(*) FROM t_duratom_log WHERE id = 1)"))
+        "row 0 and its records are gone; row 1's records stay")
+    (is (= "0" (records-in path)))
+    (is (= {:m 1} @(d/sqlite-atom (spec path) "t" 1 nil nil {:commit-mode :sync :log? true})))))
