@@ -285,7 +285,8 @@
 ;; engine last saw, so a landed unknown write makes the next commit fail
 ;; instead of being overwritten; and before the next commit (the next swap!
 ;; in synchronous mode, the writer's next round in asynchronous mode) and at
-;; refresh!, storage is read and compared, byte for byte, with the writes in
+;; refresh!, storage is read and compared, byte for byte (a log-mode change
+;; record: by the state it records), with the writes in
 ;; doubt. The doubt ends when one of them is found stored (it is adopted), when
 ;; another state is found stored, or when a conditional commit lands.
 
@@ -319,6 +320,15 @@
                          (and (java.util.Arrays/equals c 0 (int n) b (int pos) (int (+ pos n)))
                               (recur (next chunks) (+ pos n)))))))))
 
+(defn- holds-write?
+  "Whether the stored bytes `b` are what the write of `encoded` left: its
+  bytes, or for a log-mode change record (duratom.log), a log whose state
+  is the one it records."
+  [encoded ^bytes b]
+  (or (same-bytes? encoded b)
+      (when-let [stored? (:log/stored? encoded)]
+        (try (boolean (stored? b)) (catch Exception _ false)))))
+
 (defn- resolve-doubt!
   "Reads storage to settle the writes in doubt. Returns nil when none is in
   doubt; else [kind value stored] with what storage holds: kind :not-landed
@@ -334,7 +344,7 @@
           [:not-landed nil stored]
           (do (.set doubt nil)
               (if-let [[_ value] (and stored
-                                      (some (fn [w] (when (same-bytes? (nth w 0) (:bytes stored)) w))
+                                      (some (fn [w] (when (holds-write? (nth w 0) (:bytes stored)) w))
                                             (rseq writes)))]
                 [:landed value stored]
                 [:other nil stored])))))))
@@ -396,7 +406,8 @@
 (defn- settle-doubt!
   "Settles the writes in doubt, if any (see resolve-doubt!). A landed one is
   adopted where the failure took it out of memory (see rolls-back?; returns
-  {:adopted [old new]}, for the watches); elsewhere memory holds it or
+  {:adopted [old new]}, for the watches, with nil when it equals the state
+  in memory); elsewhere memory holds it or
   states computed from it, so only its version is recorded and the newest
   state stays (returns {}). Returns {:stored stored} when none of them
   landed (storage still holds the version last seen, or another state this
@@ -407,7 +418,9 @@
       nil nil
       (:not-landed :other) {:stored stored}
       :landed (if (rolls-back? e)
-                {:adopted (adopt-landed! e value (:version stored))}
+                (let [[old new :as change] (adopt-landed! e value (:version stored))]
+                  ;; a write of the state memory holds (compact!) is no change to tell
+                  {:adopted (when-not (try (= old new) (catch Throwable _ false)) change)})
                 (do (.set ^AtomicReference (:version e) (:version stored)) {})))))
 
 (defn in-doubt?

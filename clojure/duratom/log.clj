@@ -424,7 +424,9 @@
   that one (see duratom.storage/commit!), when the records have outgrown the
   base, when the record would pass half the base (a base under 64 KiB counts
   as 64 KiB for both), or after `:compact!`); `:decode` replays base and
-  records. `record-encode` encodes records. Also gives `:loaded` (a fn of
+  records. `record-encode` encodes records; a record's encoded also carries
+  `:log/stored?`, a fn of stored bytes telling whether they hold the state
+  it records (replayed and compared with `=`). Also gives `:loaded` (a fn of
   value and version: the state just decoded is stored as that version, so
   that the next commit appends to it), `:stats` (a fn: `{:log-records n
   :log-bytes n}` since the last full state) and `:compact!` (a fn: commits
@@ -451,6 +453,10 @@
                    (assoc rec
                           :log/after version
                           :log/full full
+                          ;; what an append of unknown outcome is recognised
+                          ;; by: storage shows its record after the base, not
+                          ;; its bytes (see duratom.engine/resolve-doubt!)
+                          :log/stored? (fn [^bytes stored] (= value (first (replay stored))))
                           :log/landed (fn [v]
                                         (swap! last (fn [l]
                                                       (-> l

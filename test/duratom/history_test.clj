@@ -188,3 +188,14 @@
 
 (deftest history-sqlite-shared
   (run-shared-seeds "sqlite shared (3 processes)" 1443 {:faults #{:storage :wal :interrupts}} sqlite-loc))
+
+(deftest history-sqlite-sync-log
+  (run-seeds "sqlite sync, log mode" 1444 {:faults #{:storage :wal :interrupts} :log? true}
+             #(h/run-local (assoc % :loc (sqlite-loc) :mode :sync))))
+
+(deftest history-sqlite-async-log
+  (run-seeds "sqlite async, log mode" 1445 {:faults #{:storage :wal :interrupts} :log? true}
+             #(h/run-local (assoc % :loc (sqlite-loc) :mode :async))))
+
+(deftest history-sqlite-shared-log
+  (run-shared-seeds "sqlite shared (3 processes), log mode" 1446 {:faults #{:storage :wal :interrupts} :log? true} sqlite-loc))

@@ -10,6 +10,7 @@
             [duratom.duragent :as duragent]
             [duratom.readers :as readers]
             [duratom.shared :as shared]
+            [duratom.storage :as storage]
             [duratom.test-support :as ts]
             [taoensso.nippy :as nippy])
   (:import (java.io BufferedReader File InputStreamReader)
@@ -505,3 +506,47 @@
         "row 0 and its records are gone; row 1's records stay")
     (is (= "0" (records-in path)))
     (is (= {:m 1} @(d/sqlite-atom (spec path) "t" 1 nil nil {:commit-mode :sync :log? true})))))
+
+(defn- landing-unknown
+  "Runs `(f)` with the first commit made for real and then reported as of
+  unknown outcome, as a checkpoint kept from finishing reports it."
+  [f]
+  (let [real storage/commit!
+        armed (atom true)]
+    (with-redefs [storage/commit!
+                  (fn [store encoded expected last-seen]
+                    (let [v (real store encoded expected last-seen)]
+                      (if (compare-and-set! armed true false)
+                        (throw (ex-info "test store: commit: outcome unknown (arranged by the test)"
+                                        {:duratom/backend :sqlite-db :duratom/op :commit
+                                         :duratom/outcome-unknown? true}))
+                        v)))]
+      (f))))
+
+(deftest an-append-of-unknown-outcome-that-landed-is-adopted
+  ;; Storage then holds the base and the record, not the record's bytes: the
+  ;; append is recognised by the state it records.
+  (let [path (io/file (ts/temp-dir) "doubt.db")
+        a (log-atom path {:n 0 :pad (vec (range 500))})
+        seen (atom [])]
+    (add-watch a :w (fn [_ _ o n] (swap! seen conj [(:a o) (:b o) (:a n) (:b n)])))
+    (landing-unknown
+     (fn []
+       (is (thrown? Exception (swap! a assoc :a 1)))
+       (is (= "1" (records-in path)) "the append landed")
+       (is (= [1 1] ((juxt :a :b) (swap! a assoc :b 1))) "the next swap! builds on the landed state")))
+    (is (= [[nil nil 1 nil] [1 nil 1 1]] @seen) "the watches saw the landed state, then the next")
+    (is (= [1 1] ((juxt :a :b) @(log-atom path nil))))))
+
+(deftest a-compaction-of-unknown-outcome-that-landed-is-no-change
+  (let [path (io/file (ts/temp-dir) "doubt.db")
+        a (log-atom path {:n 0 :pad (vec (range 500))})
+        seen (atom [])]
+    (swap! a update :n inc)
+    (add-watch a :w (fn [_ _ o n] (swap! seen conj [(:n o) (:n n)])))
+    (landing-unknown
+     (fn []
+       (is (thrown? Exception (d/compact! a)))
+       (is (= "0" (records-in path)) "the compaction landed")
+       (is (= 2 (:n (swap! a update :n inc))))))
+    (is (= [[1 2]] @seen) "no watch call for the compaction, which changed no state")))
