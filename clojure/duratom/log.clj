@@ -448,7 +448,15 @@
                      ops (when (and l (not @compact?) (<= (long log-bytes) room))
                            ;; each operation takes more than 16 bytes of record
                            (diff (:value l) value (max (long min-max-ops) (quot room 16))))
-                     rec (when ops (record-encode ops))]
+                     ;; a value the codec refuses is refused by the full
+                     ;; encode below, naming its path in the state rather
+                     ;; than in the record
+                     rec (when ops
+                           (try (record-encode ops)
+                                (catch clojure.lang.ExceptionInfo x
+                                  (if (some #(contains? (ex-data x) %) [:duratom/path :duratom/refused])
+                                    nil
+                                    (throw x)))))]
                  (if (and rec (<= (* 2 (+ (long record-overhead) (long (:size rec)))) room))
                    (assoc rec
                           :log/after version

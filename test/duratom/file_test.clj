@@ -34,6 +34,9 @@
 (deftest file-behaviour
   (behaviour/run-all backend))
 
+(deftest file-behaviour-in-log-mode
+  (behaviour/run-all (assoc backend :default-rw (assoc d/default-file-rw :log? true))))
+
 (deftest file-failures-and-recovery
   (behaviour/error-handler-and-recommit backend break! mend!))
 

@@ -50,6 +50,9 @@
 (deftest sqlite-behaviour
   (behaviour/run-all backend))
 
+(deftest sqlite-behaviour-in-log-mode
+  (behaviour/run-all (assoc backend :default-rw (assoc d/default-sqlite-rw :log? true))))
+
 (deftest sqlite-shared-mode
   (shared/run-all backend))
 
