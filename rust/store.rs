@@ -3,7 +3,8 @@
 //! A store holds one value as bytes. Every stored state carries a version token
 //! (file: a counter in the header line, or a SHA-256 of the bytes for a custom
 //! `:rw` encoding; PostgreSQL: the row's `xmin` system column; S3: the ETag;
-//! SQLite: a SHA-256 of the stored bytes; Redis: a SHA-1 of them), so "write
+//! SQLite: a SHA-256 of the stored bytes, in log mode chained through its
+//! change records; Redis: a SHA-1 of them), so "write
 //! only if nobody wrote since I read" is one call everywhere.
 //!
 //! The version a writer last saw is recorded once, by the caller (the JVM

@@ -50,8 +50,18 @@
 (deftest sqlite-behaviour
   (behaviour/run-all backend))
 
+(def ^:private log-backend
+  "The backend in log mode: change records beside the row, for every
+  duratom the suites open."
+  (assoc backend
+         :default-rw (assoc d/default-sqlite-rw :log? true)
+         :open (fn [loc init rw] ((:open backend) loc init (assoc rw :log? true)))
+         :child-open-code (fn [{:keys [path table row]}]
+                            (str "(duratom.core/sqlite-atom " (pr-str (spec path)) " " (pr-str table) " " row
+                                 " nil nil {:shared? true :log? true})"))))
+
 (deftest sqlite-behaviour-in-log-mode
-  (behaviour/run-all (assoc backend :default-rw (assoc d/default-sqlite-rw :log? true))))
+  (behaviour/run-all log-backend))
 
 (deftest sqlite-shared-mode
   (shared/run-all backend))
@@ -61,6 +71,11 @@
 
 (deftest sqlite-duragent
   (duragent/run-all backend break! mend!))
+
+(deftest sqlite-shared-mode-failures-and-duragent-in-log-mode
+  (shared/run-all log-backend)
+  (behaviour/error-handler-and-recommit log-backend break! mend!)
+  (duragent/run-all log-backend break! mend!))
 
 (deftest every-db-spec-form-and-arity
   (let [dir (ts/temp-dir)
