@@ -94,7 +94,13 @@ impl Conn {
             }
         };
         if let Some(log) = log {
-            super::log::create(&db, log).map_err(|e| error("creating the records table", e))?;
+            if !super::log::create(&db, log).map_err(|e| error("creating the records table", e))? {
+                return Err(StoreError::backend(
+                    resource,
+                    "open",
+                    format!("the table {log} exists but has no `id`, `seq`, `version` and `record` columns, so it cannot hold log mode's change records"),
+                ));
+            }
         }
         // A file removed while it was being opened would take this
         // connection's commits with it, unseen by any later identity check.

@@ -46,12 +46,16 @@ pub(super) fn has_records(db: &Connection, name: &str, id: i64) -> Result<bool, 
     Ok(last(db, &quoted(name), id)?.is_some())
 }
 
-/// Creates the records table `log` when it is missing.
-pub(super) fn create(db: &Connection, log: &str) -> rusqlite::Result<()> {
+/// Creates the records table `log` when it is missing. `Ok(false)` when a
+/// table of that name exists without the records table's columns.
+pub(super) fn create(db: &Connection, log: &str) -> rusqlite::Result<bool> {
     db.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS {log} (id INTEGER NOT NULL, seq INTEGER NOT NULL, \
          version TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (id, seq)) WITHOUT ROWID"
-    ))
+    ))?;
+    let mut q = db.prepare(&format!("PRAGMA table_info({log})"))?;
+    let columns = q.query_map([], |r| r.get::<_, String>(1))?.collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(["id", "seq", "version", "record"].iter().all(|c| columns.iter().any(|n| n.eq_ignore_ascii_case(c))))
 }
 
 /// The version of the state made by appending `record` to the state stored as `after`.

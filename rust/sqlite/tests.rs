@@ -628,3 +628,25 @@ fn outside_log_mode_a_row_with_records_is_refused_and_a_full_write_removes_them(
     assert_eq!(s.load().unwrap().unwrap().bytes, b"{:c 3}");
     assert_eq!(plain.load().unwrap().unwrap().bytes, b"{:c 3}");
 }
+
+#[test]
+fn log_mode_works_on_a_table_of_the_original_shape_and_refuses_a_foreign_records_table() {
+    super::locks::install(); // before this test's own first connection
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    let db = Connection::open(&path).unwrap();
+    db.execute_batch(
+        "CREATE TABLE MyTable (id int PRIMARY KEY, value text);
+         INSERT INTO MyTable VALUES (0, '{:x 1}');
+         CREATE TABLE other_duratom_log (a int);",
+    )
+    .unwrap();
+    drop(db);
+    let mut s = open(&config(dir.path(), "MyTable", LOG)).unwrap();
+    let stored = s.load().unwrap().unwrap();
+    assert_eq!(stored.bytes, b"{:x 1}");
+    let v = s.append(b"[[:assoc [] :y 2]]", &stored.version).unwrap();
+    assert_eq!(s.load().unwrap().unwrap().version, v);
+    let e = open(&config(dir.path(), "other", LOG)).err().unwrap().to_string();
+    assert!(e.contains("other_duratom_log") && e.contains("change records"), "{e}");
+}
