@@ -29,6 +29,19 @@ fn value_in_the_database_file_alone(dir: &Path) -> String {
         .unwrap()
 }
 
+/// Makes the database in `dir` with `sql`, as another program would, before
+/// any store opens it.
+fn database_with(dir: &Path, sql: &str) {
+    super::locks::install(); // before this test's own first connection
+    Connection::open(dir.join("db.sqlite")).unwrap().execute_batch(sql).unwrap();
+}
+
+/// The one value `sql` selects from the database in `dir`, read by a
+/// connection of its own.
+fn query<T: rusqlite::types::FromSql>(dir: &Path, sql: &str) -> T {
+    Connection::open(dir.join("db.sqlite")).unwrap().query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
 crate::store_contract_tests!(|dir: &Path, name: &str| config(dir, name, &[]));
 
 #[test]
@@ -45,17 +58,14 @@ fn wal_and_full_sync_are_set() {
 
 #[test]
 fn tables_of_the_original_shape_work_as_they_are() {
-    super::locks::install(); // before this test's own first connection
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db.sqlite");
-    let db = Connection::open(&path).unwrap();
-    db.execute_batch(
+    database_with(
+        dir.path(),
         "CREATE TABLE MyTable (id int PRIMARY KEY, value text);
          INSERT INTO MyTable VALUES (0, '{:x #{1 2}}');
          INSERT INTO MyTable VALUES (3, '[:other]');",
-    )
-    .unwrap();
-    drop(db);
+    );
     let mut s = open(&config(dir.path(), "MyTable", &[])).unwrap();
     assert_eq!(s.load().unwrap().unwrap().bytes, b"{:x #{1 2}}");
     s.commit(b"{:x 2}", &Expect::Anything { after: None }).unwrap();
@@ -163,11 +173,7 @@ fn a_removed_database_is_reopened_not_written_into_the_void() {
     std::fs::create_dir(&sub).unwrap();
     assert!(s.load().unwrap().is_none(), "a new, empty database");
     s.commit(b"3", &Expect::Anything { after: None }).unwrap();
-    let v: String = Connection::open(sub.join("db.sqlite"))
-        .unwrap()
-        .query_row("SELECT value FROM t WHERE id = 0", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(v, "3");
+    assert_eq!(query::<String>(&sub, "SELECT value FROM t WHERE id = 0"), "3");
 }
 
 #[test]
@@ -539,11 +545,7 @@ fn a_full_commit_leaves_plain_edn_in_the_row_and_removes_only_its_records() {
     assert_eq!(records_of(dir.path(), 2).len(), 1, "another row's records stay");
     let stored = s.load().unwrap().unwrap();
     assert_eq!((stored.bytes.as_slice(), stored.version), (&b"{:a 1, :b 2}"[..], compacted));
-    let row: String = Connection::open(dir.path().join("db.sqlite"))
-        .unwrap()
-        .query_row("SELECT value FROM t WHERE id = 1", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(row, "{:a 1, :b 2}");
+    assert_eq!(query::<String>(dir.path(), "SELECT value FROM t WHERE id = 1"), "{:a 1, :b 2}");
 }
 
 #[test]
@@ -555,11 +557,7 @@ fn delete_in_log_mode_removes_the_row_and_its_records() {
     s.delete().unwrap();
     assert!(s.load().unwrap().is_none());
     assert!(records_of(dir.path(), 0).is_empty());
-    let rows: i64 = Connection::open(dir.path().join("db.sqlite"))
-        .unwrap()
-        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(rows, 0);
+    assert_eq!(query::<i64>(dir.path(), "SELECT count(*) FROM t"), 0);
 }
 
 #[test]
@@ -631,17 +629,13 @@ fn outside_log_mode_a_row_with_records_is_refused_and_a_full_write_removes_them(
 
 #[test]
 fn log_mode_works_on_a_table_of_the_original_shape_and_refuses_a_foreign_records_table() {
-    super::locks::install(); // before this test's own first connection
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db.sqlite");
-    let db = Connection::open(&path).unwrap();
-    db.execute_batch(
+    database_with(
+        dir.path(),
         "CREATE TABLE MyTable (id int PRIMARY KEY, value text);
          INSERT INTO MyTable VALUES (0, '{:x 1}');
          CREATE TABLE other_duratom_log (a int);",
-    )
-    .unwrap();
-    drop(db);
+    );
     let mut s = open(&config(dir.path(), "MyTable", LOG)).unwrap();
     let stored = s.load().unwrap().unwrap();
     assert_eq!(stored.bytes, b"{:x 1}");
