@@ -581,10 +581,12 @@ fn clear_records(db: &Connection, log: Option<&str>, records_name: &str, id: i64
     }
 }
 
-/// Whether row `id` holds a value, found without reading the value.
+/// Whether row `id` holds a value. `typeof` reads the column's type from
+/// the record header alone; `value IS NOT NULL` would read a large value's
+/// every overflow page.
 fn row_present(db: &Connection, table: &str, id: i64) -> Result<bool, Failure> {
     Ok(db
-        .query_row(&format!("SELECT value IS NOT NULL FROM {table} WHERE id = ?1 LIMIT 1"), [id], |r| r.get(0))
+        .query_row(&format!("SELECT typeof(value) != 'null' FROM {table} WHERE id = ?1 LIMIT 1"), [id], |r| r.get(0))
         .optional()?
         .unwrap_or(false))
 }
