@@ -9,7 +9,7 @@
 //! refused, and never opened: opening a FIFO would block, and replacing a
 //! device would destroy it.
 
-use std::fs::{self, Metadata};
+use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
@@ -58,8 +58,8 @@ pub(super) fn resolve(resource: &Resource, path: &Path, op: &str) -> Result<Targ
     let mut file = path.to_path_buf();
     let mut links = 0;
     let meta = loop {
-        match fs::symlink_metadata(&file) {
-            Ok(m) if m.file_type().is_symlink() => {
+        match os::brief_of_path(&file) {
+            Ok(m) if m.symlink => {
                 links += 1;
                 if links > MAX_LINKS {
                     let why = format!("more than {MAX_LINKS} symlinks in a row from {} (a loop?)", path.display());
@@ -78,7 +78,7 @@ pub(super) fn resolve(resource: &Resource, path: &Path, op: &str) -> Result<Targ
         }
     };
     if let Some(m) = &meta {
-        refuse_unless_regular(r, path, &file, m, op)?;
+        refuse_unless_regular(r, path, &file, m.special, op)?;
     }
     let Some(name) = file.file_name().map(|n| n.to_string_lossy().into_owned()) else {
         let why = format!("the symlink's target {} does not name a file", file.display());
@@ -89,13 +89,13 @@ pub(super) fn resolve(resource: &Resource, path: &Path, op: &str) -> Result<Targ
         _ => PathBuf::from("."),
     };
     let linked = file != path;
-    Ok(Target { mode: meta.as_ref().map(os::permission_bits), file, dir, name, linked })
+    Ok(Target { mode: meta.as_ref().map(|m| m.mode), file, dir, name, linked })
 }
 
-/// An error unless `meta` (of `file`, reached from the configured `path`)
-/// is a regular file.
-pub(super) fn refuse_unless_regular(resource: &Resource, path: &Path, file: &Path, meta: &Metadata, op: &str) -> Result<(), StoreError> {
-    let Some(what) = os::special_kind(meta) else { return Ok(()) };
+/// An error unless `file` (reached from the configured `path`) is a regular
+/// file: `special` says what else it is (`os::special_kind`).
+pub(super) fn refuse_unless_regular(resource: &Resource, path: &Path, file: &Path, special: Option<&str>, op: &str) -> Result<(), StoreError> {
+    let Some(what) = special else { return Ok(()) };
     let whose = if file == path { "the path".to_string() } else { format!("the symlink's target {}", file.display()) };
     let why = format!("{whose} is {what}, not a regular file; duratom stores only in regular files and left it untouched");
     Err(StoreError::backend(resource, op, why))

@@ -97,7 +97,7 @@ impl FileStore {
         };
         let file = file.map_err(|e| StoreError::io(&store.resource, "creating the file", e))?;
         let meta = file.metadata().map_err(|e| StoreError::io(&store.resource, "examining the file", e))?;
-        refuse_unless_regular(&store.resource, &store.path, &target.file, &meta, "opening")?;
+        refuse_unless_regular(&store.resource, &store.path, &target.file, os::special_kind(&meta), "opening")?;
         if created {
             store.created = Some(os::file_id(&file).map_err(|e| StoreError::io(&store.resource, "examining the file", e))?);
         }
@@ -117,7 +117,7 @@ impl FileStore {
             Err(e) => return Err(StoreError::io(&self.resource, op, e)),
         };
         let meta = file.metadata().map_err(|e| StoreError::io(&self.resource, op, e))?;
-        refuse_unless_regular(&self.resource, &self.path, &target.file, &meta, op)?;
+        refuse_unless_regular(&self.resource, &self.path, &target.file, os::special_kind(&meta), op)?;
         Ok(Some(file))
     }
 
@@ -174,11 +174,12 @@ impl FileStore {
         let file = os::no_follow_no_block(OpenOptions::new().read(true).write(true))
             .open(&target.file)
             .map_err(|e| StoreError::io(r, "opening the file to append", e))?;
-        let meta = file.metadata().map_err(|e| StoreError::io(r, "examining the file", e))?;
-        refuse_unless_regular(r, &self.path, &target.file, &meta, "appending")?;
+        // Not `metadata()`: see `os::Brief`.
+        let meta = os::brief_of_file(&file).map_err(|e| StoreError::io(r, "examining the file", e))?;
+        refuse_unless_regular(r, &self.path, &target.file, meta.special, "appending")?;
         let id = os::file_id(&file).map_err(|e| StoreError::io(r, "examining the file", e))?;
         let cached = match self.log_end {
-            Some(c) if c.still_holds(&file, id, meta.len()).map_err(|e| StoreError::io(r, "reading the log", e))? => Some(c),
+            Some(c) if c.still_holds(&file, id, meta.len).map_err(|e| StoreError::io(r, "reading the log", e))? => Some(c),
             _ => None,
         };
         let end = match cached {

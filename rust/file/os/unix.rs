@@ -4,8 +4,10 @@ use std::fs::{self, File, Metadata, OpenOptions, Permissions, TryLockError};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+
+use super::Brief;
 
 /// The permission bits a new file gets when there is none to copy.
 pub const DEFAULT_MODE: u32 = 0o666;
@@ -27,22 +29,73 @@ pub fn with_mode(options: &mut OpenOptions, mode: u32) -> &mut OpenOptions {
 /// What `meta` describes when it is not a regular file ("a FIFO", "a
 /// directory", ...); `None` for a regular file.
 pub fn special_kind(meta: &Metadata) -> Option<&'static str> {
-    let t = meta.file_type();
-    Some(if t.is_file() {
-        return None;
-    } else if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        "a special file"
+    kind_of_mode(meta.mode())
+}
+
+/// What a file whose `st_mode` is `mode` is, when not a regular file.
+fn kind_of_mode(mode: u32) -> Option<&'static str> {
+    Some(match mode & libc::S_IFMT as u32 {
+        m if m == libc::S_IFREG as u32 => return None,
+        m if m == libc::S_IFDIR as u32 => "a directory",
+        m if m == libc::S_IFIFO as u32 => "a FIFO",
+        m if m == libc::S_IFCHR as u32 => "a character device",
+        m if m == libc::S_IFBLK as u32 => "a block device",
+        m if m == libc::S_IFSOCK as u32 => "a socket",
+        _ => "a special file",
     })
+}
+
+/// The metadata of `path` itself (a symlink is not followed).
+pub fn brief_of_path(path: &Path) -> io::Result<Brief> {
+    #[cfg(target_os = "linux")]
+    {
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        if let Some(brief) = statx_brief(libc::AT_FDCWD, &c, libc::AT_SYMLINK_NOFOLLOW)? {
+            return Ok(brief);
+        }
+    }
+    fs::symlink_metadata(path).map(|m| Brief::of(&m))
+}
+
+/// The metadata of the file `file` is open on.
+pub fn brief_of_file(file: &File) -> io::Result<Brief> {
+    #[cfg(target_os = "linux")]
+    if let Some(brief) = statx_brief(file.as_raw_fd(), c"", libc::AT_EMPTY_PATH)? {
+        return Ok(brief);
+    }
+    file.metadata().map(|m| Brief::of(&m))
+}
+
+/// `statx` asked for type, mode and size, or (with `STATX_INO` in `more`)
+/// the identity: `None` where the kernel has no statx (before 4.11, or
+/// refused by a sandbox), so that the caller falls back on `stat`.
+#[cfg(target_os = "linux")]
+fn statx(dirfd: libc::c_int, path: &std::ffi::CStr, flags: libc::c_int, more: libc::c_uint) -> io::Result<Option<libc::statx>> {
+    let mask = libc::STATX_TYPE | libc::STATX_MODE | libc::STATX_SIZE | more;
+    let mut buf = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: a NUL-terminated path and a statx buffer of ours. The raw
+    // syscall, not glibc's wrapper, which needs a newer glibc than the
+    // library may link against.
+    let r = unsafe { libc::syscall(libc::SYS_statx, dirfd, path.as_ptr(), flags, mask, buf.as_mut_ptr()) };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOSYS) | Some(libc::EPERM) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: the kernel filled it in.
+    let buf = unsafe { buf.assume_init() };
+    Ok((buf.stx_mask & mask == mask).then_some(buf))
+}
+
+#[cfg(target_os = "linux")]
+fn statx_brief(dirfd: libc::c_int, path: &std::ffi::CStr, flags: libc::c_int) -> io::Result<Option<Brief>> {
+    Ok(statx(dirfd, path, flags, 0)?.map(|s| {
+        let mode = u32::from(s.stx_mode);
+        let symlink = mode & libc::S_IFMT as u32 == libc::S_IFLNK as u32;
+        Brief { symlink, special: if symlink { None } else { kind_of_mode(mode) }, mode: mode & 0o777, len: s.stx_size }
+    }))
 }
 
 /// The permission bits of the file `meta` describes.
@@ -150,6 +203,10 @@ pub fn reserve(file: &File, from: u64, len: u64) -> io::Result<()> {
 
 /// The device and inode of the file `file` is open on.
 pub fn file_id(file: &File) -> io::Result<(u64, u64)> {
+    #[cfg(target_os = "linux")]
+    if let Some(s) = statx(file.as_raw_fd(), c"", libc::AT_EMPTY_PATH, libc::STATX_INO)? {
+        return Ok((libc::makedev(s.stx_dev_major, s.stx_dev_minor), s.stx_ino));
+    }
     file.metadata().map(|m| (m.dev(), m.ino()))
 }
 

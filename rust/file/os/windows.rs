@@ -17,6 +17,8 @@ use std::os::windows::io::AsRawHandle;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::Brief;
+
 /// The permission bits a new file gets when there is none to copy.
 pub const DEFAULT_MODE: u32 = 0o666;
 
@@ -243,6 +245,16 @@ pub fn write_all_at(file: &File, mut bytes: &[u8], mut offset: u64) -> io::Resul
         }
     }
     Ok(())
+}
+
+/// The metadata of `path` itself (a symlink is not followed).
+pub fn brief_of_path(path: &Path) -> io::Result<Brief> {
+    std::fs::symlink_metadata(path).map(|m| Brief::of(&m))
+}
+
+/// The metadata of the file `file` is open on.
+pub fn brief_of_file(file: &File) -> io::Result<Brief> {
+    file.metadata().map(|m| Brief::of(&m))
 }
 
 /// Reads the byte at `offset` of `file`: `None` past its end.
