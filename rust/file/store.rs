@@ -6,7 +6,7 @@
 //! dies, the file holds either the previous or the new complete state.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::format::{decimal, decode, decode_log, header, record, Log};
@@ -186,7 +186,8 @@ impl FileStore {
             Some(c) => c,
             None => {
                 let mut bytes = Vec::new();
-                (&file).read_to_end(&mut bytes).map_err(|e| StoreError::io(r, "reading the log", e))?;
+                // From the start: on Windows `byte_at` moves the file's cursor.
+                (&file).seek(SeekFrom::Start(0)).and_then(|_| (&file).read_to_end(&mut bytes)).map_err(|e| StoreError::io(r, "reading the log", e))?;
                 if self.read_log(target, id, bytes)?.is_none() {
                     return Err(StoreError::Conflict { resource: self.resource.clone() });
                 }
