@@ -454,7 +454,8 @@ impl Store for SqliteStore {
                         detail: format!(
                             "change record {seq} in table {log} does not follow the row's value and the records before it \
                              (the row was written by something other than a log-mode duratom while it had records); \
-                             the row and the records are left as they are"
+                             the row and the records are left as they are. To take the row's value as the state, \
+                             delete the row's records: DELETE FROM {log} WHERE id = {id}"
                         ),
                     }));
                 }

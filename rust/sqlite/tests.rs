@@ -575,6 +575,10 @@ fn a_row_rewritten_outside_log_mode_under_its_records_is_an_error_naming_the_rec
     let e = e.to_string();
     assert!(e.contains("change record 1") && e.contains("t_duratom_log") && e.contains("left as they are"), "{e}");
     assert_eq!(records_of(dir.path(), 0).len(), 1, "nothing removed");
+    // The statement the error gives makes the row's value the state again.
+    let delete = e.split_once("delete the row's records: ").map(|(_, sql)| sql.to_string()).expect("the error gives the statement");
+    Connection::open(dir.path().join("db.sqlite")).unwrap().execute(&delete, []).unwrap();
+    assert_eq!(s.load().unwrap().unwrap().bytes, b"{:a 9}".to_vec());
 }
 
 #[test]
