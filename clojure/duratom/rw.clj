@@ -112,6 +112,13 @@
   {:encode (dedn/encoder (assoc (select-keys where [:backend :resource]) :max-bytes (max-bytes rw)))
    :decode dedn/decode})
 
+(defn- log-codec
+  "Log mode (duratom.log) over the EDN codec, marked `:log? true`. Records
+  get an encoder of their own: each sizes its first chunk from its last
+  encoding, and a record is far smaller than the full state."
+  [rw where]
+  (assoc (dlog/codec (default-codec rw where) (:encode (default-codec rw where))) :log? true))
+
 (defn- to-encoded
   "What a custom `:write` returned, as an Encoded."
   [x]
@@ -141,11 +148,8 @@
   (refuse-custom-log! rw default-file-rw)
   (cond
     (default-fns? rw default-file-rw)
-    (let [where {:backend :local-file :resource (.getPath (.getAbsoluteFile path))}
-          edn (default-codec rw where)]
-      (if (:log? rw)
-        (assoc (dlog/codec edn (:encode (default-codec rw where))) :raw? false :log? true)
-        (assoc edn :raw? false)))
+    (let [where {:backend :local-file :resource (.getPath (.getAbsoluteFile path))}]
+      (assoc (if (:log? rw) (log-codec rw where) (default-codec rw where)) :raw? false))
 
     :else
     (let [dir (.getAbsoluteFile (or (.getParentFile (.getAbsoluteFile path)) (File. ".")))
@@ -187,9 +191,7 @@
   ([rw where]
    (refuse-custom-log! rw default-sqlite-rw)
    (if (default-fns? rw default-sqlite-rw)
-     (if (:log? rw)
-       (assoc (dlog/codec (default-codec rw where) (:encode (default-codec rw where))) :log? true)
-       (default-codec rw where))
+     (if (:log? rw) (log-codec rw where) (default-codec rw where))
      (let [read (:read rw (:read default-sqlite-rw))
            write (:write rw (:write default-sqlite-rw))
            text? (not (contains? #{:blob :bytea} (:column-type rw :text)))]

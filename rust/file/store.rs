@@ -175,9 +175,8 @@ impl FileStore {
             .open(&target.file)
             .map_err(|e| StoreError::io(r, "opening the file to append", e))?;
         // Not `metadata()`: see `os::Brief`.
-        let meta = os::brief_of_file(&file).map_err(|e| StoreError::io(r, "examining the file", e))?;
+        let (meta, id) = os::brief_and_id_of_file(&file).map_err(|e| StoreError::io(r, "examining the file", e))?;
         refuse_unless_regular(r, &self.path, &target.file, meta.special, "appending")?;
-        let id = os::file_id(&file).map_err(|e| StoreError::io(r, "examining the file", e))?;
         let cached = match self.log_end {
             Some(c) if c.still_holds(&file, id, meta.len).map_err(|e| StoreError::io(r, "reading the log", e))? => Some(c),
             _ => None,

@@ -10,7 +10,7 @@
 /// What the backend reads of a file's metadata: never its times. Linux
 /// (6.13 on) gives a file whose times were read fine-grained new ones at its
 /// next write, an inode update that slows the `fdatasync` after every
-/// log-mode append; on Linux `brief_of_path` and `brief_of_file` ask for
+/// log-mode append; on Linux `brief_of_path` and `brief_and_id_of_file` ask for
 /// these fields alone.
 pub(crate) struct Brief {
     pub symlink: bool,

@@ -50,20 +50,21 @@ pub fn brief_of_path(path: &Path) -> io::Result<Brief> {
     #[cfg(target_os = "linux")]
     {
         let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        if let Some(brief) = statx_brief(libc::AT_FDCWD, &c, libc::AT_SYMLINK_NOFOLLOW)? {
-            return Ok(brief);
+        if let Some(s) = statx(libc::AT_FDCWD, &c, libc::AT_SYMLINK_NOFOLLOW, 0)? {
+            return Ok(brief_of_statx(&s));
         }
     }
     fs::symlink_metadata(path).map(|m| Brief::of(&m))
 }
 
-/// The metadata of the file `file` is open on.
-pub fn brief_of_file(file: &File) -> io::Result<Brief> {
+/// The metadata of the file `file` is open on, and its identity (as
+/// `file_id`), read at once.
+pub fn brief_and_id_of_file(file: &File) -> io::Result<(Brief, (u64, u64))> {
     #[cfg(target_os = "linux")]
-    if let Some(brief) = statx_brief(file.as_raw_fd(), c"", libc::AT_EMPTY_PATH)? {
-        return Ok(brief);
+    if let Some(s) = statx(file.as_raw_fd(), c"", libc::AT_EMPTY_PATH, libc::STATX_INO)? {
+        return Ok((brief_of_statx(&s), (libc::makedev(s.stx_dev_major, s.stx_dev_minor), s.stx_ino)));
     }
-    file.metadata().map(|m| Brief::of(&m))
+    file.metadata().map(|m| (Brief::of(&m), (m.dev(), m.ino())))
 }
 
 /// `statx` asked for type, mode and size, or (with `STATX_INO` in `more`)
@@ -90,12 +91,10 @@ fn statx(dirfd: libc::c_int, path: &std::ffi::CStr, flags: libc::c_int, more: li
 }
 
 #[cfg(target_os = "linux")]
-fn statx_brief(dirfd: libc::c_int, path: &std::ffi::CStr, flags: libc::c_int) -> io::Result<Option<Brief>> {
-    Ok(statx(dirfd, path, flags, 0)?.map(|s| {
-        let mode = u32::from(s.stx_mode);
-        let symlink = mode & libc::S_IFMT as u32 == libc::S_IFLNK as u32;
-        Brief { symlink, special: if symlink { None } else { kind_of_mode(mode) }, mode: mode & 0o777, len: s.stx_size }
-    }))
+fn brief_of_statx(s: &libc::statx) -> Brief {
+    let mode = u32::from(s.stx_mode);
+    let symlink = mode & libc::S_IFMT as u32 == libc::S_IFLNK as u32;
+    Brief { symlink, special: if symlink { None } else { kind_of_mode(mode) }, mode: mode & 0o777, len: s.stx_size }
 }
 
 /// The permission bits of the file `meta` describes.

@@ -252,9 +252,10 @@ pub fn brief_of_path(path: &Path) -> io::Result<Brief> {
     std::fs::symlink_metadata(path).map(|m| Brief::of(&m))
 }
 
-/// The metadata of the file `file` is open on.
-pub fn brief_of_file(file: &File) -> io::Result<Brief> {
-    file.metadata().map(|m| Brief::of(&m))
+/// The metadata of the file `file` is open on, and its identity (as
+/// `file_id`).
+pub fn brief_and_id_of_file(file: &File) -> io::Result<(Brief, (u64, u64))> {
+    Ok((Brief::of(&file.metadata()?), file_id(file)?))
 }
 
 /// Reads the byte at `offset` of `file`: `None` past its end.
